@@ -131,6 +131,9 @@ class RawNode:
         self.log = RaftLog(snap.index if snap else 0, snap.term if snap else 0, entries, restored.hard_state.commit)
         self._snapshot: SnapshotMeta | None = snap
         self.membership = snap.membership if snap else Membership()
+        # (index, membership) from the snapshot on: lets the driver label a local
+        # snapshot with the membership as of its index, not as of the commit index.
+        self._membership_history: list[tuple[int, Membership]] = [(self.log.snapshot_index, self.membership)]
 
         hs = restored.hard_state
         self.term = hs.term
@@ -214,6 +217,15 @@ class RawNode:
     @property
     def snapshot_meta(self) -> SnapshotMeta | None:
         return self._snapshot
+
+    def membership_at(self, index: int) -> Membership:
+        """The membership in force after applying the entry at `index`."""
+        found = self._membership_history[0][1]
+        for at, membership in self._membership_history:
+            if at > index:
+                break
+            found = membership
+        return found
 
     def is_voter(self) -> bool:
         return self.id in self.membership.voters
@@ -337,6 +349,9 @@ class RawNode:
             raise ValueError(f"snapshot term {meta.term} at {meta.index} does not match the log")
         self.log.compact(meta.index, meta.term)
         self._snapshot = meta
+        history = self._membership_history
+        keep = [h for h in history if h[0] > meta.index]
+        self._membership_history = [(meta.index, self.membership_at(meta.index))] + keep
 
     # ==================================================================
     # the Ready / advance cycle
@@ -724,6 +739,7 @@ class RawNode:
         self.log.restore(meta.index, meta.term)
         self._snapshot = meta
         self.membership = meta.membership
+        self._membership_history = [(meta.index, meta.membership)]
         self._conf_applied = meta.index
         self._installed = meta
         self.stats["snapshots_installed"] += 1
@@ -908,6 +924,7 @@ class RawNode:
                 continue
             change = ConfChange.decode(entry.data)
             self.membership = change.apply_to(self.membership)
+            self._membership_history.append((index, self.membership))
             if self.role == Role.LEADER:
                 self._on_leader_membership_change()
 

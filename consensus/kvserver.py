@@ -1,0 +1,213 @@
+"""A replicated key-value server: the smallest real program built on RaftNode
+(etcd's raftexample plays the same part).  The real-process tests and
+`python -m bench.consensus` run it as separate OS processes.
+
+    python -m consensus.kvserver --id n1 \\
+        --members n1=127.0.0.1:7101,n2=127.0.0.1:7102,n3=127.0.0.1:7103 \\
+        --rpc 127.0.0.1:7301 --data-dir /tmp/kv/n1 [--memory]
+
+Clients speak msgpack over a ZeroMQ DEALER to the --rpc ROUTER
+(consensus/kvclient.py): [request_id, op, args] -> [request_id, ok, payload].
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from consensus.errors import NotLeader, RaftError
+from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
+from consensus.memstore import MemoryLogStore, MemorySnapshotStore, MemoryStableStore
+from consensus.node import NodeOptions, RaftNode
+from consensus.zmq_transport import ZmqTransport
+
+log = logging.getLogger("ragraft.kvserver")
+
+
+class KVStateMachine:
+    """put/delete on a dict.  Deterministic: the index comes from the log."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.applied = 0
+
+    def apply(self, index: int, command: bytes) -> Any:
+        op, key, value = msgpack.unpackb(command, raw=False)
+        self.applied = index
+        if op == "put":
+            self.data[key] = value
+            return index
+        if op == "delete":
+            return self.data.pop(key, None) is not None
+        if op == "noop":
+            return index
+        return f"unknown op {op!r}"
+
+    def snapshot(self) -> bytes:
+        return msgpack.packb([self.applied, self.data], use_bin_type=True)
+
+    def restore(self, data: bytes) -> None:
+        self.applied, self.data = msgpack.unpackb(data, raw=False)
+
+
+def parse_members(text: str) -> dict[str, str]:
+    members = {}
+    for item in filter(None, text.split(",")):
+        node, _, address = item.partition("=")
+        if not node or not address:
+            raise SystemExit(f"--members: expected id=host:port, got {item!r}")
+        members[node] = address if address.startswith("tcp://") else f"tcp://{address}"
+    return members
+
+
+class KVServer:
+    def __init__(self, node: RaftNode, machine: KVStateMachine, rpc_address: str) -> None:
+        self.node = node
+        self.machine = machine
+        self.rpc_address = rpc_address
+        self._ctx = zmq.asyncio.Context.instance()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def serve(self) -> None:
+        self._sock.bind(self.rpc_address)
+        while True:
+            identity, frame = await self._sock.recv_multipart()
+            task = asyncio.create_task(self._handle(identity, frame))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, identity: bytes, frame: bytes) -> None:
+        try:
+            request_id, op, args = msgpack.unpackb(frame, raw=False)
+        except Exception:
+            return
+        try:
+            payload = await self._dispatch(op, args)
+            reply = [request_id, True, payload]
+        except NotLeader as exc:
+            reply = [request_id, False, {"code": "not_leader", "message": str(exc), "leader": exc.leader}]
+        except RaftError as exc:
+            reply = [request_id, False, {"code": type(exc).__name__, "message": str(exc)}]
+        except Exception as exc:  # report, never crash the server for one request
+            log.exception("request %s failed", op)
+            reply = [request_id, False, {"code": "internal", "message": repr(exc)}]
+        try:
+            await self._sock.send_multipart([identity, msgpack.packb(reply, use_bin_type=True)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    async def _dispatch(self, op: str, args: dict) -> Any:
+        node = self.node
+        if op == "put":
+            command = msgpack.packb(["put", args["key"], args["value"]], use_bin_type=True)
+            applied = await node.propose(command, request_id=args.get("request_id"), timeout=args.get("timeout"))
+            return {"index": applied.index, "result": applied.result}
+        if op == "get":
+            if args.get("linearizable", True):
+                await node.read_barrier(timeout=args.get("timeout"))
+            return {"value": self.machine.data.get(args["key"]), "applied": node.raw.applied_index}
+        if op == "keys":
+            if args.get("linearizable", True):
+                await node.read_barrier(timeout=args.get("timeout"))
+            return {"keys": sorted(self.machine.data)}
+        if op == "status":
+            return node.status()
+        if op == "add_member":
+            await node.add_member(args["id"], args["address"])
+            return {}
+        if op == "remove_member":
+            await node.remove_member(args["id"])
+            return {}
+        if op == "transfer":
+            await node.transfer_leadership(args["id"])
+            return {}
+        raise ValueError(f"unknown op {op!r}")
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._sock.close(0)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    members = parse_members(args.members)
+    known = parse_members(args.peers) if args.peers else {}
+    address = members.get(args.id) or known.get(args.id)
+    if address is None:
+        raise SystemExit(f"--id {args.id} is not in --members or --peers")
+    if args.memory:
+        stores = (MemoryLogStore(), MemoryStableStore(), MemorySnapshotStore())
+    else:
+        data_dir = Path(args.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        stores = (
+            FileLogStore(data_dir / "log"),
+            FileStableStore(data_dir / "state"),
+            FileSnapshotStore(data_dir / "snapshots"),
+        )
+    options = NodeOptions(
+        id=args.id,
+        initial_members=members if not args.join else {},
+        known_addresses={**members, **known},
+        tick_ms=args.tick_ms,
+        election_ticks=args.election_ticks,
+        snapshot_entries=args.snapshot_entries,
+        durable=not args.memory,
+    )
+    bind = address.replace("tcp://", "")
+    host, _, port = bind.rpartition(":")
+    transport = ZmqTransport(args.id, f"tcp://{host}:{port}")
+    machine = KVStateMachine()
+    node = RaftNode(options, machine, *stores, transport)
+    await node.start()
+    server = KVServer(node, machine, args.rpc if args.rpc.startswith("tcp://") else f"tcp://{args.rpc}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    serve = asyncio.create_task(server.serve())
+    print(f"kvserver {args.id} ready: raft {address}, rpc {args.rpc}", flush=True)
+    await stop.wait()
+    serve.cancel()
+    server.close()
+    await node.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m consensus.kvserver", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--id", required=True)
+    parser.add_argument("--members", required=True, help="initial members: id=host:port,...")
+    parser.add_argument("--peers", default="", help="extra known addresses (for a joining node)")
+    parser.add_argument("--join", action="store_true", help="start empty and wait to be added")
+    parser.add_argument("--rpc", required=True, help="host:port for client requests")
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--memory", action="store_true", help="in-memory stores (no fsync; for benchmarks)")
+    parser.add_argument("--tick-ms", type=int, default=50)
+    parser.add_argument("--election-ticks", type=int, default=10)
+    parser.add_argument("--snapshot-entries", type=int, default=10_000)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    if not args.memory and not args.data_dir:
+        parser.error("--data-dir is required unless --memory")
+    logging.basicConfig(level=args.log_level, format=f"%(asctime)s {args.id} %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(main_async(args))
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

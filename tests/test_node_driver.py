@@ -1,0 +1,190 @@
+"""The asyncio driver (consensus/node.py) on an in-process network and real
+file stores: propose from any node, read-your-writes, dedup, ReadIndex,
+failover, snapshots and restart.  Real processes: test_consensus_processes.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
+from consensus.kvserver import KVStateMachine
+from consensus.memtransport import MemoryNetwork
+from consensus.node import NodeOptions, ProposalTimeout, RaftNode
+
+IDS = ["n1", "n2", "n3"]
+MEMBERS = {n: f"mem://{n}" for n in IDS}
+
+
+def put(key: str, value: bytes = b"v") -> bytes:
+    return msgpack.packb(["put", key, value], use_bin_type=True)
+
+
+class Cluster:
+    def __init__(self, root: Path, net: MemoryNetwork, **options) -> None:
+        self.root = root
+        self.net = net
+        self.options = dict(tick_ms=10, retry_interval=0.3, proposal_timeout=5.0, **options)
+        self.nodes: dict[str, RaftNode] = {}
+        self.machines: dict[str, KVStateMachine] = {}
+
+    async def start(self, node: str, join: bool = False) -> RaftNode:
+        d = self.root / node
+        options = NodeOptions(
+            id=node,
+            initial_members={} if join else MEMBERS,
+            known_addresses=MEMBERS,
+            **self.options,
+        )
+        machine = KVStateMachine()
+        raft = RaftNode(
+            options,
+            machine,
+            FileLogStore(d / "log"),
+            FileStableStore(d / "state"),
+            FileSnapshotStore(d / "snaps"),
+            self.net.transport(node),
+        )
+        await raft.start()
+        self.nodes[node], self.machines[node] = raft, machine
+        return raft
+
+    async def stop(self, node: str) -> None:
+        await self.nodes.pop(node).stop()
+
+    async def leader(self) -> RaftNode:
+        for _ in range(500):
+            leaders = [n for n in self.nodes.values() if n.is_leader]
+            if len(leaders) == 1:
+                return leaders[0]
+            await asyncio.sleep(0.01)
+        raise AssertionError("no leader")
+
+    async def close(self) -> None:
+        for node in list(self.nodes):
+            await self.stop(node)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+@pytest.fixture
+def cluster_factory(tmp_path):
+    def make(**options):
+        return Cluster(tmp_path, MemoryNetwork(seed=1), **options)
+
+    return make
+
+
+def test_propose_on_any_node_reads_its_own_write(cluster_factory):
+    async def main():
+        c = cluster_factory()
+        for n in IDS:
+            await c.start(n)
+        leader = await c.leader()
+        for node in c.nodes.values():
+            applied = await node.propose(put(f"k-{node.id}", node.id.encode()))
+            # applied locally before propose() returned: read-your-writes
+            assert c.machines[node.id].data[f"k-{node.id}"] == node.id.encode()
+            assert applied.result == applied.index
+        follower = next(n for n in c.nodes.values() if n is not leader)
+        index = await follower.read_barrier()
+        assert index >= 4 and follower.raw.applied_index >= index
+        await c.close()
+
+    run(main())
+
+
+def test_retried_request_id_applies_once(cluster_factory):
+    async def main():
+        c = cluster_factory()
+        for n in IDS:
+            await c.start(n)
+        await c.leader()
+        node = c.nodes["n2"]
+        first = await node.propose(put("once"), request_id="req-1")
+        again = await node.propose(put("once"), request_id="req-1")
+        assert again == first
+        await asyncio.sleep(0.1)
+        assert all(n.session.duplicates == 1 for n in c.nodes.values())
+        await c.close()
+
+    run(main())
+
+
+def test_leader_isolation_fails_over(cluster_factory):
+    async def main():
+        c = cluster_factory()
+        for n in IDS:
+            await c.start(n)
+        old = await c.leader()
+        await old.propose(put("before"))
+        c.net.isolate(old.id)
+        survivor = next(n for n in c.nodes.values() if n is not old)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await survivor.propose(put("after"))
+        assert loop.time() - t0 < 2.0
+        assert survivor.leader != old.id
+        # the isolated old leader cannot commit on its own
+        with pytest.raises(ProposalTimeout):
+            await old.propose(put("lost?"), timeout=0.5)
+        c.net.heal()
+        await asyncio.sleep(0.5)
+        assert all("after" in m.data for m in c.machines.values())
+        await c.close()
+
+    run(main())
+
+
+def test_snapshot_and_restart_from_disk(cluster_factory):
+    async def main():
+        c = cluster_factory(snapshot_entries=50)
+        for n in IDS:
+            await c.start(n)
+        await c.leader()
+        await c.stop("n3")
+        await asyncio.gather(*(c.nodes["n1"].propose(put(f"k{i}")) for i in range(300)))
+        assert c.nodes["n1"].metrics["snapshots_taken"] >= 1
+        restarted = await c.start("n3")
+        await restarted.read_barrier()
+        assert len(c.machines["n3"].data) == 300
+        assert restarted.raw.stats["snapshots_installed"] >= 1
+        # a full restart of everyone recovers from disk
+        await c.close()
+        for n in IDS:
+            await c.start(n)
+        await c.leader()
+        await c.nodes["n1"].read_barrier()
+        assert all(len(m.data) == 300 for m in c.machines.values())
+        await c.close()
+
+    run(main())
+
+
+def test_add_and_remove_member(cluster_factory):
+    async def main():
+        c = cluster_factory()
+        for n in IDS:
+            await c.start(n)
+        leader = await c.leader()
+        await leader.propose(put("x"))
+        # n4 starts empty (no bootstrap entry) and learns everything from the leader
+        await c.start("n4", join=True)
+        await leader.add_member("n4", "mem://n4")
+        assert leader.raw.membership.voters == {"n1", "n2", "n3", "n4"}
+        await asyncio.sleep(0.2)
+        assert c.machines["n4"].data.get("x") == b"v"
+        victim = next(n for n in IDS if n != leader.id)
+        await leader.remove_member(victim)
+        assert victim not in leader.raw.membership.members()
+        await leader.propose(put("after-remove"))
+        await asyncio.sleep(0.2)
+        assert c.machines["n4"].data.get("after-remove") == b"v"
+        await c.close()
+
+    run(main())
