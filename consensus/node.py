@@ -163,8 +163,6 @@ class RaftNode:
             log.info("bootstrapped a new cluster with members %s", ", ".join(sorted(members)))
             return restored
         entries = self._log.entries(first, last + 1) if last >= first else []
-        if snapshot is not None:
-            entries = [e for e in entries if e.index > snapshot.index]
         log.info(
             "recovered term %d, %d log entries, snapshot at %s",
             hard_state.term,

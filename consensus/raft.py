@@ -96,6 +96,23 @@ def bootstrap(membership: Membership) -> RestoredState:
     return RestoredState(hard_state=HardState(term=1, vote=None, commit=1), snapshot=None, entries=[entry])
 
 
+def _entries_after_snapshot(restored: RestoredState) -> list[Entry]:
+    """The log entries that extend the snapshot.  A crash may leave a log that
+    the snapshot already covers (the compaction was lost) or one that disagrees
+    with it (a snapshot received from the leader was stored but the old log not
+    yet reset): the snapshot wins, and a disagreeing log is dropped whole."""
+    snap = restored.snapshot
+    if snap is None:
+        return list(restored.entries)
+    for entry in restored.entries:
+        if entry.index == snap.index and entry.term != snap.term:
+            return []
+    after = [e for e in restored.entries if e.index > snap.index]
+    if after and after[0].index != snap.index + 1:
+        return []
+    return after
+
+
 def _round_ctx(round_: int) -> bytes:
     return struct.pack(">Q", round_)
 
@@ -127,7 +144,7 @@ class RawNode:
         self._snapshots = snapshots
         self._rng = rng
         snap = restored.snapshot
-        entries = [e for e in restored.entries if snap is None or e.index > snap.index]
+        entries = _entries_after_snapshot(restored)
         self.log = RaftLog(snap.index if snap else 0, snap.term if snap else 0, entries, restored.hard_state.commit)
         self._snapshot: SnapshotMeta | None = snap
         self.membership = snap.membership if snap else Membership()
@@ -188,6 +205,7 @@ class RawNode:
         # Membership changes take effect when committed: replay those already committed.
         self._conf_applied = self.log.snapshot_index
         self._apply_committed_conf()
+        self._conf_commit_unsynced = False  # see ready(): must_sync
 
     # ==================================================================
     # introspection
@@ -381,6 +399,12 @@ class RawNode:
         hs = self._hard_state()
         soft = self._soft_state()
         must_sync_hs = hs.term != self._saved_hs.term or hs.vote != self._saved_hs.vote
+        # A commit index that covers a membership change is made durable too:
+        # after a crash the membership is rebuilt from the snapshot and the
+        # entries up to hs.commit, and a lazily saved commit could bring back a
+        # removed voter that the survivors then wait for forever (tests/sim seed 15).
+        must_sync_hs = must_sync_hs or self._conf_commit_unsynced
+        self._conf_commit_unsynced = False
         entries = self.log.take_unstable()
         rd = Ready(
             soft_state=soft if soft != self._saved_soft else None,
@@ -924,6 +948,7 @@ class RawNode:
                 continue
             change = ConfChange.decode(entry.data)
             self.membership = change.apply_to(self.membership)
+            self._conf_commit_unsynced = True
             self._membership_history.append((index, self.membership))
             if self.role == Role.LEADER:
                 self._on_leader_membership_change()

@@ -58,7 +58,8 @@ class SnapshotStore(Protocol):
         """The newest complete snapshot, or None."""
 
     def read(self, meta: SnapshotMeta, offset: int, size: int) -> bytes:
-        """Up to `size` bytes of the snapshot's data from `offset`."""
+        """Up to `size` bytes of the snapshot's data from `offset`; KeyError if
+        that snapshot is no longer stored (a newer one replaced it)."""
 
     def create(self, meta: SnapshotMeta, data: bytes) -> None:
         """Store a snapshot made locally; atomic (temp file + rename) and

@@ -432,3 +432,22 @@ def test_ready_must_be_advanced_before_next():
     raw.ready()
     with pytest.raises(RuntimeError):
         raw.ready()
+
+
+def test_restart_prefers_snapshot_over_a_disagreeing_log():
+    """A crash between storing a received snapshot and resetting the log leaves
+    both on disk: the snapshot wins, a log that disagrees with it is dropped."""
+    from consensus.memstore import MemorySnapshotStore
+    from consensus.types import Entry, HardState, Membership, RestoredState, SnapshotMeta
+    import random
+
+    membership = Membership(frozenset(IDS))
+    snap = SnapshotMeta(index=5, term=3, membership=membership, size=0)
+    stale = [Entry(term=2, index=i) for i in range(1, 9)]  # term 2 at index 5: disagrees
+    raw = RawNode(RaftConfig(id="n1"), RestoredState(HardState(3, None, 5), snap, stale),
+                  MemorySnapshotStore(), random.Random(1))
+    assert raw.last_index == 5 and raw.first_index == 6
+    agreeing = [Entry(term=3, index=i) for i in range(4, 9)]  # compaction to 5 was lost
+    raw = RawNode(RaftConfig(id="n1"), RestoredState(HardState(3, None, 5), snap, agreeing),
+                  MemorySnapshotStore(), random.Random(1))
+    assert raw.last_index == 8 and raw.first_index == 6
