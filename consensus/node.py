@@ -285,14 +285,18 @@ class RaftNode:
             self.metrics["fsyncs"] += 1
         hs = rd.hard_state
         if hs is not None:
-            vote_changed = (hs.term, hs.vote) != (self._saved_hs.term, self._saved_hs.vote)
-            # Term and vote must be durable before any answer leaves.  The commit
-            # index alone is only a hint (a restarted node re-learns it from the
-            # leader), so it is written without fsync and at most every 100 ms:
-            # otherwise every batch would pay a second fsync.
+            # Term and vote must be durable before any answer leaves, and so must
+            # a commit index that covers a membership change (a restarted node
+            # rebuilds its membership from the entries up to it; see RawNode.ready).
+            # Otherwise the commit index is only a hint that a restarted node
+            # re-learns from the leader: written without fsync, at most every
+            # 100 ms, so that a batch does not pay a second fsync.
+            must = (hs.term, hs.vote) != (self._saved_hs.term, self._saved_hs.vote) or any(
+                e.kind == EntryKind.CONF for e in rd.committed
+            )
             now = time.monotonic()
-            if vote_changed or now - self._hs_saved_at >= 0.1:
-                self._stable.save(hs, sync=vote_changed)
+            if must or now - self._hs_saved_at >= 0.1:
+                self._stable.save(hs, sync=must)
                 self._saved_hs = hs
                 self._hs_saved_at = now
 
