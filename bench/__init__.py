@@ -1,0 +1,1 @@
+"""ragraft benchmarks (consensus throughput, RAG latency, reference comparisons)."""

@@ -1,0 +1,1 @@
+"""ragraft node: the per-node runtime (API, task execution, RAG engine, CLI)."""

@@ -1,0 +1,1 @@
+"""ragraft terminal UI (Textual)."""

@@ -1,0 +1,1 @@
+"""ragraft web dashboard (Panel), served by every node."""
