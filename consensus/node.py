@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from consensus.cipher import Cipher
 from consensus.errors import NoLeader, NotLeader, RaftError, TransferInProgress
 from consensus.fsm import StateMachine
 from consensus.raft import RaftConfig, RawNode, bootstrap
@@ -80,6 +81,7 @@ class NodeOptions:
     proposal_timeout: float = 10.0
     retry_interval: float = 1.5  # re-propose (same request id) if nothing happened by then
     durable: bool = True  # fsync in a worker thread (False for in-memory stores)
+    cipher: Cipher | None = None  # seals proposals and snapshots (encryption at rest)
 
     def raft_config(self) -> RaftConfig:
         return RaftConfig(
@@ -111,6 +113,7 @@ class RaftNode:
         self.options = options
         self.id = options.id
         self.session = SessionTable(machine)
+        self._cipher = options.cipher
         self._log = log_store
         self._stable = stable_store
         self._snaps = snapshot_store
@@ -138,7 +141,7 @@ class RaftNode:
         restored = self._load()
         self.raw = RawNode(self.options.raft_config(), restored, self._snaps, random.Random())
         if restored.snapshot is not None:
-            self.session.restore(self._snaps.read(restored.snapshot, 0, restored.snapshot.size))
+            self._restore_snapshot(restored.snapshot)
         self._update_peers()
         await self._transport.start(self._on_message)
         loop = asyncio.get_running_loop()
@@ -243,14 +246,15 @@ class RaftNode:
         for msg in rd.messages_after_persist:
             self._transport.send(msg)
         if rd.snapshot is not None:
-            self.session.restore(self._snaps.read(rd.snapshot, 0, rd.snapshot.size))
+            self._restore_snapshot(rd.snapshot)
             log.info("installed snapshot at index %d from the leader", rd.snapshot.index)
         last_applied = None
         for entry in rd.committed:
             last_applied = entry.index
             if entry.kind != EntryKind.NORMAL or not entry.data:
                 continue
-            request_id, index, result = self.session.apply(entry.index, entry.data)
+            data = self._cipher.open(entry.data) if self._cipher else entry.data
+            request_id, index, result = self.session.apply(entry.index, data)
             self.metrics["applied"] += 1
             fut = self._proposals.pop(request_id, None)
             self._envelopes.pop(request_id, None)
@@ -315,6 +319,10 @@ class RaftNode:
                 return
         self._wake.set()
 
+    def _restore_snapshot(self, meta: SnapshotMeta) -> None:
+        data = self._snaps.read(meta, 0, meta.size)
+        self.session.restore(self._cipher.open(data) if self._cipher else data)
+
     def _maybe_snapshot(self, raw: RawNode) -> None:
         applied = raw.applied_index
         base = raw.snapshot_meta.index if raw.snapshot_meta else 0
@@ -324,6 +332,8 @@ class RaftNode:
         if term is None:
             return
         data = self.session.snapshot()
+        if self._cipher is not None:
+            data = self._cipher.seal(data)
         meta = SnapshotMeta(applied, term, raw.membership_at(applied), len(data))
         self._snaps.create(meta, data)
         raw.compact(meta)
@@ -369,6 +379,8 @@ class RaftNode:
         self._check_running()
         rid = request_id or self.new_request_id()
         envelope = pack_envelope(rid, command)
+        if self._cipher is not None:
+            envelope = self._cipher.seal(envelope)
         loop = asyncio.get_running_loop()
         fut = self._proposals.get(rid)
         if fut is None or fut.done():

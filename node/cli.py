@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--id", required=True, help="node id from the cluster file, e.g. n1")
     node.add_argument("--log-level", default="INFO")
 
-    sub.add_parser("keys", help="print a new CURVE key pair for [cluster] in cluster.toml")
+    sub.add_parser("keys", help="print new CURVE keys and an encryption key for cluster.toml")
     sub.add_parser("version", help="print the ragraft version")
 
     args = parser.parse_args(argv)
@@ -46,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ragraft {_version()}")
         return 0
     if args.command == "keys":
+        from consensus.cipher import Cipher
         from consensus.zmq_transport import generate_cluster_keys
 
         public, secret = generate_cluster_keys()
         print("# paste into [cluster] of cluster.toml (or set RAGRAFT_CLUSTER_PUBLIC_KEY / _SECRET_KEY)")
         print(f'curve_public_key = "{public}"')
         print(f'curve_secret_key = "{secret}"')
+        print("# paste into [security] (or set RAGRAFT_ENCRYPTION_KEY): encrypts replicated data at rest")
+        print(f'encryption_key = "{Cipher.generate_key()}"')
         return 0
     if args.command == "up":
         from node.launcher import up as launch

@@ -6,6 +6,7 @@ give every node its own ports``.  Secrets may come from the environment
 instead of the file:
 
     RAGRAFT_CLUSTER_PUBLIC_KEY / RAGRAFT_CLUSTER_SECRET_KEY   CURVE keys (z85)
+    RAGRAFT_ENCRYPTION_KEY                                     [security] encryption_key
     RAGRAFT_TICK_MS                                            [raft] tick_ms
 
 Sections the later parts of ragraft read ([models], [tasks], [security]) are
@@ -64,6 +65,7 @@ class ClusterConfig:
     raft: RaftSettings
     curve_public: str | None = None
     curve_secret: str | None = None
+    encryption_key: str | None = None  # base64 AES-256 key: encrypts replicated data at rest
     extra: dict[str, Any] = field(default_factory=dict)
 
     def node(self, node_id: str) -> NodeSpec:
@@ -180,5 +182,17 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
     if raft.election_ticks <= raft.heartbeat_ticks:
         raise fail("raft.election_ticks", "must exceed heartbeat_ticks", "e.g. election_ticks = 10, heartbeat_ticks = 1")
 
+    security = raw.get("security", {})
+    if not isinstance(security, dict):
+        raise fail("security", "must be a table", "write a [security] section")
+    encryption_key = env.get("RAGRAFT_ENCRYPTION_KEY") or security.get("encryption_key")
+    if encryption_key is not None:
+        from consensus.cipher import Cipher
+
+        try:
+            Cipher.from_base64(encryption_key)
+        except ValueError as exc:
+            raise fail("security.encryption_key", str(exc), "generate one with `ragraft keys`") from None
+
     extra = {k: v for k, v in raw.items() if k not in ("cluster", "nodes", "raft")}
-    return ClusterConfig(path, name, tuple(nodes), raft, public, secret, extra)
+    return ClusterConfig(path, name, tuple(nodes), raft, public, secret, encryption_key, extra)

@@ -15,6 +15,7 @@ import signal
 
 from aiohttp import web
 
+from consensus.cipher import Cipher
 from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
 from consensus.kvserver import KVStateMachine
 from consensus.node import NodeOptions, RaftNode
@@ -37,6 +38,7 @@ def build_raft(config: ClusterConfig, node_id: str) -> RaftNode:
         election_ticks=config.raft.election_ticks,
         heartbeat_ticks=config.raft.heartbeat_ticks,
         snapshot_entries=config.raft.snapshot_entries,
+        cipher=Cipher.from_base64(config.encryption_key) if config.encryption_key else None,
     )
     curve = CurveKeys.cluster(config.curve_public, config.curve_secret) if config.curve_enabled else None
     transport = ZmqTransport(node_id, spec.raft_address, curve)

@@ -43,6 +43,8 @@ def test_repository_cluster_toml_is_valid():
         (lambda c: c["raft"].update(speed=3), "raft.speed"),
         (lambda c: c["cluster"].update(curve_public_key="x" * 40), "cluster.curve_public_key/curve_secret_key"),
         (lambda c: c.pop("nodes"), "nodes"),
+        (lambda c: c.update(security={"encryption_key": "not-base64!"}), "security.encryption_key"),
+        (lambda c: c.update(security={"encryption_key": "c2hvcnQ="}), "security.encryption_key"),
     ],
 )
 def test_bad_values_name_their_key(mutate, key):
