@@ -1,10 +1,9 @@
-"""One ragraft node process: consensus from cluster.toml plus an HTTP status API.
+"""One ragraft node process, wired from cluster.toml.
 
-What runs today: the Raft node (durable stores under the node's data_dir,
-ZeroMQ transport, CURVE when the cluster has keys) and, on the node's api_port,
-`GET /healthz`, `GET /readyz` and `GET /api/v1/cluster`.  The replicated state
-machine is still the small key-value machine of consensus/kvserver.py; the task
-queue, gossip, RAG engine and dashboard plug in here as they land.
+Raft (durable stores under the node's data_dir, ZeroMQ transport, CURVE when
+the cluster has keys) replicates the node state (node/state.py: the task queue);
+the executor claims and runs tasks; the REST API serves /api/v1 on api_port.
+Gossip, the RAG engine and the dashboard plug in here as they land.
 """
 
 from __future__ import annotations
@@ -17,15 +16,18 @@ from aiohttp import web
 
 from consensus.cipher import Cipher
 from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
-from consensus.kvserver import KVStateMachine
 from consensus.node import NodeOptions, RaftNode
 from consensus.zmq_transport import CurveKeys, ZmqTransport
+from node.api import TaskAPI
 from node.config import ClusterConfig
+from node.executor import Executor, NoopRunner
+from node.state import NodeState
+from node.tasks import TaskQueue
 
 log = logging.getLogger("ragraft.node")
 
 
-def build_raft(config: ClusterConfig, node_id: str) -> RaftNode:
+def build_raft(config: ClusterConfig, node_id: str, state: NodeState) -> RaftNode:
     spec = config.node(node_id)
     raft_dir = spec.data_dir / "raft"
     raft_dir.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,7 @@ def build_raft(config: ClusterConfig, node_id: str) -> RaftNode:
     transport = ZmqTransport(node_id, spec.raft_address, curve)
     return RaftNode(
         options,
-        KVStateMachine(),
+        state,
         FileLogStore(raft_dir / "log"),
         FileStableStore(raft_dir / "state"),
         FileSnapshotStore(raft_dir / "snapshots"),
@@ -70,8 +72,29 @@ def cluster_view(raft: RaftNode) -> dict:
     }
 
 
-def build_http(raft: RaftNode) -> web.Application:
-    app = web.Application()
+def build_http(raft: RaftNode, state: NodeState, executor: Executor) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    TaskAPI(raft, state.tasks, raft.id).routes(app)
+
+    async def nodes(_: web.Request) -> web.Response:
+        status = raft.status()
+        known = state.tasks.nodes
+        items = []
+        for node_id in sorted(set(status["voters"]) | set(status["learners"]) | set(known)):
+            info = known.get(node_id, {})
+            items.append({
+                "id": node_id,
+                "raft_address": status["addresses"].get(node_id),
+                "raft_role": "leader" if status["leader"] == node_id else
+                             ("learner" if node_id in status["learners"] else "follower"),
+                "alive": info.get("alive", True),
+                "slots": info.get("slots"),
+                "running": state.tasks.running_on(node_id),
+                **(executor.status() if node_id == raft.id else {}),
+            })
+        return web.json_response({"items": items})
+
+    app.router.add_get("/api/v1/nodes", nodes)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": raft.id})
@@ -91,14 +114,20 @@ def build_http(raft: RaftNode) -> web.Application:
 
 async def run_node(config: ClusterConfig, node_id: str) -> None:
     spec = config.node(node_id)
-    raft = build_raft(config, node_id)
+    state = NodeState(TaskQueue())
+    raft = build_raft(config, node_id, state)
     await raft.start()
-    runner = web.AppRunner(build_http(raft), access_log=None)
+    slots = int(config.extra.get("tasks", {}).get("slots", 2))
+    executor = Executor(raft, state.tasks, node_id, slots, {"noop": NoopRunner()})
+    state.listen(lambda cmd, result: executor.poke() if cmd.get("op") in ("submit", "fail", "node") else None)
+    await executor.start()
+    runner = web.AppRunner(build_http(raft, state, executor), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, spec.host, spec.api_port)
     try:
         await site.start()
     except OSError as exc:
+        await executor.stop()
         await raft.stop()
         raise SystemExit(f"node {node_id}: cannot listen on {spec.host}:{spec.api_port} ({exc.strerror}); "
                          f"is another ragraft running? stop it or change nodes.api_port") from None
@@ -110,4 +139,5 @@ async def run_node(config: ClusterConfig, node_id: str) -> None:
     await stop.wait()
     log.info("node %s stopping", node_id)
     await runner.cleanup()
+    await executor.stop()
     await raft.stop()

@@ -127,7 +127,10 @@ class TaskQueue:
 
     # ------------------------------------------------------------ StateMachine
     def apply(self, index: int, command: bytes) -> Any:
-        cmd = msgpack.unpackb(command, raw=False)
+        return self.execute(msgpack.unpackb(command, raw=False))
+
+    def execute(self, cmd: dict) -> Any:
+        """Apply one decoded command (node/state.py routes here)."""
         op = cmd.get("op")
         handler = getattr(self, f"_op_{op}", None) if isinstance(op, str) else None
         if handler is None:
@@ -255,6 +258,10 @@ class TaskQueue:
             task.progress, task.progress_note = 0.0, ""
             requeued.append(task_id)
         return requeued
+
+    def _op_requeue_node(self, cmd: dict) -> dict:
+        """Give back every task running on a node (it restarted and lost them)."""
+        return {"node": cmd["node"], "requeued": self._requeue_node(cmd["node"], cmd["at"])}
 
     def _op_claim(self, cmd: dict) -> dict:
         node, at = cmd["node"], cmd["at"]

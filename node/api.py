@@ -1,0 +1,159 @@
+"""The REST API every node serves (aiohttp), base /api/v1.
+
+Any node accepts writes: they go through the Raft log (a follower forwards to
+the leader) and are applied on this node before the answer is sent.  Reads come
+from the local replica.  Errors are JSON: {"error": {"code", "message", "details"}}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from consensus.errors import RaftError
+from consensus.node import RaftNode
+from node.ids import new_task_id, now_ms
+from node.tasks import STATES, TaskQueue
+
+TASK_TYPES = ("qa", "generate", "retrieve", "ingest", "noop")
+MAX_LIMIT = 500
+
+_STATUS = {"not_found": 404, "conflict": 409, "invalid": 422, "bad_command": 400, "stale_attempt": 409}
+
+
+def error(status: int, code: str, message: str, **details: Any) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message, "details": details}}, status=status)
+
+
+class InvalidField(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _validate_submission(body: Any) -> dict:
+    if not isinstance(body, dict):
+        raise InvalidField("body", "the body must be a JSON object")
+    task_type = body.get("type")
+    if task_type not in TASK_TYPES:
+        raise InvalidField("type", f"type must be one of {', '.join(TASK_TYPES)}")
+    task_input = body.get("input", {})
+    if not isinstance(task_input, dict):
+        raise InvalidField("input", "input must be an object")
+    if task_type == "noop":
+        duration = task_input.get("duration_ms", 0)
+        if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not 0 <= duration <= 3_600_000:
+            raise InvalidField("input.duration_ms", "duration_ms must be a number from 0 to 3600000")
+    elif task_type in ("qa", "retrieve"):
+        if not isinstance(task_input.get("query"), str) or not task_input["query"].strip():
+            raise InvalidField("input.query", f"a {task_type} task needs a non-empty input.query")
+    elif task_type == "generate":
+        if not isinstance(task_input.get("prompt"), str) or not task_input["prompt"].strip():
+            raise InvalidField("input.prompt", "a generate task needs a non-empty input.prompt")
+    priority = body.get("priority", 5)
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
+        raise InvalidField("priority", "priority must be a whole number from 0 (lowest) to 9 (most urgent)")
+    params = body.get("params", {})
+    if not isinstance(params, dict):
+        raise InvalidField("params", "params must be an object")
+    return {"type": task_type, "input": task_input, "priority": priority, "params": params}
+
+
+class TaskAPI:
+    def __init__(self, raft: RaftNode, queue: TaskQueue, node_id: str, extra_status=None) -> None:
+        self.raft = raft
+        self.queue = queue
+        self.node_id = node_id
+        self.extra_status = extra_status or (lambda: {})
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/api/v1/tasks", self.submit)
+        app.router.add_get("/api/v1/tasks", self.list_tasks)
+        app.router.add_get("/api/v1/tasks/{id}", self.get_task)
+        app.router.add_delete("/api/v1/tasks/{id}", self.cancel)
+        app.router.add_post("/api/v1/tasks/{id}/abort", self.abort)
+        app.router.add_post("/api/v1/tasks/{id}/retry", self.retry)
+        app.router.add_get("/api/v1/stats", self.stats)
+
+    async def _propose(self, cmd: dict) -> Any:
+        applied = await self.raft.propose(msgpack.packb(cmd, use_bin_type=True))
+        return applied.result
+
+    async def _write(self, cmd: dict, ok_status: int = 200) -> web.Response:
+        try:
+            result = await self._propose(cmd)
+        except RaftError as exc:
+            return error(503, "no_quorum", f"the cluster cannot accept writes right now: {exc}")
+        err = result.get("error") if isinstance(result, dict) else None
+        if isinstance(err, dict):  # a refused command (a task's own "error" is a string)
+            return error(_STATUS.get(err["code"], 400), err["code"], err["message"], **err.get("details", {}))
+        return web.json_response(result, status=ok_status)
+
+    async def submit(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, "bad_json", "the body is not valid JSON")
+        try:
+            fields = _validate_submission(body)
+        except InvalidField as exc:
+            return error(422, "invalid", str(exc), field=exc.field)
+        cmd = {"op": "submit", "id": new_task_id(), "owner": request.get("user", "anonymous"), "at": now_ms(), **fields}
+        return await self._write(cmd, ok_status=201)
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        task = self.queue.get(request.match_info["id"])
+        if task is None:
+            return error(404, "not_found", f"no task {request.match_info['id']}")
+        return web.json_response(task.to_dict())
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        q = request.query
+        state, task_type, node = q.get("state"), q.get("type"), q.get("node")
+        if state and state not in STATES:
+            return error(422, "invalid", f"state must be one of {', '.join(STATES)}", field="state")
+        try:
+            limit = min(MAX_LIMIT, max(1, int(q.get("limit", 50))))
+        except ValueError:
+            return error(422, "invalid", "limit must be a whole number", field="limit")
+        cursor = q.get("cursor")
+        items = [
+            t for t in self.queue.tasks.values()
+            if (not state or t.state == state) and (not task_type or t.type == task_type) and (not node or t.node == node)
+        ]
+        items.sort(key=lambda t: t.id, reverse=True)  # newest first; ids sort by submission time
+        total = len(items)
+        if cursor:
+            items = [t for t in items if t.id < cursor]
+        page = items[:limit]
+        next_cursor = page[-1].id if len(items) > limit else None
+        return web.json_response({"items": [t.to_dict() for t in page], "next_cursor": next_cursor, "total": total})
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        return await self._write({"op": "cancel", "id": request.match_info["id"], "by": request.get("user", "anonymous"),
+                                  "at": now_ms()})
+
+    async def abort(self, request: web.Request) -> web.Response:
+        return await self._write({"op": "abort", "id": request.match_info["id"], "by": request.get("user", "anonymous"),
+                                  "at": now_ms()})
+
+    async def retry(self, request: web.Request) -> web.Response:
+        old = self.queue.get(request.match_info["id"])
+        if old is None:
+            return error(404, "not_found", f"no task {request.match_info['id']}")
+        if old.state not in ("failed", "cancelled"):
+            return error(409, "conflict", f"task {old.id} is {old.state}; only failed or cancelled tasks can be retried",
+                         state=old.state)
+        cmd = {"op": "submit", "id": new_task_id(), "type": old.type, "input": old.input, "params": old.params,
+               "priority": old.priority, "owner": old.owner, "at": now_ms()}
+        return await self._write(cmd, ok_status=201)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        by_node: dict[str, dict[str, int]] = {}
+        for task in self.queue.tasks.values():
+            if task.node is not None:
+                counts = by_node.setdefault(task.node, dict.fromkeys(STATES, 0))
+                counts[task.state] += 1
+        return web.json_response({**self.queue.counts(), "by_node": by_node, **self.extra_status()})

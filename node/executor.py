@@ -1,0 +1,235 @@
+"""Runs the tasks this node claims, off the event loop.
+
+The loop: while a slot is free and the local replica shows queued work, commit
+a claim; applying it grants a task to exactly one node.  The task then runs in
+a worker thread (inference must never stall Raft heartbeats or the API); its
+progress, completion or failure goes back through the log, each report naming
+the attempt so that a superseded attempt's late report is refused.
+Cancellation is cooperative: the runner polls `cancelled()` at its checkpoints,
+which turns true when an abort was committed or the task was taken away from
+this node (requeued after this node was declared dead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgpack
+
+from consensus.errors import RaftError
+from consensus.node import RaftNode
+from node.ids import now_ms
+from node.tasks import RUNNING, TaskQueue
+
+log = logging.getLogger("ragraft.executor")
+
+
+class TaskFailure(Exception):
+    """A task's own failure.  `retryable=False` for bad input (retrying cannot help)."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class TaskAborted(Exception):
+    """Raised by a runner at a checkpoint after `cancelled()` turned true."""
+
+
+ProgressFn = Callable[[float, str], None]
+CancelledFn = Callable[[], bool]
+
+
+class TaskRunner(Protocol):
+    def run(self, task: dict, progress: ProgressFn, cancelled: CancelledFn) -> Any:
+        """Blocking; runs in a worker thread.  Returns the result (msgpack-able)
+        or raises TaskFailure / TaskAborted."""
+
+
+class NoopRunner:
+    """`noop`: sleeps input.duration_ms (for tests and control-plane benchmarks)."""
+
+    def run(self, task: dict, progress: ProgressFn, cancelled: CancelledFn) -> Any:
+        duration = float(task["input"].get("duration_ms", 0)) / 1000
+        if task["input"].get("fail"):
+            raise TaskFailure(str(task["input"]["fail"]), retryable=bool(task["input"].get("retryable", True)))
+        start = time.monotonic()
+        while True:
+            elapsed = time.monotonic() - start
+            if cancelled():
+                raise TaskAborted()
+            if elapsed >= duration:
+                return {"slept_ms": round(elapsed * 1000)}
+            progress(elapsed / duration if duration else 1.0, "sleeping")
+            time.sleep(min(0.05, duration - elapsed))
+
+
+@dataclass
+class Running:
+    id: str
+    attempt: int
+    type: str
+    started: float
+    progress: float = 0.0
+    note: str = ""
+    reported: float = field(default=0.0)
+
+
+class Executor:
+    def __init__(
+        self,
+        raft: RaftNode,
+        queue: TaskQueue,
+        node_id: str,
+        slots: int,
+        runners: dict[str, TaskRunner],
+        poll_interval: float = 0.1,
+        progress_interval: float = 0.5,
+    ) -> None:
+        self.raft = raft
+        self.queue = queue
+        self.node_id = node_id
+        self.slots = slots
+        self.runners = runners
+        self.poll_interval = poll_interval
+        self.progress_interval = progress_interval
+        self.running: dict[str, Running] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, slots), thread_name_prefix=f"task-{node_id}")
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._workers: set[asyncio.Task] = set()
+        self.claims = {"granted": 0, "empty": 0}
+
+    # ------------------------------------------------------------ life
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"executor-{self.node_id}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        for worker in list(self._workers):
+            worker.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def poke(self) -> None:
+        """Something changed (a submission applied here): look for work now."""
+        self._wake.set()
+
+    def status(self) -> dict:
+        return {
+            "slots_total": self.slots,
+            "slots_used": len(self.running),
+            "running": [{"id": r.id, "type": r.type, "progress": round(r.progress, 3)} for r in self.running.values()],
+        }
+
+    # ------------------------------------------------------------ claiming
+    async def _loop(self) -> None:
+        await self._release_stale_claims()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            while len(self.running) < self.slots and self.queue.counts()["queued"] > 0:
+                if not await self._claim_one():
+                    break
+
+    async def _release_stale_claims(self) -> None:
+        """After a restart, tasks the log still shows running here were lost with
+        the old process: give them back to the queue."""
+        while True:
+            try:
+                await self.raft.read_barrier()
+                if self.queue.running_on(self.node_id):
+                    await self._propose({"op": "requeue_node", "node": self.node_id, "at": now_ms()})
+                return
+            except RaftError:
+                await asyncio.sleep(0.5)
+
+    async def _claim_one(self) -> bool:
+        cmd = {"op": "claim", "node": self.node_id, "slots": self.slots, "at": now_ms(),
+               "types": sorted(self.runners)}
+        try:
+            answer = await self._propose(cmd)
+        except RaftError as exc:
+            log.debug("claim not committed: %s", exc)
+            await asyncio.sleep(self.poll_interval)
+            return False
+        task = answer.get("task") if isinstance(answer, dict) else None
+        if not task:
+            self.claims["empty"] += 1
+            return False
+        self.claims["granted"] += 1
+        run = Running(task["id"], task["attempt"], task["type"], time.monotonic())
+        self.running[task["id"]] = run
+        worker = asyncio.create_task(self._execute(task, run), name=f"run-{task['id']}")
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+        return True
+
+    # ------------------------------------------------------------ running
+    async def _execute(self, task: dict, run: Running) -> None:
+        loop = asyncio.get_running_loop()
+        runner = self.runners[task["type"]]
+
+        def cancelled() -> bool:
+            current = self.queue.get(task["id"])
+            return (
+                current is None
+                or current.abort_requested
+                or current.state != RUNNING
+                or current.attempt != run.attempt
+                or current.node != self.node_id
+            )
+
+        def progress(fraction: float, note: str) -> None:
+            run.progress, run.note = max(0.0, min(1.0, fraction)), note
+            now = time.monotonic()
+            if now - run.reported >= self.progress_interval:
+                run.reported = now
+                loop.call_soon_threadsafe(self._report_progress, run)
+
+        fenced = {"id": task["id"], "attempt": run.attempt, "node": self.node_id}
+        try:
+            result = await loop.run_in_executor(self._pool, runner.run, task, progress, cancelled)
+            report = {"op": "complete", **fenced, "result": result}
+        except TaskAborted:
+            report = {"op": "fail", **fenced, "error": "aborted by request", "aborted": True}
+        except TaskFailure as exc:
+            report = {"op": "fail", **fenced, "error": str(exc), "retryable": exc.retryable}
+        except Exception as exc:  # a bug in a runner: fail the attempt, keep the node
+            log.exception("task %s crashed", task["id"])
+            report = {"op": "fail", **fenced, "error": f"internal error: {exc!r}", "retryable": True}
+        try:
+            await self._report(report)
+        finally:
+            self.running.pop(task["id"], None)
+            self._wake.set()
+
+    def _report_progress(self, run: Running) -> None:
+        cmd = {"op": "progress", "id": run.id, "attempt": run.attempt, "node": self.node_id,
+               "progress": run.progress, "note": run.note}
+        task = asyncio.ensure_future(self._propose(cmd))
+        task.add_done_callback(lambda t: t.exception())  # progress is best effort
+
+    async def _report(self, cmd: dict) -> None:
+        """Completion must reach the log: retry until committed (or refused as stale)."""
+        while True:
+            cmd["at"] = now_ms()
+            try:
+                await self._propose(cmd, request_id=f"{cmd['op']}:{cmd['id']}:{cmd['attempt']}")
+                return
+            except RaftError as exc:
+                log.warning("report for task %s not committed yet (%s); retrying", cmd["id"], exc)
+                await asyncio.sleep(0.5)
+
+    async def _propose(self, cmd: dict, request_id: str | None = None) -> Any:
+        applied = await self.raft.propose(msgpack.packb(cmd, use_bin_type=True), request_id=request_id)
+        return applied.result

@@ -1,0 +1,91 @@
+"""Real `ragraft node` processes from a generated cluster.toml, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.kvcluster import free_ports
+
+
+class NodeCluster:
+    def __init__(self, root: Path, size: int = 3, extra_toml: str = "", env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.ids = [f"n{i + 1}" for i in range(size)]
+        ports = free_ports(4 * size)
+        self.api = {}
+        lines = ['[cluster]\nname = "test"\n']
+        for i, node in enumerate(self.ids):
+            self.api[node] = f"http://127.0.0.1:{ports[4 * i + 2]}"
+            lines.append(
+                f'[[nodes]]\nid = "{node}"\nhost = "127.0.0.1"\nraft_port = {ports[4 * i]}\n'
+                f"gossip_port = {ports[4 * i + 1]}\napi_port = {ports[4 * i + 2]}\n"
+                f'dashboard_port = {ports[4 * i + 3]}\ndata_dir = "data/{node}"\n'
+            )
+        lines.append(extra_toml)
+        self.config = root / "cluster.toml"
+        self.config.write_text("\n".join(lines))
+        self.env = {**os.environ, **(env or {})}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, node: str) -> None:
+        log = open(self.root / f"{node}.log", "ab")
+        self.procs[node] = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "node", "--config", str(self.config), "--id", node],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+        )
+
+    def start_all(self) -> None:
+        for node in self.ids:
+            self.start(node)
+
+    def kill(self, node: str) -> None:
+        proc = self.procs.pop(node)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.procs.clear()
+
+    def request(self, node: str, method: str, path: str, body: Any = None, timeout: float = 10) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.api[node] + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def wait_ready(self, nodes: list[str] | None = None, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leaders = set()
+            for node in nodes or list(self.procs):
+                try:
+                    status, view = self.request(node, "GET", "/api/v1/cluster", timeout=0.5)
+                except OSError:
+                    break
+                if status != 200 or not view.get("leader"):
+                    break
+                leaders.add(view["leader"])
+            else:
+                if len(leaders) == 1:
+                    return leaders.pop()
+            time.sleep(0.1)
+        raise AssertionError(f"cluster not ready within {timeout} s; logs in {self.root}")

@@ -1,0 +1,82 @@
+"""Tasks through the REST API of every node of a real 3-process cluster."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.nodecluster import NodeCluster
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = NodeCluster(tmp_path, extra_toml="[tasks]\nslots = 2\n")
+    c.start_all()
+    c.wait_ready()
+    yield c
+    c.stop_all()
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+def test_tasks_submitted_anywhere_run_once_spread_over_nodes(cluster):
+    ids = []
+    for i in range(30):
+        status, task = cluster.request(cluster.ids[i % 3], "POST", "/api/v1/tasks",
+                                       {"type": "noop", "input": {"duration_ms": 150}})
+        assert status == 201 and task["state"] == "queued", task
+        ids.append(task["id"])
+
+    def all_done():
+        status, page = cluster.request("n2", "GET", "/api/v1/tasks?state=completed&limit=500")
+        return page["total"] == 30 and page
+
+    wait_for(all_done, timeout=60)
+    per_node: dict[str, int] = {}
+    for task_id in ids:
+        status, task = cluster.request("n3", "GET", f"/api/v1/tasks/{task_id}")
+        assert status == 200 and task["state"] == "completed" and task["attempt"] == 1
+        assert [h["state"] for h in task["history"]] == ["queued", "running", "completed"]
+        per_node[task["node"]] = per_node.get(task["node"], 0) + 1
+    assert set(per_node) == set(cluster.ids), per_node  # every node took work
+    assert max(per_node.values()) - min(per_node.values()) <= 6, per_node
+    status, stats = cluster.request("n1", "GET", "/api/v1/stats")
+    assert stats["completed"] == 30 and stats["queued"] == 0
+
+
+def test_cancel_queued_never_runs_and_errors_are_clear(cluster):
+    # fill every slot (3 nodes x 2) with long tasks, then queue one more
+    long = [cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 4000}})[1]
+            for _ in range(6)]
+    wait_for(lambda: cluster.request("n1", "GET", "/api/v1/stats")[1]["running"] == 6)
+    status, victim = cluster.request("n2", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 10}})
+    status, cancelled = cluster.request("n3", "DELETE", f"/api/v1/tasks/{victim['id']}")
+    assert status == 200 and cancelled["state"] == "cancelled"
+    status, body = cluster.request("n1", "DELETE", f"/api/v1/tasks/{long[0]['id']}")
+    assert status == 409 and body["error"]["details"]["state"] == "running"
+    assert cluster.request("n1", "GET", "/api/v1/tasks/NOPE")[0] == 404
+    status, body = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "priority": 11})
+    assert status == 422 and body["error"]["details"]["field"] == "priority"
+    status, body = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "teleport"})
+    assert status == 422 and body["error"]["details"]["field"] == "type"
+    wait_for(lambda: cluster.request("n1", "GET", "/api/v1/stats")[1]["completed"] == 6, timeout=30)
+    status, task = cluster.request("n2", "GET", f"/api/v1/tasks/{victim['id']}")
+    assert task["state"] == "cancelled" and task["node"] is None and task["attempt"] == 0  # it never ran
+    # abort a running task: it stops at its next checkpoint
+    status, slow = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 20000}})
+    wait_for(lambda: cluster.request("n1", "GET", f"/api/v1/tasks/{slow['id']}")[1]["state"] == "running")
+    assert cluster.request("n2", "POST", f"/api/v1/tasks/{slow['id']}/abort")[0] == 200
+    wait_for(lambda: cluster.request("n1", "GET", f"/api/v1/tasks/{slow['id']}")[1]["state"] == "cancelled", timeout=5)
+    status, again = cluster.request("n3", "POST", f"/api/v1/tasks/{slow['id']}/retry")
+    assert status == 201 and again["id"] != slow["id"] and again["input"] == slow["input"]
