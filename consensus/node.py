@@ -16,13 +16,14 @@ uses:
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 import os
 import random
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ from consensus.cipher import Cipher
 from consensus.errors import NoLeader, NotLeader, RaftError, TransferInProgress
 from consensus.fsm import StateMachine
 from consensus.raft import RaftConfig, RawNode, bootstrap
-from consensus.session import SessionTable, pack_envelope
+from consensus.session import DEFAULT_WINDOW, SessionTable, pack_envelope
 from consensus.storage import LogStore, SnapshotStore, StableStore
 from consensus.transport import Transport
 from consensus.types import (
@@ -81,6 +82,7 @@ class NodeOptions:
     proposal_timeout: float = 10.0
     retry_interval: float = 1.5  # re-propose (same request id) if nothing happened by then
     durable: bool = True  # fsync in a worker thread (False for in-memory stores)
+    dedup_window: int = DEFAULT_WINDOW  # entries during which a retried request id is recognised
     cipher: Cipher | None = None  # seals proposals and snapshots (encryption at rest)
 
     def raft_config(self) -> RaftConfig:
@@ -100,6 +102,20 @@ class Applied:
     result: Any
 
 
+# Applied(index, result) without the frozen dataclass's __init__ (one
+# object.__setattr__ per field): one is made per proposal on the hot path.
+assert Applied.__slots__ == ("index", "result"), "update _applied() for the new field"
+_set_applied_index = Applied.__dict__["index"].__set__
+_set_applied_result = Applied.__dict__["result"].__set__
+
+
+def _applied(index: int, result: Any) -> Applied:
+    applied = object.__new__(Applied)
+    _set_applied_index(applied, index)
+    _set_applied_result(applied, result)
+    return applied
+
+
 class RaftNode:
     def __init__(
         self,
@@ -112,7 +128,7 @@ class RaftNode:
     ) -> None:
         self.options = options
         self.id = options.id
-        self.session = SessionTable(machine)
+        self.session = SessionTable(machine, options.dedup_window)
         self._cipher = options.cipher
         self._log = log_store
         self._stable = stable_store
@@ -123,7 +139,15 @@ class RaftNode:
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
         self._proposals: dict[str, asyncio.Future] = {}
+        # later callers of propose() with a request id that is already pending here
+        self._joiners: dict[str, list[asyncio.Future]] = {}
         self._envelopes: dict[str, bytes] = {}  # what to re-propose when a new leader appears
+        # Proposal retry timers: one heap of plain (due, seq, callback) tuples
+        # behind a single loop timer (see _call_at).
+        self._retries: list[tuple[float, int, Callable[[], None]]] = []
+        self._retry_seq = itertools.count()
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._retry_timer_at = float("inf")
         self._reads: dict[bytes, asyncio.Future] = {}
         self._read_points: list[tuple[int, bytes]] = []
         self._applied_waiters: list[tuple[int, asyncio.Future]] = []
@@ -178,6 +202,9 @@ class RaftNode:
         if self._stopped:
             return
         self._stopped = True
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -190,9 +217,13 @@ class RaftNode:
             close = getattr(store, "close", None)  # optional, like hashicorp's WithClose
             if close is not None:
                 close()
-        for fut in itertools.chain(self._proposals.values(), self._reads.values()):
+        for fut in self._pending_futures():
             if not fut.done():
                 fut.set_exception(NodeStopped())
+
+    def _pending_futures(self) -> list[asyncio.Future]:
+        joined = [fut for futs in self._joiners.values() for fut in futs]
+        return [*self._proposals.values(), *joined, *self._reads.values()]
 
     # ------------------------------------------------------------------ inputs
     def _on_message(self, msg) -> None:
@@ -229,7 +260,7 @@ class RaftNode:
         except BaseException as exc:  # a broken invariant or a failing disk: stop loudly
             self.fatal = exc
             log.critical("raft node %s stopped: %s", self.id, exc, exc_info=True)
-            for fut in itertools.chain(self._proposals.values(), self._reads.values()):
+            for fut in self._pending_futures():
                 if not fut.done():
                     fut.set_exception(NodeStopped())
             raise
@@ -248,18 +279,35 @@ class RaftNode:
         if rd.snapshot is not None:
             self._restore_snapshot(rd.snapshot)
             log.info("installed snapshot at index %d from the leader", rd.snapshot.index)
-        last_applied = None
-        for entry in rd.committed:
-            last_applied = entry.index
-            if entry.kind != EntryKind.NORMAL or not entry.data:
-                continue
-            data = self._cipher.open(entry.data) if self._cipher else entry.data
-            request_id, index, result = self.session.apply(entry.index, data)
-            self.metrics["applied"] += 1
-            fut = self._proposals.pop(request_id, None)
-            self._envelopes.pop(request_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(Applied(index, result))
+        committed = rd.committed
+        conf_committed = False
+        if committed:
+            # The hot loop of a busy node: everything it touches per entry is a local.
+            normal, conf = EntryKind.NORMAL, EntryKind.CONF
+            cipher, apply = self._cipher, self.session.apply
+            proposals, envelopes, joiners = self._proposals, self._envelopes, self._joiners
+            applied = 0
+            for entry in committed:
+                kind = entry.kind
+                if kind != normal:
+                    conf_committed = conf_committed or kind == conf
+                    continue
+                data = entry.data
+                if not data:
+                    continue
+                if cipher is not None:
+                    data = cipher.open(data)
+                request_id, index, result = apply(entry.index, data)
+                applied += 1
+                fut = proposals.pop(request_id, None)
+                envelopes.pop(request_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(_applied(index, result))
+                if joiners:
+                    for joined in joiners.pop(request_id, ()):
+                        if not joined.done():
+                            joined.set_result(_applied(index, result))
+            self.metrics["applied"] += applied
         for read in rd.read_states:
             self._read_points.append((read.index, read.ctx))
         raw.advance(rd)
@@ -269,10 +317,10 @@ class RaftNode:
                 self._repropose()
             else:
                 self._leader_known.clear()
-        if any(e.kind == EntryKind.CONF for e in rd.committed) or rd.snapshot is not None:
+        if conf_committed or rd.snapshot is not None:
             self._update_peers()
         self._release_reads()
-        if last_applied is not None:
+        if committed:
             self._maybe_snapshot(raw)
 
     def _persist(self, rd: Ready) -> None:
@@ -311,7 +359,7 @@ class RaftNode:
         assert self.raw is not None
         for rid, envelope in list(self._envelopes.items()):
             fut = self._proposals.get(rid)
-            if fut is None or fut.done():
+            if (fut is None or fut.done()) and not any(not f.done() for f in self._joiners.get(rid, ())):
                 continue
             try:
                 self.raw.propose(envelope)
@@ -382,36 +430,85 @@ class RaftNode:
         if self._cipher is not None:
             envelope = self._cipher.seal(envelope)
         loop = asyncio.get_running_loop()
-        fut = self._proposals.get(rid)
-        if fut is None or fut.done():
-            fut = loop.create_future()
+        # Each caller owns one future, resolved when the entry is applied here,
+        # and one timer that re-proposes (same request id) and finally times it
+        # out: the hot path is a single await, no wait_for()/shield() per try.
+        fut = loop.create_future()
+        owner = self._proposals.get(rid)
+        if owner is None or owner.done():
             self._proposals[rid] = fut
-            self._envelopes[rid] = envelope
+        else:  # the same request id is already pending here (a client retry)
+            self._joiners.setdefault(rid, []).append(fut)
+        self._envelopes[rid] = envelope
         timeout = self.options.proposal_timeout if timeout is None else timeout
         deadline = loop.time() + timeout
+
+        def attempt() -> None:
+            if fut.done():
+                return
+            raw = self.raw
+            if self._stopped or self.fatal is not None or raw is None:
+                fut.set_exception(NodeStopped())
+                return
+            try:
+                raw.propose(envelope)
+                self._wake.set()
+                wait = self.options.retry_interval
+            except (NoLeader, NotLeader, TransferInProgress):
+                wait = self.options.tick_ms / 1000 * 2
+            except Exception as exc:  # raised to the caller, as before
+                fut.set_exception(exc)
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                fut.set_exception(ProposalTimeout(timeout, raw.leader))
+                return
+            # lost on the way or no leader yet: the same request id again then
+            self._call_at(loop, loop.time() + min(wait, remaining), attempt)
+
+        attempt()
         try:
-            while True:
-                self._check_running()
-                try:
-                    assert self.raw is not None
-                    self.raw.propose(envelope)
-                    self._wake.set()
-                    wait = self.options.retry_interval
-                except (NoLeader, NotLeader, TransferInProgress):
-                    wait = self.options.tick_ms / 1000 * 2
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise ProposalTimeout(timeout, self.raw.leader if self.raw else None)
-                try:
-                    return await asyncio.wait_for(asyncio.shield(fut), min(wait, remaining))
-                except asyncio.TimeoutError:
-                    continue  # lost on the way or no leader yet: the same request id again
+            return await fut
         finally:
             # An answer that arrives after we gave up is dropped; the command may
             # still apply (once): the caller retries with the same request id.
             if self._proposals.get(rid) is fut:
                 del self._proposals[rid]
+            else:
+                joined = self._joiners.get(rid)
+                if joined is not None and fut in joined:
+                    joined.remove(fut)
+                    if not joined:
+                        del self._joiners[rid]
+            if rid not in self._proposals and rid not in self._joiners:
                 self._envelopes.pop(rid, None)
+
+    def _call_at(self, loop: asyncio.AbstractEventLoop, due: float, callback: Callable[[], None]) -> None:
+        """loop.call_at() for proposal retries, without a TimerHandle per
+        proposal (asyncio compares those in Python on every heap operation):
+        the tuples here compare in C.  Entries are never cancelled; a callback
+        whose proposal has finished returns at once."""
+        heapq.heappush(self._retries, (due, next(self._retry_seq), callback))
+        if due < self._retry_timer_at and not self._stopped:
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+            self._retry_timer = loop.call_at(due, self._run_retries, loop)
+            self._retry_timer_at = due
+
+    def _run_retries(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._retry_timer = None
+        self._retry_timer_at = float("inf")
+        heap = self._retries
+        now = loop.time()
+        while heap and heap[0][0] <= now:
+            callback = heapq.heappop(heap)[2]
+            try:
+                callback()
+            except Exception:  # never lose the other timers to one bad callback
+                log.exception("proposal retry failed")
+        if heap and not self._stopped:
+            self._retry_timer_at = heap[0][0]
+            self._retry_timer = loop.call_at(self._retry_timer_at, self._run_retries, loop)
 
     async def read_barrier(self, timeout: float | None = None) -> int:
         """Wait until this node has applied everything committed before the call

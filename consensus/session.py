@@ -3,19 +3,27 @@
 A proposal travels as an envelope [request_id, command].  A proposer that times
 out retries with the SAME request id, so the log may hold the command twice;
 `SessionTable.apply` runs the state machine the first time and answers later
-copies with the remembered result.  The table is replicated state: it changes
-only through `apply`, evicts deterministically (oldest first, by count) and is
+copies with the remembered index and result.  The table is replicated state: it
+changes only through `apply`, forgets a request once `window` more entries have
+been applied after it (deterministic: counted in log indices, not time), and is
 part of every snapshot.  Results must therefore be msgpack-serializable.
+
+The window bounds the table, and with it the snapshots: under a steady load a
+node's data directory levels off once the window is full.  A retry must come
+within the window to be recognised; proposers retry within seconds, so the
+default covers thousands of commands per second.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from typing import Any
 
 import msgpack
 
 from consensus.fsm import StateMachine
+
+DEFAULT_WINDOW = 20_000
 
 
 def pack_envelope(request_id: str, command: bytes) -> bytes:
@@ -28,33 +36,41 @@ def unpack_envelope(data: bytes) -> tuple[str, bytes]:
 
 
 class SessionTable:
-    def __init__(self, machine: StateMachine, capacity: int = 100_000) -> None:
+    def __init__(self, machine: StateMachine, window: int = DEFAULT_WINDOW) -> None:
         self.machine = machine
-        self.capacity = capacity
-        self._results: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self.window = window
+        self._results: dict[str, tuple[int, Any]] = {}
+        self._order: deque[tuple[int, str]] = deque()  # (index, request id), oldest first
         self.duplicates = 0
 
     def apply(self, index: int, data: bytes) -> tuple[str, int, Any]:
         """Apply one committed envelope; returns (request_id, index, result) where
         a duplicate gets the index and result of its first copy."""
         request_id, command = unpack_envelope(data)
-        if request_id in self._results:
+        results = self._results
+        known = results.get(request_id)
+        if known is not None:
             self.duplicates += 1
-            first_index, result = self._results[request_id]
-            return request_id, first_index, result
+            return request_id, known[0], known[1]
         result = self.machine.apply(index, command)
-        self._results[request_id] = (index, result)
-        if len(self._results) > self.capacity:
-            self._results.popitem(last=False)
+        results[request_id] = (index, result)
+        order = self._order
+        order.append((index, request_id))
+        horizon = index - self.window
+        while order[0][0] <= horizon:
+            del results[order.popleft()[1]]
         return request_id, index, result
 
+    def __len__(self) -> int:
+        return len(self._results)
+
     def snapshot(self) -> bytes:
-        return msgpack.packb(
-            [self.capacity, list(self._results.items()), self.machine.snapshot()], use_bin_type=True
-        )
+        rows = [(rid, index, self._results[rid][1]) for index, rid in self._order]
+        return msgpack.packb([self.window, rows, self.machine.snapshot()], use_bin_type=True)
 
     def restore(self, data: bytes) -> None:
-        capacity, results, machine_state = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        self.capacity = capacity
-        self._results = OrderedDict((rid, (index, res)) for rid, (index, res) in results)
+        window, rows, machine_state = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        self.window = window
+        self._results = {rid: (index, result) for rid, index, result in rows}
+        self._order = deque((index, rid) for rid, index, _ in rows)
         self.machine.restore(machine_state)

@@ -55,6 +55,17 @@ class RaftSettings:
     election_ticks: int = 10
     heartbeat_ticks: int = 1
     snapshot_entries: int = 10_000
+    segment_bytes: int = 64 * 1024 * 1024  # log segment size: compaction frees whole segments
+    dedup_entries: int = 20_000  # a retried request is recognised within this many entries
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    slots: int = 2  # tasks one node runs at once (a GPU node may say more)
+    max_attempts: int = 3
+    retry_backoff_ms: int = 2_000  # doubles on each retry
+    retention_seconds: int = 7 * 24 * 3600  # finished tasks are expired after this
+    sweep_seconds: int = 60  # how often the leader expires old tasks
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,7 @@ class ClusterConfig:
     name: str
     nodes: tuple[NodeSpec, ...]
     raft: RaftSettings
+    tasks: TaskSettings
     curve_public: str | None = None
     curve_secret: str | None = None
     encryption_key: str | None = None  # base64 AES-256 key: encrypts replicated data at rest
@@ -171,7 +183,8 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
     defaults = RaftSettings()
     settings = {}
     for name_, low, high in (("tick_ms", 1, 10_000), ("election_ticks", 2, 1000), ("heartbeat_ticks", 1, 1000),
-                             ("snapshot_entries", 10, 10**9)):
+                             ("snapshot_entries", 10, 10**9), ("segment_bytes", 64 * 1024, 2**34),
+                             ("dedup_entries", 100, 10**8)):
         value = raft_raw.pop(name_, getattr(defaults, name_))
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise fail(f"raft.{name_}", f"{value!r} is out of range", f"use a whole number from {low} to {high}")
@@ -179,6 +192,22 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
     if raft_raw:
         raise fail(f"raft.{sorted(raft_raw)[0]}", "unknown key", f"use only {', '.join(settings)}")
     raft = RaftSettings(**settings)
+
+    tasks_raw = raw.get("tasks", {})
+    if not isinstance(tasks_raw, dict):
+        raise fail("tasks", "must be a table", "write a [tasks] section")
+    tasks_raw = dict(tasks_raw)
+    task_defaults = TaskSettings()
+    task_settings = {}
+    for name_, low, high in (("slots", 1, 256), ("max_attempts", 1, 100), ("retry_backoff_ms", 0, 3_600_000),
+                             ("retention_seconds", 1, 10 * 365 * 86400), ("sweep_seconds", 1, 86400)):
+        value = tasks_raw.pop(name_, getattr(task_defaults, name_))
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise fail(f"tasks.{name_}", f"{value!r} is out of range", f"use a whole number from {low} to {high}")
+        task_settings[name_] = value
+    if tasks_raw:
+        raise fail(f"tasks.{sorted(tasks_raw)[0]}", "unknown key", f"use only {', '.join(task_settings)}")
+    tasks = TaskSettings(**task_settings)
     if raft.election_ticks <= raft.heartbeat_ticks:
         raise fail("raft.election_ticks", "must exceed heartbeat_ticks", "e.g. election_ticks = 10, heartbeat_ticks = 1")
 
@@ -194,5 +223,5 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         except ValueError as exc:
             raise fail("security.encryption_key", str(exc), "generate one with `ragraft keys`") from None
 
-    extra = {k: v for k, v in raw.items() if k not in ("cluster", "nodes", "raft")}
-    return ClusterConfig(path, name, tuple(nodes), raft, public, secret, encryption_key, extra)
+    extra = {k: v for k, v in raw.items() if k not in ("cluster", "nodes", "raft", "tasks")}
+    return ClusterConfig(path, name, tuple(nodes), raft, tasks, public, secret, encryption_key, extra)

@@ -12,17 +12,21 @@ import asyncio
 import logging
 import signal
 
+import msgpack
+
 from aiohttp import web
 
 from consensus.cipher import Cipher
+from consensus.errors import RaftError
 from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
 from consensus.node import NodeOptions, RaftNode
 from consensus.zmq_transport import CurveKeys, ZmqTransport
 from node.api import TaskAPI
-from node.config import ClusterConfig
+from node.config import ClusterConfig, TaskSettings
 from node.executor import Executor, NoopRunner
 from node.state import NodeState
-from node.tasks import TaskQueue
+from node.ids import now_ms
+from node.tasks import RetryPolicy, TaskQueue
 
 log = logging.getLogger("ragraft.node")
 
@@ -40,6 +44,7 @@ def build_raft(config: ClusterConfig, node_id: str, state: NodeState) -> RaftNod
         election_ticks=config.raft.election_ticks,
         heartbeat_ticks=config.raft.heartbeat_ticks,
         snapshot_entries=config.raft.snapshot_entries,
+        dedup_window=config.raft.dedup_entries,
         cipher=Cipher.from_base64(config.encryption_key) if config.encryption_key else None,
     )
     curve = CurveKeys.cluster(config.curve_public, config.curve_secret) if config.curve_enabled else None
@@ -47,7 +52,7 @@ def build_raft(config: ClusterConfig, node_id: str, state: NodeState) -> RaftNod
     return RaftNode(
         options,
         state,
-        FileLogStore(raft_dir / "log"),
+        FileLogStore(raft_dir / "log", segment_bytes=config.raft.segment_bytes),
         FileStableStore(raft_dir / "state"),
         FileSnapshotStore(raft_dir / "snapshots"),
         transport,
@@ -112,15 +117,32 @@ def build_http(raft: RaftNode, state: NodeState, executor: Executor) -> web.Appl
     return app
 
 
+async def sweep_expired(raft: RaftNode, settings: TaskSettings) -> None:
+    """On the leader, expire finished tasks past the retention period (R10).
+    The cut-off time travels in the command, so every node removes the same set."""
+    while True:
+        await asyncio.sleep(settings.sweep_seconds)
+        if not raft.is_leader:
+            continue
+        cmd = {"op": "expire", "before": now_ms() - settings.retention_seconds * 1000}
+        try:
+            applied = await raft.propose(msgpack.packb(cmd, use_bin_type=True))
+            if applied.result.get("expired"):
+                log.info("expired %d finished tasks", applied.result["expired"])
+        except RaftError as exc:
+            log.warning("could not expire old tasks: %s", exc)
+
+
 async def run_node(config: ClusterConfig, node_id: str) -> None:
     spec = config.node(node_id)
-    state = NodeState(TaskQueue())
+    settings = config.tasks
+    state = NodeState(TaskQueue(RetryPolicy(settings.max_attempts, settings.retry_backoff_ms)))
     raft = build_raft(config, node_id, state)
     await raft.start()
-    slots = int(config.extra.get("tasks", {}).get("slots", 2))
-    executor = Executor(raft, state.tasks, node_id, slots, {"noop": NoopRunner()})
+    executor = Executor(raft, state.tasks, node_id, settings.slots, {"noop": NoopRunner()})
     state.listen(lambda cmd, result: executor.poke() if cmd.get("op") in ("submit", "fail", "node") else None)
     await executor.start()
+    housekeeper = asyncio.create_task(sweep_expired(raft, settings), name="housekeeper")
     runner = web.AppRunner(build_http(raft, state, executor), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, spec.host, spec.api_port)
@@ -138,6 +160,7 @@ async def run_node(config: ClusterConfig, node_id: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("node %s stopping", node_id)
+    housekeeper.cancel()
     await runner.cleanup()
     await executor.stop()
     await raft.stop()
