@@ -7,6 +7,7 @@ from the local replica.  Errors are JSON: {"error": {"code", "message", "details
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgpack
@@ -68,6 +69,17 @@ class TaskAPI:
         self.node_id = node_id
         self.extra_status = extra_status or (lambda: {})
 
+    def middleware(self):
+        @web.middleware
+        async def mark_stale(request: web.Request, handler):
+            response = await handler(request)
+            if self.raft.leader is None:
+                # no leader: this replica may be behind; say so on every answer
+                response.headers["X-Ragraft-Stale"] = "true"
+            return response
+
+        return mark_stale
+
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v1/tasks", self.submit)
         app.router.add_get("/api/v1/tasks", self.list_tasks)
@@ -82,6 +94,13 @@ class TaskAPI:
         return applied.result
 
     async def _write(self, cmd: dict, ok_status: int = 200) -> web.Response:
+        # Fail fast without a leader (a majority down): an election takes about a
+        # second, so wait that long, then say so instead of hanging.
+        try:
+            await self.raft.wait_for_leader(timeout=2.5)
+        except asyncio.TimeoutError:
+            return error(503, "no_quorum", "no leader: a majority of the cluster is unreachable, so writes are "
+                         "refused; reads still work from this node's replica (possibly stale)")
         try:
             result = await self._propose(cmd)
         except RaftError as exc:

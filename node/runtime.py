@@ -78,8 +78,9 @@ def cluster_view(raft: RaftNode) -> dict:
 
 
 def build_http(raft: RaftNode, state: NodeState, executor: Executor) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    TaskAPI(raft, state.tasks, raft.id).routes(app)
+    api = TaskAPI(raft, state.tasks, raft.id)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[api.middleware()])
+    api.routes(app)
 
     async def nodes(_: web.Request) -> web.Response:
         status = raft.status()

@@ -63,14 +63,19 @@ class NodeCluster:
         self.procs.clear()
 
     def request(self, node: str, method: str, path: str, body: Any = None, timeout: float = 10) -> tuple[int, Any]:
+        status, body, _ = self.request_with_headers(node, method, path, body, timeout)
+        return status, body
+
+    def request_with_headers(self, node: str, method: str, path: str, body: Any = None,
+                             timeout: float = 10) -> tuple[int, Any, dict[str, str]]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.api[node] + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
+                return resp.status, json.loads(resp.read() or b"null"), dict(resp.headers)
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+            return exc.code, json.loads(exc.read() or b"null"), dict(exc.headers)
 
     def wait_ready(self, nodes: list[str] | None = None, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout

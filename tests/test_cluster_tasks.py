@@ -80,3 +80,20 @@ def test_cancel_queued_never_runs_and_errors_are_clear(cluster):
     wait_for(lambda: cluster.request("n1", "GET", f"/api/v1/tasks/{slow['id']}")[1]["state"] == "cancelled", timeout=5)
     status, again = cluster.request("n3", "POST", f"/api/v1/tasks/{slow['id']}/retry")
     assert status == 201 and again["id"] != slow["id"] and again["input"] == slow["input"]
+
+
+def test_without_a_majority_reads_work_marked_stale_and_writes_fail_clearly(cluster):
+    status, task = cluster.request("n3", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 0}})
+    assert status == 201
+    wait_for(lambda: cluster.request("n3", "GET", f"/api/v1/tasks/{task['id']}")[1]["state"] == "completed")
+    cluster.kill("n1")
+    cluster.kill("n2")
+    time.sleep(1.5)  # the survivor notices the leader is gone
+    status, body, headers = cluster.request_with_headers("n3", "GET", f"/api/v1/tasks/{task['id']}")
+    assert status == 200 and body["state"] == "completed"
+    assert headers.get("X-Ragraft-Stale") == "true"
+    started = time.monotonic()
+    status, body = cluster.request("n3", "POST", "/api/v1/tasks", {"type": "noop"})
+    assert status == 503 and body["error"]["code"] == "no_quorum"
+    assert "majority" in body["error"]["message"]
+    assert time.monotonic() - started < 8
