@@ -155,23 +155,24 @@ class Executor:
 
     async def _claim_one(self) -> bool:
         cmd = {"op": "claim", "node": self.node_id, "slots": self.slots, "at": now_ms(),
-               "types": sorted(self.runners)}
+               "types": sorted(self.runners), "max": self.slots - len(self.running)}
         try:
             answer = await self._propose(cmd)
         except RaftError as exc:
             log.debug("claim not committed: %s", exc)
             await asyncio.sleep(self.poll_interval)
             return False
-        task = answer.get("task") if isinstance(answer, dict) else None
-        if not task:
+        tasks = answer.get("tasks") if isinstance(answer, dict) else None
+        if not tasks:
             self.claims["empty"] += 1
             return False
-        self.claims["granted"] += 1
-        run = Running(task["id"], task["attempt"], task["type"], time.monotonic())
-        self.running[task["id"]] = run
-        worker = asyncio.create_task(self._execute(task, run), name=f"run-{task['id']}")
-        self._workers.add(worker)
-        worker.add_done_callback(self._workers.discard)
+        for task in tasks:
+            self.claims["granted"] += 1
+            run = Running(task["id"], task["attempt"], task["type"], time.monotonic())
+            self.running[task["id"]] = run
+            worker = asyncio.create_task(self._execute(task, run), name=f"run-{task['id']}")
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
         return True
 
     # ------------------------------------------------------------ running

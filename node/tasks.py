@@ -264,18 +264,30 @@ class TaskQueue:
         return {"node": cmd["node"], "requeued": self._requeue_node(cmd["node"], cmd["at"])}
 
     def _op_claim(self, cmd: dict) -> dict:
+        """Grant up to `max` tasks (one per free slot) to the claiming node."""
         node, at = cmd["node"], cmd["at"]
         slots = int(cmd.get("slots", 1))
         info = self.nodes.setdefault(node, {"slots": slots, "alive": True, "since": at})
         info["slots"], info["alive"], info["last_claim"] = slots, True, at
+        want = max(1, int(cmd.get("max", 1)))
+        window = int(cmd.get("fair_window_ms", 2_000))
+        granted: list[dict] = []
+        reason = ""
+        while len(granted) < want:
+            task, reason = self._grant_one(node, slots, at, cmd.get("types"), window)
+            if task is None:
+                break
+            granted.append(task.to_dict())
+        return {"task": granted[0] if granted else None, "tasks": granted, "reason": "" if granted else reason}
+
+    def _grant_one(self, node: str, slots: int, at: int, types: list | None, window: int) -> tuple[Task | None, str]:
         busy = len(self._running.get(node, ()))
         if busy >= slots:
-            return {"task": None, "reason": "no free slot"}
+            return None, "no free slot"
         # Fairness: among the nodes that are asking for work (claimed within the
         # window) and have a free slot, only the least loaded may take a task, so
         # equal nodes never differ by more than one.  A node that stops asking
         # (busy loading a model, or dead) drops out of the comparison.
-        window = int(cmd.get("fair_window_ms", 2_000))
         least = min(
             (
                 len(self._running.get(n, ()))
@@ -286,8 +298,7 @@ class TaskQueue:
             default=busy,
         )
         if busy > least:
-            return {"task": None, "reason": "other nodes are less loaded"}
-        types = cmd.get("types")
+            return None, "other nodes are less loaded"
         skipped: list[tuple[int, int, str]] = []
         granted = None
         while self._queue:
@@ -303,14 +314,14 @@ class TaskQueue:
         for entry in skipped:
             heapq.heappush(self._queue, entry)
         if granted is None:
-            return {"task": None, "reason": "queue empty"}
+            return None, "queue empty"
         granted.node = node
         granted.attempt += 1
         granted.started_at = at
         granted.progress, granted.progress_note = 0.0, ""
         granted.abort_requested = False
         self._move(granted, RUNNING, at, "claimed")
-        return {"task": granted.to_dict()}
+        return granted, ""
 
     def _op_progress(self, cmd: dict) -> dict:
         task = self._fenced(cmd)
