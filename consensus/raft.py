@@ -113,6 +113,25 @@ def _entries_after_snapshot(restored: RestoredState) -> list[Entry]:
     return after
 
 
+# Entry(term, index, kind, data) without the frozen dataclass's __init__ (one
+# object.__setattr__ per field), which was half the cost of a leader's propose().
+# Correct only while Entry has exactly these slots, all of them set here.
+assert Entry.__slots__ == ("term", "index", "kind", "data"), "update _new_entry() for the new field"
+_set_entry_term = Entry.__dict__["term"].__set__
+_set_entry_index = Entry.__dict__["index"].__set__
+_set_entry_kind = Entry.__dict__["kind"].__set__
+_set_entry_data = Entry.__dict__["data"].__set__
+
+
+def _new_entry(term: int, index: int, kind: EntryKind, data: bytes) -> Entry:
+    entry = object.__new__(Entry)
+    _set_entry_term(entry, term)
+    _set_entry_index(entry, index)
+    _set_entry_kind(entry, kind)
+    _set_entry_data(entry, data)
+    return entry
+
+
 def _round_ctx(round_: int) -> bytes:
     return struct.pack(">Q", round_)
 
@@ -332,6 +351,15 @@ class RawNode:
                 raise InvalidConfChange(f"{node} is not a member")
             if m.voters == {node}:
                 raise InvalidConfChange(f"cannot remove {node}: it is the last voter")
+            if node == self.id and len(m.voters) == 2:
+                # The survivor would be the only voter; if it then lost the commit of
+                # this change in a crash, it would need our vote again, which our
+                # longer log could refuse forever (tests/sim seed 499 before this rule).
+                other = next(iter(m.voters - {node}))
+                raise InvalidConfChange(
+                    f"the leader cannot remove itself from a two-voter cluster: transfer leadership "
+                    f"to {other} first, then remove {node} there"
+                )
 
     def read_index(self, ctx: bytes) -> None:
         """Ask for a linearizable read point; a ReadState(index, ctx) follows."""
@@ -482,7 +510,9 @@ class RawNode:
             if self.config.check_quorum:
                 active = {peer for peer, pr in self._progress.items() if pr.recent_active}
                 active.add(self.id)
-                if not quorum.has_quorum(self.membership.voters, active):
+                # A removed leader handing over (see _hand_over_leadership) keeps
+                # going: stepping down before a successor exists could strand the rest.
+                if not quorum.has_quorum(self.membership.voters, active) and self.is_voter():
                     self._become_follower(self.term, None)
                     return
                 for peer, pr in self._progress.items():
@@ -493,6 +523,8 @@ class RawNode:
             self._transfer_elapsed += 1
             if self._transfer_elapsed >= self.config.election_ticks:
                 self._transferee = None  # the transfer did not finish in time: give up
+                if self.id not in self.membership.voters:
+                    self._hand_over_leadership()  # ...unless we must leave: try again
         if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat(read_round=False)
@@ -633,8 +665,12 @@ class RawNode:
                 # A stale leader (its term passed while it was cut off) learns
                 # our term from this answer and steps down.
                 self._send(AppendResponse(self.term, self.id, msg.src, False, 0))
-            elif isinstance(msg, VoteRequest) and msg.pre:
-                self._send(VoteResponse(self.term, self.id, msg.src, False, pre=True))
+            elif isinstance(msg, VoteRequest):
+                # Rejected with our term (as the paper's RequestVote does), so that a
+                # candidate behind in terms catches up at once; without it, a node whose
+                # stale membership does not list the candidate can stay a term ahead of
+                # it forever, never telling it (tests/sim soak seed 39404135589292).
+                self._send(VoteResponse(self.term, self.id, msg.src, False, pre=msg.pre))
             else:
                 self.stats["stale_term"] += 1
             return
@@ -852,10 +888,11 @@ class RawNode:
     # ==================================================================
     def _append_new(self, items: list[tuple[EntryKind, bytes]]) -> None:
         index = self.log.last_index()
+        term = self.term
         entries = []
         for kind, data in items:
             index += 1
-            entries.append(Entry(self.term, index, kind, data))
+            entries.append(_new_entry(term, index, kind, data))
         self.log.append(entries)
         self._broadcast_wanted = True
 
@@ -953,20 +990,29 @@ class RawNode:
             if self.role == Role.LEADER:
                 self._on_leader_membership_change()
 
+    def _hand_over_leadership(self) -> None:
+        """We were removed.  Stepping down at once can leave the others without
+        a leader: one that has not heard of the commit still counts us as a
+        voter, and we would refuse it our vote if its log is behind ours.  So,
+        as etcd does, keep leading (without counting ourselves, and refusing
+        proposals) and hand leadership to the most caught-up voter, again
+        and again until one takes over; its first message deposes us."""
+        self._broadcast_heartbeat(read_round=False)
+        target = max(sorted(self.membership.voters), key=lambda v: self._progress[v].match)
+        self._transferee = None
+        self.transfer_leadership(target)
+
     def _on_leader_membership_change(self) -> None:
         members = self.membership.members()
         for peer in list(self._progress):
-            if peer not in members:
+            if peer not in members and peer != self.id:  # a removed leader still tracks itself
                 del self._progress[peer]
         for member in members:
             if member not in self._progress:
                 self._add_progress(member, self.log.last_index() + 1)
             self._progress[member].is_learner = member not in self.membership.voters
         if self.id not in self.membership.voters:
-            # Removed: tell everyone the commit index (so they apply the change
-            # too), then stop leading; the rest elect among themselves.
-            self._broadcast_heartbeat(read_round=False)
-            self._become_follower(self.term, None)
+            self._hand_over_leadership()
             return
         if self._transferee is not None and self._transferee not in self.membership.voters:
             self._transferee = None
@@ -982,7 +1028,9 @@ class RawNode:
             # Our commit index may still lag the previous leader's: wait for the no-op.
             self._reads_before_commit.append((ctx, requester))
             return
-        if len(self.membership.voters) == 1:
+        if self.membership.voters == {self.id}:
+            # Only a sole voter may answer without a round (a removed leader that
+            # is handing over must still hear from the remaining voters).
             self._answer_read(ctx, self.log.committed, requester)
             return
         # Batch every read until the next ready() into one heartbeat round.

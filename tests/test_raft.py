@@ -451,3 +451,13 @@ def test_restart_prefers_snapshot_over_a_disagreeing_log():
     raw = RawNode(RaftConfig(id="n1"), RestoredState(HardState(3, None, 5), snap, agreeing),
                   MemorySnapshotStore(), random.Random(1))
     assert raw.last_index == 8 and raw.first_index == 6
+
+
+def test_leader_cannot_remove_itself_from_two_voters():
+    net = Net(["n1", "n2"])
+    net.elect("n1")
+    with pytest.raises(InvalidConfChange, match="transfer leadership to n2 first"):
+        net.raw("n1").propose_conf_change(ConfChange(ConfOp.REMOVE, "n1"))
+    net.raw("n1").propose_conf_change(ConfChange(ConfOp.REMOVE, "n2"))  # the other one is fine
+    net.deliver()
+    assert net.raw("n1").membership.voters == {"n1"}
