@@ -254,8 +254,9 @@ def test_leader_removing_itself_hands_over_and_is_refused_with_two_voters():
     sim.net.cut_link(old.id, others[0].id)  # for a while, one voter hears nothing from it
     sim.run_ticks(20)
     sim.net.heal_all()
-    sim.wait_for(lambda: any(n.raw.role is Role.LEADER for n in others), 30, "a remaining voter taking over")
-    sim.wait_for(lambda: old.raw.role is not Role.LEADER, 30, "the removed leader stepping down")
+    sim.wait_for(lambda: any(n.raw is not None and n.raw.role is Role.LEADER for n in others), 30,
+                 "a remaining voter taking over")
+    sim.wait_for(lambda: old.raw is None or old.raw.role is not Role.LEADER, 30, "the removed leader stepping down")
     sim.quiesce()
 
 
