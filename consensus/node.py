@@ -23,8 +23,10 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from consensus.cipher import Cipher
@@ -109,6 +111,9 @@ _set_applied_index = Applied.__dict__["index"].__set__
 _set_applied_result = Applied.__dict__["result"].__set__
 
 
+_entry_kind = attrgetter("kind")
+
+
 def _applied(index: int, result: Any) -> Applied:
     applied = object.__new__(Applied)
     _set_applied_index(applied, index)
@@ -142,9 +147,14 @@ class RaftNode:
         # later callers of propose() with a request id that is already pending here
         self._joiners: dict[str, list[asyncio.Future]] = {}
         self._envelopes: dict[str, bytes] = {}  # what to re-propose when a new leader appears
-        # Proposal retry timers: one heap of plain (due, seq, callback) tuples
-        # behind a single loop timer (see _call_at).
-        self._retries: list[tuple[float, int, Callable[[], None]]] = []
+        # (term, leader) when each pending request was last handed to the core:
+        # one already handed to the new leader is not proposed again
+        self._proposed_in: dict[str, tuple[int, NodeId | None]] = {}
+        # Proposal retry timers behind a single loop timer (see _try_proposal):
+        # (due, [seq,] request id, future, envelope, deadline, timeout), in a FIFO for the
+        # common case, where due times only grow, and a heap for the rest.
+        self._retry_fifo: deque[tuple] = deque()
+        self._retry_heap: list[tuple] = []
         self._retry_seq = itertools.count()
         self._retry_timer: asyncio.TimerHandle | None = None
         self._retry_timer_at = float("inf")
@@ -286,6 +296,7 @@ class RaftNode:
             normal, conf = EntryKind.NORMAL, EntryKind.CONF
             cipher, apply = self._cipher, self.session.apply
             proposals, envelopes, joiners = self._proposals, self._envelopes, self._joiners
+            proposed_in = self._proposed_in
             applied = 0
             for entry in committed:
                 kind = entry.kind
@@ -300,7 +311,8 @@ class RaftNode:
                 request_id, index, result = apply(entry.index, data)
                 applied += 1
                 fut = proposals.pop(request_id, None)
-                envelopes.pop(request_id, None)
+                if envelopes.pop(request_id, None) is not None:
+                    proposed_in.pop(request_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(_applied(index, result))
                 if joiners:
@@ -343,8 +355,9 @@ class RaftNode:
             # Otherwise the commit index is only a hint that a restarted node
             # re-learns from the leader: written without fsync, at most every
             # 100 ms, so that a batch does not pay a second fsync.
-            must = (hs.term, hs.vote) != (self._saved_hs.term, self._saved_hs.vote) or any(
-                e.kind == EntryKind.CONF for e in rd.committed
+            # (the kinds are scanned in C: this runs for every entry of a busy node)
+            must = (hs.term, hs.vote) != (self._saved_hs.term, self._saved_hs.vote) or (
+                EntryKind.CONF in map(_entry_kind, rd.committed)
             )
             now = time.monotonic()
             if must or now - self._hs_saved_at >= 0.1:
@@ -357,14 +370,18 @@ class RaftNode:
         again now instead of waiting for their retry timer (the session table
         applies each request id once)."""
         assert self.raw is not None
+        current = (self.raw.term, self.raw.leader)
         for rid, envelope in list(self._envelopes.items()):
             fut = self._proposals.get(rid)
             if (fut is None or fut.done()) and not any(not f.done() for f in self._joiners.get(rid, ())):
                 continue
+            if self._proposed_in.get(rid) == current:
+                continue  # proposed after this leader was known: it already went there
             try:
                 self.raw.propose(envelope)
             except RaftError:
                 return
+            self._proposed_in[rid] = current
         self._wake.set()
 
     def _restore_snapshot(self, meta: SnapshotMeta) -> None:
@@ -424,71 +441,93 @@ class RaftNode:
 
     async def propose(self, command: bytes, request_id: str | None = None, timeout: float | None = None) -> Applied:
         """Replicate `command`; resolves once it is applied on this node."""
-        self._check_running()
-        rid = request_id or self.new_request_id()
+        if self._stopped or self.fatal is not None or self.raw is None:
+            raise NodeStopped()
+        rid = request_id or self._request_prefix + str(next(self._request_seq))
         envelope = pack_envelope(rid, command)
         if self._cipher is not None:
             envelope = self._cipher.seal(envelope)
         loop = asyncio.get_running_loop()
         # Each caller owns one future, resolved when the entry is applied here,
-        # and one timer that re-proposes (same request id) and finally times it
-        # out: the hot path is a single await, no wait_for()/shield() per try.
+        # and one retry timer (see _try_proposal) that re-proposes under the
+        # same request id and finally times the proposal out: the hot path is a
+        # single await, with no wait_for()/shield() and no closure per proposal.
         fut = loop.create_future()
-        owner = self._proposals.get(rid)
+        proposals = self._proposals
+        owner = proposals.get(rid)
         if owner is None or owner.done():
-            self._proposals[rid] = fut
+            proposals[rid] = fut
         else:  # the same request id is already pending here (a client retry)
             self._joiners.setdefault(rid, []).append(fut)
         self._envelopes[rid] = envelope
-        timeout = self.options.proposal_timeout if timeout is None else timeout
-        deadline = loop.time() + timeout
-
-        def attempt() -> None:
-            if fut.done():
-                return
-            raw = self.raw
-            if self._stopped or self.fatal is not None or raw is None:
-                fut.set_exception(NodeStopped())
-                return
-            try:
-                raw.propose(envelope)
-                self._wake.set()
-                wait = self.options.retry_interval
-            except (NoLeader, NotLeader, TransferInProgress):
-                wait = self.options.tick_ms / 1000 * 2
-            except Exception as exc:  # raised to the caller, as before
-                fut.set_exception(exc)
-                return
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                fut.set_exception(ProposalTimeout(timeout, raw.leader))
-                return
-            # lost on the way or no leader yet: the same request id again then
-            self._call_at(loop, loop.time() + min(wait, remaining), attempt)
-
-        attempt()
+        if timeout is None:
+            timeout = self.options.proposal_timeout
+        self._try_proposal(loop, rid, fut, envelope, loop.time() + timeout, timeout)
         try:
             return await fut
         finally:
             # An answer that arrives after we gave up is dropped; the command may
             # still apply (once): the caller retries with the same request id.
-            if self._proposals.get(rid) is fut:
-                del self._proposals[rid]
-            else:
+            if proposals.get(rid) is fut:
+                del proposals[rid]
+            elif self._joiners:
                 joined = self._joiners.get(rid)
                 if joined is not None and fut in joined:
                     joined.remove(fut)
                     if not joined:
                         del self._joiners[rid]
-            if rid not in self._proposals and rid not in self._joiners:
-                self._envelopes.pop(rid, None)
+            if (
+                rid not in proposals
+                and rid not in self._joiners
+                and self._envelopes.pop(rid, None) is not None
+            ):
+                self._proposed_in.pop(rid, None)
 
-    def _call_at(self, loop: asyncio.AbstractEventLoop, due: float, callback: Callable[[], None]) -> None:
-        """loop.call_at() for proposal retries, without a TimerHandle per
-        proposal (asyncio compares those in Python on every heap operation):
-        the tuples here compare in C.  Entries are never cancelled; a callback
-        whose proposal has finished returns at once."""
-        heapq.heappush(self._retries, (due, next(self._retry_seq), callback))
+    def _try_proposal(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        rid: str,
+        fut: asyncio.Future,
+        envelope: bytes,
+        deadline: float,
+        timeout: float,
+    ) -> None:
+        """One attempt of a proposal still waiting on `fut`; schedules the next."""
+        if fut.done():
+            return
+        raw = self.raw
+        if self._stopped or self.fatal is not None or raw is None:
+            fut.set_exception(NodeStopped())
+            return
+        try:
+            raw.propose(envelope)
+            self._proposed_in[rid] = (raw.term, raw.leader)
+            self._wake.set()
+            wait = self.options.retry_interval
+        except (NoLeader, NotLeader, TransferInProgress):
+            wait = self.options.tick_ms / 1000 * 2
+        except Exception as exc:  # noqa: BLE001 - not lost: the caller gets it
+            fut.set_exception(exc)
+            return
+        now = loop.time()
+        remaining = deadline - now
+        if remaining <= 0:
+            fut.set_exception(ProposalTimeout(timeout, raw.leader))
+            return
+        # Lost on the way, or no leader yet: the same request id again then.
+        # Retry timers do not use loop.call_at(): asyncio keeps TimerHandles in
+        # a heap ordered by Python-level comparisons, a cost every proposal
+        # would pay although almost none is ever retried.  Nearly every
+        # proposal waits the same retry_interval, so due times arrive in order
+        # and a deque append/popleft is all it takes; anything out of order goes
+        # to a heap.  Entries are never cancelled: the next attempt of a
+        # proposal that has finished returns at once.
+        due = now + min(wait, remaining)
+        fifo = self._retry_fifo
+        if not fifo or due >= fifo[-1][0]:
+            fifo.append((due, rid, fut, envelope, deadline, timeout))
+        else:
+            heapq.heappush(self._retry_heap, (due, next(self._retry_seq), rid, fut, envelope, deadline, timeout))
         if due < self._retry_timer_at and not self._stopped:
             if self._retry_timer is not None:
                 self._retry_timer.cancel()
@@ -498,17 +537,26 @@ class RaftNode:
     def _run_retries(self, loop: asyncio.AbstractEventLoop) -> None:
         self._retry_timer = None
         self._retry_timer_at = float("inf")
-        heap = self._retries
+        fifo, heap = self._retry_fifo, self._retry_heap
         now = loop.time()
-        while heap and heap[0][0] <= now:
-            callback = heapq.heappop(heap)[2]
+        # An attempt may schedule its next try; that one is due after `now`.
+        while True:
+            if fifo and fifo[0][0] <= now:
+                _, rid, fut, envelope, deadline, timeout = fifo.popleft()
+            elif heap and heap[0][0] <= now:
+                _, _, rid, fut, envelope, deadline, timeout = heapq.heappop(heap)
+            else:
+                break
             try:
-                callback()
-            except Exception:  # never lose the other timers to one bad callback
+                self._try_proposal(loop, rid, fut, envelope, deadline, timeout)
+            except Exception:  # never lose the other timers to one bad attempt
                 log.exception("proposal retry failed")
-        if heap and not self._stopped:
-            self._retry_timer_at = heap[0][0]
-            self._retry_timer = loop.call_at(self._retry_timer_at, self._run_retries, loop)
+        due = min(fifo[0][0] if fifo else float("inf"), heap[0][0] if heap else float("inf"))
+        if due < self._retry_timer_at and not self._stopped:
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+            self._retry_timer = loop.call_at(due, self._run_retries, loop)
+            self._retry_timer_at = due
 
     async def read_barrier(self, timeout: float | None = None) -> int:
         """Wait until this node has applied everything committed before the call

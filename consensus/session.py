@@ -26,8 +26,14 @@ from consensus.fsm import StateMachine
 DEFAULT_WINDOW = 20_000
 
 
+# One Packer for every envelope (msgpack.packb builds a new Packer per call,
+# which is most of its cost for a small envelope).  Packing a str and bytes
+# runs entirely in C under the GIL, so sharing it between threads is safe.
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
 def pack_envelope(request_id: str, command: bytes) -> bytes:
-    return msgpack.packb([request_id, command], use_bin_type=True)
+    return _pack([request_id, command])
 
 
 def unpack_envelope(data: bytes) -> tuple[str, bytes]:
@@ -65,7 +71,8 @@ class SessionTable:
         return len(self._results)
 
     def snapshot(self) -> bytes:
-        rows = [(rid, index, self._results[rid][1]) for index, rid in self._order]
+        # _results is in the same order as _order (both oldest first): no lookups.
+        rows = [(rid, index, result) for rid, (index, result) in self._results.items()]
         return msgpack.packb([self.window, rows, self.machine.snapshot()], use_bin_type=True)
 
     def restore(self, data: bytes) -> None:
