@@ -41,6 +41,10 @@ class NodeSpec:
         return f"tcp://{self.host}:{self.raft_port}"
 
     @property
+    def gossip_address(self) -> str:
+        return f"tcp://{self.host}:{self.gossip_port}"
+
+    @property
     def api_url(self) -> str:
         return f"http://{self.host}:{self.api_port}"
 

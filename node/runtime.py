@@ -23,6 +23,8 @@ from consensus.node import NodeOptions, RaftNode
 from consensus.zmq_transport import CurveKeys, ZmqTransport
 from node.api import TaskAPI
 from node.config import ClusterConfig, TaskSettings
+from node.gossip.driver import Gossip
+from node.gossip.metrics import NodeMetrics
 from node.executor import Executor, NoopRunner
 from node.state import NodeState
 from node.ids import now_ms
@@ -77,7 +79,7 @@ def cluster_view(raft: RaftNode) -> dict:
     }
 
 
-def build_http(raft: RaftNode, state: NodeState, executor: Executor) -> web.Application:
+def build_http(raft: RaftNode, state: NodeState, executor: Executor, gossip: Gossip) -> web.Application:
     api = TaskAPI(raft, state.tasks, raft.id)
     app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[api.middleware()])
     api.routes(app)
@@ -85,18 +87,24 @@ def build_http(raft: RaftNode, state: NodeState, executor: Executor) -> web.Appl
     async def nodes(_: web.Request) -> web.Response:
         status = raft.status()
         known = state.tasks.nodes
+        table = gossip.snapshot()
         items = []
-        for node_id in sorted(set(status["voters"]) | set(status["learners"]) | set(known)):
+        for node_id in sorted(set(status["voters"]) | set(status["learners"]) | set(known) | set(table)):
             info = known.get(node_id, {})
+            member = table.get(node_id, {})
+            meta = member.get("meta", {})
             items.append({
                 "id": node_id,
                 "raft_address": status["addresses"].get(node_id),
+                "gossip_address": member.get("address"),
+                "status": member.get("status", "unknown"),
+                "status_since_unix_ms": member.get("status_since_unix_ms"),
                 "raft_role": "leader" if status["leader"] == node_id else
-                             ("learner" if node_id in status["learners"] else "follower"),
-                "alive": info.get("alive", True),
+                             ("learner" if node_id in status["learners"] else
+                              ("follower" if node_id in status["voters"] else None)),
                 "slots": info.get("slots"),
                 "running": state.tasks.running_on(node_id),
-                **(executor.status() if node_id == raft.id else {}),
+                "metrics": meta,
             })
         return web.json_response({"items": items})
 
@@ -134,6 +142,30 @@ async def sweep_expired(raft: RaftNode, settings: TaskSettings) -> None:
             log.warning("could not expire old tasks: %s", exc)
 
 
+async def requeue_dead_nodes(raft: RaftNode, state: NodeState, gossip: Gossip, interval: float = 0.5) -> None:
+    """On the leader: when gossip has confirmed a node dead (or gone), commit
+    that fact; applying it requeues the node's running tasks (attempt + 1 at the
+    next claim).  A scan rather than a reaction to events, so that a leader
+    elected after the death still does it."""
+    while True:
+        await asyncio.sleep(interval)
+        if not raft.is_leader:
+            continue
+        members = gossip.members()
+        for node_id, info in list(state.tasks.nodes.items()):
+            member = members.get(node_id)
+            if member is None or not info.get("alive", True):
+                continue
+            if str(getattr(member.status, "value", member.status)) in ("dead", "left"):
+                cmd = {"op": "node", "node": node_id, "alive": False, "at": now_ms()}
+                try:
+                    applied = await raft.propose(msgpack.packb(cmd, use_bin_type=True))
+                    log.warning("node %s is %s: requeued its tasks %s", node_id,
+                                getattr(member.status, "value", member.status), applied.result.get("requeued"))
+                except RaftError as exc:
+                    log.warning("could not record that node %s is dead: %s", node_id, exc)
+
+
 async def run_node(config: ClusterConfig, node_id: str) -> None:
     spec = config.node(node_id)
     settings = config.tasks
@@ -143,8 +175,20 @@ async def run_node(config: ClusterConfig, node_id: str) -> None:
     executor = Executor(raft, state.tasks, node_id, settings.slots, {"noop": NoopRunner()})
     state.listen(lambda cmd, result: executor.poke() if cmd.get("op") in ("submit", "fail", "node") else None)
     await executor.start()
-    housekeeper = asyncio.create_task(sweep_expired(raft, settings), name="housekeeper")
-    runner = web.AppRunner(build_http(raft, state, executor), access_log=None)
+    curve = CurveKeys.cluster(config.curve_public, config.curve_secret) if config.curve_enabled else None
+    gossip = Gossip(
+        node_id,
+        spec.gossip_address,
+        {n.id: n.gossip_address for n in config.nodes if n.id != node_id},
+        NodeMetrics(runtime=executor.status),
+        curve=curve,
+    )
+    await gossip.start()
+    background = [
+        asyncio.create_task(sweep_expired(raft, settings), name="housekeeper"),
+        asyncio.create_task(requeue_dead_nodes(raft, state, gossip), name="failover"),
+    ]
+    runner = web.AppRunner(build_http(raft, state, executor, gossip), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, spec.host, spec.api_port)
     try:
@@ -161,7 +205,9 @@ async def run_node(config: ClusterConfig, node_id: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("node %s stopping", node_id)
-    housekeeper.cancel()
+    for task in background:
+        task.cancel()
+    await gossip.stop()
     await runner.cleanup()
     await executor.stop()
     await raft.stop()
