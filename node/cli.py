@@ -26,6 +26,29 @@ def _load(path: str) -> cluster_config.ClusterConfig:
         raise SystemExit(f"ragraft: {exc}") from None
 
 
+def _remove_node(config: cluster_config.ClusterConfig, target: str | None, url: str | None) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not target:
+        raise SystemExit("ragraft node remove: say which node, e.g. `ragraft node remove n4`")
+    base = (url or config.nodes[0].api_url).rstrip("/")
+    if not base.startswith("http"):
+        base = "http://" + base
+    request = urllib.request.Request(f"{base}/api/v1/cluster/members/{target}", method="DELETE")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            view = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}")
+        raise SystemExit(f"ragraft: could not remove {target}: {body.get('error', {}).get('message', exc)}") from None
+    except OSError as exc:
+        raise SystemExit(f"ragraft: cannot reach {base}: {exc}; pass --url of a running node") from None
+    print(f"removed {target}; voters now {', '.join(view['members']['voters'])}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ragraft", description="ragraft distributed RAG cluster")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
 
     node = sub.add_parser("node", help="run one node of the cluster in this process")
     node.add_argument("--config", default="cluster.toml", help="cluster file (default: cluster.toml)")
-    node.add_argument("--id", required=True, help="node id from the cluster file, e.g. n1")
+    node.add_argument("action", nargs="?", choices=["remove"], help="remove: take a node out of the cluster")
+    node.add_argument("target", nargs="?", help="with remove: the id of the node to remove")
+    node.add_argument("--id", help="node id from the cluster file, e.g. n1")
+    node.add_argument("--join", metavar="HOST:PORT", help="API address of a member: join the running cluster")
+    node.add_argument("--url", help="with remove: API address of a member (default: the first node of the file)")
     node.add_argument("--log-level", default="INFO")
 
     sub.add_parser("keys", help="print new CURVE keys and an encryption key for cluster.toml")
@@ -60,16 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         from node.launcher import up as launch
 
         return launch(_load(args.config))
+    if args.command == "node" and args.action == "remove":
+        return _remove_node(_load(args.config), args.target, args.url)
     if args.command == "node":
         from node.runtime import run_node
 
+        if not args.id:
+            parser.error("node: --id is required to run a node")
         config = _load(args.config)
         logging.basicConfig(level=args.log_level, format=f"%(asctime)s {args.id} %(levelname)s %(name)s: %(message)s")
         try:
             config.node(args.id)
         except cluster_config.ConfigError as exc:
             raise SystemExit(f"ragraft: {exc}") from None
-        asyncio.run(run_node(config, args.id))
+        asyncio.run(run_node(config, args.id, join=args.join))
         return 0
     parser.error(f"unknown command {args.command}")
     return 2

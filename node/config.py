@@ -35,6 +35,7 @@ class NodeSpec:
     api_port: int
     dashboard_port: int
     data_dir: Path
+    join: bool = False  # added at run time (`ragraft node --join`), not part of the first bootstrap
 
     @property
     def raft_address(self) -> str:
@@ -96,7 +97,7 @@ class ClusterConfig:
         return self.curve_public is not None
 
 
-_NODE_KEYS = {"id", "host", "raft_port", "gossip_port", "api_port", "dashboard_port", "data_dir"}
+_NODE_KEYS = {"id", "host", "raft_port", "gossip_port", "api_port", "dashboard_port", "data_dir", "join"}
 _PORT_KEYS = ("raft_port", "gossip_port", "api_port", "dashboard_port")
 
 
@@ -176,7 +177,10 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         data_dir = item.get("data_dir", f".ragraft/{node_id}")
         if not isinstance(data_dir, str) or not data_dir:
             raise fail(f"{key}.data_dir", f"{data_dir!r} is not a path", 'set e.g. data_dir = ".ragraft/n1"')
-        nodes.append(NodeSpec(node_id, host, data_dir=(base / data_dir), **ports))
+        join = item.get("join", False)
+        if not isinstance(join, bool):
+            raise fail(f"{key}.join", f"{join!r} is not true or false", "write join = true for a node added later")
+        nodes.append(NodeSpec(node_id, host, data_dir=(base / data_dir), join=join, **ports))
 
     raft_raw = dict(raw.get("raft", {}))
     if "RAGRAFT_TICK_MS" in env:

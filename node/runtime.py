@@ -14,14 +14,14 @@ import signal
 
 import msgpack
 
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from consensus.cipher import Cipher
 from consensus.errors import RaftError
 from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
 from consensus.node import NodeOptions, RaftNode
 from consensus.zmq_transport import CurveKeys, ZmqTransport
-from node.api import TaskAPI
+from node.api import TaskAPI, error
 from node.config import ClusterConfig, TaskSettings
 from node.gossip.driver import Gossip
 from node.gossip.metrics import NodeMetrics
@@ -33,15 +33,18 @@ from node.tasks import RetryPolicy, TaskQueue
 log = logging.getLogger("ragraft.node")
 
 
-def build_raft(config: ClusterConfig, node_id: str, state: NodeState) -> RaftNode:
+def build_raft(config: ClusterConfig, node_id: str, state: NodeState, joining: bool = False) -> RaftNode:
     spec = config.node(node_id)
     raft_dir = spec.data_dir / "raft"
     raft_dir.mkdir(parents=True, exist_ok=True)
-    members = {n.id: n.raft_address for n in config.nodes}
+    known = {n.id: n.raft_address for n in config.nodes}
+    # Nodes marked join = true were added after the cluster's first start: they
+    # are not in the bootstrap membership and learn everything from the leader.
+    initial = {} if spec.join or joining else {n.id: n.raft_address for n in config.nodes if not n.join}
     options = NodeOptions(
         id=node_id,
-        initial_members=members,
-        known_addresses=members,
+        initial_members=initial,
+        known_addresses=known,
         tick_ms=config.raft.tick_ms,
         election_ticks=config.raft.election_ticks,
         heartbeat_ticks=config.raft.heartbeat_ticks,
@@ -79,7 +82,8 @@ def cluster_view(raft: RaftNode) -> dict:
     }
 
 
-def build_http(raft: RaftNode, state: NodeState, executor: Executor, gossip: Gossip) -> web.Application:
+def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor: Executor,
+               gossip: Gossip) -> web.Application:
     api = TaskAPI(raft, state.tasks, raft.id)
     app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[api.middleware()])
     api.routes(app)
@@ -109,6 +113,33 @@ def build_http(raft: RaftNode, state: NodeState, executor: Executor, gossip: Gos
         return web.json_response({"items": items})
 
     app.router.add_get("/api/v1/nodes", nodes)
+
+    async def change_membership(request: web.Request) -> web.Response:
+        if not raft.is_leader:
+            leader = raft.leader
+            url = next((n.api_url for n in config.nodes if n.id == leader), None)
+            if url is None:
+                return error(503, "no_leader", "no leader is known; retry shortly")
+            # forward to the leader, which alone may change the membership
+            async with ClientSession() as session:
+                async with session.request(request.method, url + request.path_qs,
+                                           data=await request.read(), headers={"Content-Type": "application/json"}) as r:
+                    return web.Response(body=await r.read(), status=r.status, content_type="application/json")
+        try:
+            if request.method == "POST":
+                body = await request.json()
+                node, address = body.get("id"), body.get("raft_address")
+                if not isinstance(node, str) or not isinstance(address, str):
+                    return error(422, "invalid", "give the new node's id and raft_address", field="id")
+                await raft.add_member(node, address)
+            else:
+                await raft.remove_member(request.match_info["id"])
+        except (RaftError, ValueError) as exc:
+            return error(409, "membership", str(exc))
+        return web.json_response(cluster_view(raft))
+
+    app.router.add_post("/api/v1/cluster/members", change_membership)
+    app.router.add_delete("/api/v1/cluster/members/{id}", change_membership)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": raft.id})
@@ -166,11 +197,33 @@ async def requeue_dead_nodes(raft: RaftNode, state: NodeState, gossip: Gossip, i
                     log.warning("could not record that node %s is dead: %s", node_id, exc)
 
 
-async def run_node(config: ClusterConfig, node_id: str) -> None:
+async def ask_to_join(seed_url: str, node_id: str, raft_address: str) -> None:
+    """Ask a member (any: it forwards to the leader) to add us: learner first,
+    voter once caught up.  Retries until the cluster answers."""
+    url = seed_url.rstrip("/")
+    if not url.startswith("http"):
+        url = "http://" + url
+    print(f"node {node_id}: asking {url} to add it to the cluster (learner, then voter)...", flush=True)
+    async with ClientSession() as session:
+        while True:
+            try:
+                async with session.post(f"{url}/api/v1/cluster/members",
+                                        json={"id": node_id, "raft_address": raft_address}) as r:
+                    body = await r.json()
+                    if r.status == 200:
+                        print(f"node {node_id}: joined; voters now {body['members']['voters']}", flush=True)
+                        return
+                    log.warning("join refused (%s): %s; retrying", r.status, body.get("error", body))
+            except (OSError, ValueError) as exc:
+                log.warning("cannot reach %s to join (%s); retrying", url, exc)
+            await asyncio.sleep(2)
+
+
+async def run_node(config: ClusterConfig, node_id: str, join: str | None = None) -> None:
     spec = config.node(node_id)
     settings = config.tasks
     state = NodeState(TaskQueue(RetryPolicy(settings.max_attempts, settings.retry_backoff_ms)))
-    raft = build_raft(config, node_id, state)
+    raft = build_raft(config, node_id, state, joining=join is not None)
     await raft.start()
     executor = Executor(raft, state.tasks, node_id, settings.slots, {"noop": NoopRunner()})
     state.listen(lambda cmd, result: executor.poke() if cmd.get("op") in ("submit", "fail", "node") else None)
@@ -188,7 +241,7 @@ async def run_node(config: ClusterConfig, node_id: str) -> None:
         asyncio.create_task(sweep_expired(raft, settings), name="housekeeper"),
         asyncio.create_task(requeue_dead_nodes(raft, state, gossip), name="failover"),
     ]
-    runner = web.AppRunner(build_http(raft, state, executor, gossip), access_log=None)
+    runner = web.AppRunner(build_http(config, raft, state, executor, gossip), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, spec.host, spec.api_port)
     try:
@@ -199,6 +252,8 @@ async def run_node(config: ClusterConfig, node_id: str) -> None:
         raise SystemExit(f"node {node_id}: cannot listen on {spec.host}:{spec.api_port} ({exc.strerror}); "
                          f"is another ragraft running? stop it or change nodes.api_port") from None
     print(f"node {node_id}: raft {spec.raft_address}, api {spec.api_url}", flush=True)
+    if join is not None:
+        background.append(asyncio.create_task(ask_to_join(join, node_id, spec.raft_address), name="join"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,10 +17,11 @@ from tests.kvcluster import free_ports
 
 
 class NodeCluster:
-    def __init__(self, root: Path, size: int = 3, extra_toml: str = "", env: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, size: int = 3, extra_toml: str = "", env: dict[str, str] | None = None,
+                 joiners: int = 0) -> None:
         self.root = root
-        self.ids = [f"n{i + 1}" for i in range(size)]
-        ports = free_ports(4 * size)
+        self.ids = [f"n{i + 1}" for i in range(size + joiners)]
+        ports = free_ports(4 * len(self.ids))
         self.api = {}
         lines = ['[cluster]\nname = "test"\n']
         for i, node in enumerate(self.ids):
@@ -29,6 +30,7 @@ class NodeCluster:
                 f'[[nodes]]\nid = "{node}"\nhost = "127.0.0.1"\nraft_port = {ports[4 * i]}\n'
                 f"gossip_port = {ports[4 * i + 1]}\napi_port = {ports[4 * i + 2]}\n"
                 f'dashboard_port = {ports[4 * i + 3]}\ndata_dir = "data/{node}"\n'
+                + ("join = true\n" if i >= size else "")
             )
         lines.append(extra_toml)
         self.config = root / "cluster.toml"
@@ -36,16 +38,23 @@ class NodeCluster:
         self.env = {**os.environ, **(env or {})}
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, node: str) -> None:
+    def start(self, node: str, *extra: str) -> None:
         log = open(self.root / f"{node}.log", "ab")
         self.procs[node] = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "node", "--config", str(self.config), "--id", node],
+            [sys.executable, "-m", "node.cli", "node", "--config", str(self.config), "--id", node, *extra],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
         )
 
     def start_all(self) -> None:
         for node in self.ids:
-            self.start(node)
+            if "join = true" not in self._section(node):
+                self.start(node)
+
+    def _section(self, node: str) -> str:
+        text = self.config.read_text()
+        start = text.index(f'id = "{node}"')
+        end = text.find("[[nodes]]", start)
+        return text[start:end if end >= 0 else len(text)]
 
     def kill(self, node: str) -> None:
         proc = self.procs.pop(node)

@@ -1,0 +1,54 @@
+"""Adding a node at run time (`ragraft node --join`) and removing one
+(`ragraft node remove`), on real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.nodecluster import NodeCluster
+
+pytestmark = pytest.mark.e2e
+
+
+def voters(cluster: NodeCluster, node: str) -> list[str]:
+    return cluster.request(node, "GET", "/api/v1/cluster")[1]["members"]["voters"]
+
+
+def test_join_as_learner_then_voter_and_remove(tmp_path):
+    cluster = NodeCluster(tmp_path, joiners=1)
+    cluster.start_all()
+    try:
+        cluster.wait_ready(["n1", "n2", "n3"])
+        assert voters(cluster, "n1") == ["n1", "n2", "n3"]
+        status, task = cluster.request("n2", "POST", "/api/v1/tasks", {"type": "noop"})
+        assert status == 201
+        cluster.start("n4", "--join", cluster.api["n2"])  # any member: it forwards to the leader
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and voters(cluster, "n1") != ["n1", "n2", "n3", "n4"]:
+            time.sleep(0.2)
+        assert voters(cluster, "n1") == ["n1", "n2", "n3", "n4"]
+        # the new node has the whole log: the task submitted before it joined
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and cluster.request("n4", "GET", f"/api/v1/tasks/{task['id']}")[0] != 200:
+            time.sleep(0.2)
+        assert cluster.request("n4", "GET", f"/api/v1/tasks/{task['id']}")[0] == 200
+        out = subprocess.run(
+            [sys.executable, "-m", "node.cli", "node", "remove", "n3", "--config", str(cluster.config),
+             "--url", cluster.api["n4"]],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "removed n3" in out.stdout
+        assert voters(cluster, "n1") == ["n1", "n2", "n4"]
+        bad = subprocess.run(
+            [sys.executable, "-m", "node.cli", "node", "remove", "n9", "--config", str(cluster.config),
+             "--url", cluster.api["n1"]],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert bad.returncode != 0 and "n9 is not a member" in bad.stderr
+    finally:
+        cluster.stop_all()
