@@ -133,8 +133,9 @@ class CurveKeys:
         return cls(public, secret, public)  # type: ignore[arg-type]
 
 
-class _ClusterKeyOnly:
-    """ZAP credentials provider: admit only the cluster's client key."""
+class ClusterKeyOnly:
+    """ZAP credentials provider: admit only the cluster's client key (also used by
+    node/gossip, which shares the cluster key pair)."""
 
     def __init__(self, allowed: bytes, stats: Counter[str]) -> None:
         self._allowed = allowed
@@ -212,7 +213,7 @@ class ZmqTransport:
             self._auth = AsyncioAuthenticator(self._ctx, log=log.getChild("zap"))
             self._auth.start()
             self._auth.configure_curve_callback(
-                _ZAP_DOMAIN, _ClusterKeyOnly(self._curve.public, self._stats)
+                _ZAP_DOMAIN, ClusterKeyOnly(self._curve.public, self._stats)
             )
         # A plain socket: the reader waits on its ZMQ_FD itself (see _read_loop).
         router: zmq.Socket = zmq.Socket(self._ctx, zmq.ROUTER)

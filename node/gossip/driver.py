@@ -48,7 +48,7 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from consensus.zmq_transport import CurveKeys, normalize_address
+from consensus.zmq_transport import ClusterKeyOnly, CurveKeys, normalize_address
 from node.gossip.codec import CodecError, decode, encode
 from node.gossip.core import Event, Member, Out, Swim, SwimConfig
 from node.gossip.messages import NodeId, Status
@@ -63,20 +63,6 @@ LEAVE_GRACE_S = 0.1  # time for the goodbye pings to leave before LINGER=0 drops
 
 MetaProvider = Callable[[], Mapping[str, Any]]
 ChangeHandler = Callable[[Event], None]
-
-
-class _ClusterKeyOnly:
-    """ZAP credentials provider: admit only the cluster's client key."""
-
-    def __init__(self, allowed: bytes, stats: Counter[str]) -> None:
-        self._allowed = allowed
-        self._stats = stats
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        if key == self._allowed:
-            return True
-        self._stats["auth_rejected"] += 1
-        return False
 
 
 def _now_ms() -> int:
@@ -165,7 +151,7 @@ class Gossip:
                 self._auth = AsyncioAuthenticator(self._ctx, log=log.getChild("zap"))
                 self._auth.start()
                 self._auth.configure_curve_callback(
-                    _ZAP_DOMAIN, _ClusterKeyOnly(self._curve.public, self._stats)
+                    _ZAP_DOMAIN, ClusterKeyOnly(self._curve.public, self._stats)
                 )
             router = self._ctx.socket(zmq.ROUTER)
             router.setsockopt(zmq.LINGER, 0)
