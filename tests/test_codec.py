@@ -292,65 +292,57 @@ def test_every_byte_flip_is_refused_or_decodes_to_a_message() -> None:
 
 # --- property: any well-typed message round-trips ------------------------------------
 
-try:
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-except ImportError:  # pragma: no cover - hypothesis is a dev extra
-    st = None
+from hypothesis import given, settings  # a dev dependency: missing it is a failure, not a skip
+from hypothesis import strategies as st
 
-if st is not None:
-    _u64 = st.integers(min_value=0, max_value=2**64 - 1)
-    _small = st.integers(min_value=0, max_value=2**40)
-    _ids = st.text(max_size=12)
-    _blob = st.binary(max_size=300)
-    _entry = st.builds(Entry, _small, _small, st.sampled_from(list(EntryKind)), _blob)
-    _membership = st.builds(
-        Membership,
-        st.frozensets(_ids, max_size=5),
-        st.frozensets(_ids, max_size=3),
-        st.lists(st.tuples(_ids, st.text(max_size=30)), max_size=5).map(tuple),
-    )
-    _meta = st.builds(SnapshotMeta, _u64, _u64, _membership, _u64)
+_u64 = st.integers(min_value=0, max_value=2**64 - 1)
+_small = st.integers(min_value=0, max_value=2**40)
+_ids = st.text(max_size=12)
+_blob = st.binary(max_size=300)
+_entry = st.builds(Entry, _small, _small, st.sampled_from(list(EntryKind)), _blob)
+_membership = st.builds(
+    Membership,
+    st.frozensets(_ids, max_size=5),
+    st.frozensets(_ids, max_size=3),
+    st.lists(st.tuples(_ids, st.text(max_size=30)), max_size=5).map(tuple),
+)
+_meta = st.builds(SnapshotMeta, _u64, _u64, _membership, _u64)
 
-    def _msg(cls: type, **extra: st.SearchStrategy) -> st.SearchStrategy:
-        return st.builds(cls, term=_u64, src=_ids, dst=_ids, **extra)
+def _msg(cls: type, **extra: st.SearchStrategy) -> st.SearchStrategy:
+    return st.builds(cls, term=_u64, src=_ids, dst=_ids, **extra)
 
-    _messages = st.one_of(
-        _msg(
-            VoteRequest, last_index=_u64, last_term=_u64, pre=st.booleans(), transfer=st.booleans()
-        ),
-        _msg(VoteResponse, granted=st.booleans(), pre=st.booleans()),
-        _msg(
-            AppendRequest,
-            prev_index=_u64,
-            prev_term=_u64,
-            entries=st.lists(_entry, max_size=20).map(tuple),
-            commit=_u64,
-        ),
-        _msg(AppendResponse, success=st.booleans(), index=_u64, hint_index=_u64, hint_term=_u64),
-        _msg(HeartbeatRequest, commit=_u64, ctx=_blob),
-        _msg(HeartbeatResponse, ctx=_blob),
-        _msg(SnapshotRequest, meta=_meta, offset=_u64, data=_blob, done=st.booleans()),
-        _msg(SnapshotResponse, snapshot_index=_u64, next_offset=_u64, done=st.booleans()),
-        _msg(TimeoutNow),
-        _msg(ProposeRequest, commands=st.lists(_blob, max_size=8).map(tuple)),
-        _msg(ReadIndexRequest, ctx=_blob),
-        _msg(ReadIndexResponse, index=_u64, ctx=_blob),
-    )
+_messages = st.one_of(
+    _msg(
+        VoteRequest, last_index=_u64, last_term=_u64, pre=st.booleans(), transfer=st.booleans()
+    ),
+    _msg(VoteResponse, granted=st.booleans(), pre=st.booleans()),
+    _msg(
+        AppendRequest,
+        prev_index=_u64,
+        prev_term=_u64,
+        entries=st.lists(_entry, max_size=20).map(tuple),
+        commit=_u64,
+    ),
+    _msg(AppendResponse, success=st.booleans(), index=_u64, hint_index=_u64, hint_term=_u64),
+    _msg(HeartbeatRequest, commit=_u64, ctx=_blob),
+    _msg(HeartbeatResponse, ctx=_blob),
+    _msg(SnapshotRequest, meta=_meta, offset=_u64, data=_blob, done=st.booleans()),
+    _msg(SnapshotResponse, snapshot_index=_u64, next_offset=_u64, done=st.booleans()),
+    _msg(TimeoutNow),
+    _msg(ProposeRequest, commands=st.lists(_blob, max_size=8).map(tuple)),
+    _msg(ReadIndexRequest, ctx=_blob),
+    _msg(ReadIndexResponse, index=_u64, ctx=_blob),
+)
 
-    @settings(max_examples=300, deadline=None)
-    @given(_messages)
-    def test_property_round_trip(msg: object) -> None:
-        assert decode(encode(msg)) == msg  # type: ignore[arg-type]
+@settings(max_examples=300, deadline=None)
+@given(_messages)
+def test_property_round_trip(msg: object) -> None:
+    assert decode(encode(msg)) == msg  # type: ignore[arg-type]
 
-    @settings(max_examples=300, deadline=None)
-    @given(st.binary(max_size=200))
-    def test_property_garbage_only_raises_codec_error(data: bytes) -> None:
-        try:
-            decode(data)
-        except CodecError:
-            pass
-else:  # pragma: no cover
-
-    def test_property_round_trip() -> None:
-        pytest.skip("hypothesis is not installed")
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_property_garbage_only_raises_codec_error(data: bytes) -> None:
+    try:
+        decode(data)
+    except CodecError:
+        pass
