@@ -574,12 +574,14 @@ PARAPHRASES = {
 
 @pytest.fixture(scope="module")
 def embedder() -> Any:
-    from node.rag.embedding import Embedder  # imports torch: only for this module's last test
+    from node.rag.embedding import Embedder  # imports torch: only for the last test
 
     return Embedder()
 
 
 def test_real_embedder_retrieves_paraphrases(embedder: Any) -> None:
+    from node.rag.embedding import EmbeddingCancelled
+
     assert embedder.dim == 384 and embedder.model_id == "all-MiniLM-L6-v2"
     progress: list[tuple[int, int]] = []
     vectors = embedder.encode(FACTS, batch_size=8, progress=lambda d, t, _w: progress.append((d, t)))
@@ -588,6 +590,8 @@ def test_real_embedder_retrieves_paraphrases(embedder: Any) -> None:
     assert progress[-1] == (20, 20) and len(progress) == 3
     # Batching and length-sorting do not change a text's embedding.
     assert np.allclose(embedder.encode([FACTS[4]])[0], vectors[4], atol=1e-5)
+    with pytest.raises(EmbeddingCancelled):
+        embedder.encode(FACTS, cancelled=lambda: True)
 
     kb = KnowledgeBase()
     run(kb, [upload_command("facts", 1)])
