@@ -47,13 +47,22 @@ def test_kill_a_node_under_load(tmp_path, victim_role):
         threads = [threading.Thread(target=submit, args=(k,)) for k in range(4)]
         for t in threads:
             t.start()
-        time.sleep(3)
-        # the victim is running something: its tasks must be requeued
-        status, page = cluster.request(survivors[0], "GET", f"/api/v1/tasks?state=running&node={victim}")
-        assert page["total"] >= 1, "the victim should be running tasks"
-        victims_tasks = [t["id"] for t in page["items"]]
+        time.sleep(2)
+        # kill the victim while it is running something: its tasks must be requeued
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            status, page = cluster.request(survivors[0], "GET", f"/api/v1/tasks?state=running&node={victim}")
+            # both of its slots busy if possible, so that not all can finish before the kill
+            if page["total"] >= (2 if time.monotonic() < deadline - 10 else 1):
+                break
+            time.sleep(0.02)
+        assert page["total"] >= 1, "the victim never ran a task"
         cluster.kill(victim)
         killed = time.monotonic()
+        # what the survivors still see running there was lost with the process
+        status, page = cluster.request(survivors[0], "GET", f"/api/v1/tasks?state=running&node={victim}")
+        victims_tasks = [t["id"] for t in page["items"]]
+        assert victims_tasks, "the victim's tasks all finished just before the kill; nothing to requeue"
         live[:] = survivors
         time.sleep(5)
         stop.set()
