@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import signal
 import sys
@@ -30,6 +29,7 @@ from consensus.errors import NotLeader, RaftError
 from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
 from consensus.memstore import MemoryLogStore, MemorySnapshotStore, MemoryStableStore
 from consensus.node import NodeOptions, RaftNode
+from consensus.tuning import tune_gc
 from consensus.zmq_transport import ZmqTransport
 
 log = logging.getLogger("ragraft.kvserver")
@@ -222,22 +222,6 @@ class KVServer:
         for task in self._tasks:
             task.cancel()
         self._sock.close(0)
-
-
-def tune_gc() -> None:
-    """Make CPython's cyclic garbage collector cheap for a Raft server.
-
-    A busy node allocates a few dozen container objects per proposal (futures,
-    entries, tuples, messages) while it holds large, long-lived structures (the
-    log, the session table, the state machine).  With the default thresholds
-    (700, 10, 10) collections run hundreds of times a second and walk those
-    structures again and again: py-spy/perf showed about 20% of the leader's
-    CPU in gc_collect_main at 256 concurrent proposers.  Objects made during
-    start-up are frozen out of collection, and a young-generation collection
-    runs every 50,000 allocations instead of 700.  Reference counting still
-    frees almost everything at once; only reference cycles wait longer."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -38,8 +38,10 @@ def _validate_submission(body: Any) -> dict:
     if not isinstance(body, dict):
         raise InvalidField("body", "the body must be a JSON object")
     task_type = body.get("type")
+    if task_type == "ingest":
+        raise InvalidField("type", "ingest tasks are created by uploads: POST /api/v1/kb/documents")
     if task_type not in TASK_TYPES:
-        raise InvalidField("type", f"type must be one of {', '.join(TASK_TYPES)}")
+        raise InvalidField("type", f"type must be one of {', '.join(t for t in TASK_TYPES if t != 'ingest')}")
     task_input = body.get("input", {})
     if not isinstance(task_input, dict):
         raise InvalidField("input", "input must be an object")
@@ -59,7 +61,39 @@ def _validate_submission(body: Any) -> dict:
     params = body.get("params", {})
     if not isinstance(params, dict):
         raise InvalidField("params", "params must be an object")
+    _validate_params(params)
     return {"type": task_type, "input": task_input, "priority": priority, "params": params}
+
+
+# name -> (kind, low, high): bounds checked at submission, so a bad value is a 422
+# now rather than a failed task later (the engine checks them again).
+_PARAM_BOUNDS: dict[str, tuple[type, float, float]] = {
+    "top_k": (int, 1, 100),
+    "max_new_tokens": (int, 1, 2048),
+    "temperature": (float, 0.0, 5.0),
+    "top_p": (float, 1e-6, 1.0),
+    "min_score": (float, -1e9, 1e9),
+    "seed": (int, 0, 2**63 - 1),
+}
+_MODES = ("vector", "keyword", "hybrid")
+
+
+def _validate_params(params: dict) -> None:
+    for name, (kind, low, high) in _PARAM_BOUNDS.items():
+        if name not in params:
+            continue
+        value = params[name]
+        ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type or not low <= value <= high:
+            what = "a whole number" if kind is int else "a number"
+            raise InvalidField(f"params.{name}", f"params.{name} must be {what} from {low:g} to {high:g}")
+    if "mode" in params and params["mode"] not in _MODES:
+        raise InvalidField("params.mode", f"params.mode must be one of {', '.join(_MODES)}")
+    for name in ("doc_ids", "tags", "stop"):
+        value = params.get(name)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            if not (name == "stop" and isinstance(value, str)):
+                raise InvalidField(f"params.{name}", f"params.{name} must be a list of strings")
 
 
 class TaskAPI:
@@ -93,7 +127,7 @@ class TaskAPI:
         applied = await self.raft.propose(msgpack.packb(cmd, use_bin_type=True))
         return applied.result
 
-    async def _write(self, cmd: dict, ok_status: int = 200) -> web.Response:
+    async def write(self, cmd: dict, ok_status: int = 200) -> web.Response:
         # Fail fast without a leader (a majority down): an election takes about a
         # second, so wait that long, then say so instead of hanging.
         try:
@@ -120,7 +154,7 @@ class TaskAPI:
         except InvalidField as exc:
             return error(422, "invalid", str(exc), field=exc.field)
         cmd = {"op": "submit", "id": new_task_id(), "owner": request.get("user", "anonymous"), "at": now_ms(), **fields}
-        return await self._write(cmd, ok_status=201)
+        return await self.write(cmd, ok_status=201)
 
     async def get_task(self, request: web.Request) -> web.Response:
         task = self.queue.get(request.match_info["id"])
@@ -151,23 +185,26 @@ class TaskAPI:
         return web.json_response({"items": [t.to_dict() for t in page], "next_cursor": next_cursor, "total": total})
 
     async def cancel(self, request: web.Request) -> web.Response:
-        return await self._write({"op": "cancel", "id": request.match_info["id"], "by": request.get("user", "anonymous"),
+        return await self.write({"op": "cancel", "id": request.match_info["id"], "by": request.get("user", "anonymous"),
                                   "at": now_ms()})
 
     async def abort(self, request: web.Request) -> web.Response:
-        return await self._write({"op": "abort", "id": request.match_info["id"], "by": request.get("user", "anonymous"),
+        return await self.write({"op": "abort", "id": request.match_info["id"], "by": request.get("user", "anonymous"),
                                   "at": now_ms()})
 
     async def retry(self, request: web.Request) -> web.Response:
         old = self.queue.get(request.match_info["id"])
         if old is None:
             return error(404, "not_found", f"no task {request.match_info['id']}")
+        if old.type == "ingest":
+            return error(409, "conflict", "an ingest task cannot be retried: its upload was dropped when it "
+                         "failed; upload the file again", state=old.state)
         if old.state not in ("failed", "cancelled"):
             return error(409, "conflict", f"task {old.id} is {old.state}; only failed or cancelled tasks can be retried",
                          state=old.state)
         cmd = {"op": "submit", "id": new_task_id(), "type": old.type, "input": old.input, "params": old.params,
                "priority": old.priority, "owner": old.owner, "at": now_ms()}
-        return await self._write(cmd, ok_status=201)
+        return await self.write(cmd, ok_status=201)
 
     async def stats(self, request: web.Request) -> web.Response:
         by_node: dict[str, dict[str, int]] = {}

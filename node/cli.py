@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
@@ -90,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "node" and args.action == "remove":
         return _remove_node(_load(args.config), args.target, args.url)
     if args.command == "node":
+        # Before torch or faiss is imported: OpenMP threads that spin while idle would
+        # steal the CPU the event loop needs for Raft heartbeats.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("TQDM_DISABLE", "1")  # model loading reports its own progress lines
         from node.runtime import run_node
 
         if not args.id:

@@ -8,9 +8,11 @@ instead of the file:
     RAGRAFT_CLUSTER_PUBLIC_KEY / RAGRAFT_CLUSTER_SECRET_KEY   CURVE keys (z85)
     RAGRAFT_ENCRYPTION_KEY                                     [security] encryption_key
     RAGRAFT_TICK_MS                                            [raft] tick_ms
+    RAGRAFT_MODEL_CACHE                                        [models] cache_dir
+    RAGRAFT_LOAD_MODELS=0                                      [models] load = false
+    RAGRAFT_GENERATOR                                          [models] generator
 
-Sections the later parts of ragraft read ([models], [tasks], [security]) are
-kept as plain tables in `ClusterConfig.extra` until their owners validate them.
+Sections not validated here yet are kept as plain tables in `ClusterConfig.extra`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class NodeSpec:
     dashboard_port: int
     data_dir: Path
     join: bool = False  # added at run time (`ragraft node --join`), not part of the first bootstrap
+    slots: int | None = None  # overrides [tasks] slots for this node (e.g. a GPU node runs more)
 
     @property
     def raft_address(self) -> str:
@@ -74,6 +77,30 @@ class TaskSettings:
 
 
 @dataclass(frozen=True)
+class ModelSettings:
+    embedding: str = "bundled:all-MiniLM-L6-v2"  # or a sentence-transformers model directory
+    # bundled:<name>, a Hugging Face model directory, a .gguf file, openai:<base_url>#<model>,
+    # or "none" for a node that retrieves but does not generate.
+    generator: str = "bundled:SmolLM2-135M-Instruct"
+    device: str = "auto"  # auto = CUDA when present, else CPU
+    context_tokens: int | None = None  # None = the model's own context length
+    max_batch: int = 8  # generation requests run together in one batch
+    cache_dir: Path | None = None  # converted GGUF weights; None = <data_dir>/model-cache
+    load: bool = True  # false: the node runs only noop tasks (control-plane testing)
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    chunk_size: int = 800  # characters
+    chunk_overlap: int = 120
+    max_upload_mb: int = 16  # an upload travels through the log in one entry
+    index: str = "flat"  # flat (exact) or hnsw (faster for large knowledge bases)
+    top_k: int = 5
+    mode: str = "hybrid"
+    max_new_tokens: int = 256
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     path: Path
     name: str
@@ -83,6 +110,8 @@ class ClusterConfig:
     curve_public: str | None = None
     curve_secret: str | None = None
     encryption_key: str | None = None  # base64 AES-256 key: encrypts replicated data at rest
+    models: ModelSettings = field(default_factory=ModelSettings)
+    rag: RagConfig = field(default_factory=RagConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def node(self, node_id: str) -> NodeSpec:
@@ -97,7 +126,7 @@ class ClusterConfig:
         return self.curve_public is not None
 
 
-_NODE_KEYS = {"id", "host", "raft_port", "gossip_port", "api_port", "dashboard_port", "data_dir", "join"}
+_NODE_KEYS = {"id", "host", "raft_port", "gossip_port", "api_port", "dashboard_port", "data_dir", "join", "slots"}
 _PORT_KEYS = ("raft_port", "gossip_port", "api_port", "dashboard_port")
 
 
@@ -180,7 +209,10 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         join = item.get("join", False)
         if not isinstance(join, bool):
             raise fail(f"{key}.join", f"{join!r} is not true or false", "write join = true for a node added later")
-        nodes.append(NodeSpec(node_id, host, data_dir=(base / data_dir), join=join, **ports))
+        slots = item.get("slots")
+        if slots is not None and (not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 256):
+            raise fail(f"{key}.slots", f"{slots!r} is out of range", "use a whole number from 1 to 256, or leave it out")
+        nodes.append(NodeSpec(node_id, host, data_dir=(base / data_dir), join=join, slots=slots, **ports))
 
     raft_raw = dict(raw.get("raft", {}))
     if "RAGRAFT_TICK_MS" in env:
@@ -231,5 +263,70 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         except ValueError as exc:
             raise fail("security.encryption_key", str(exc), "generate one with `ragraft keys`") from None
 
-    extra = {k: v for k, v in raw.items() if k not in ("cluster", "nodes", "raft", "tasks")}
-    return ClusterConfig(path, name, tuple(nodes), raft, tasks, public, secret, encryption_key, extra)
+    models = _models(raw.get("models", {}), base, env, fail)
+    rag = _rag(raw.get("rag", {}), fail)
+    extra = {k: v for k, v in raw.items() if k not in ("cluster", "nodes", "raft", "tasks", "models", "rag")}
+    return ClusterConfig(path, name, tuple(nodes), raft, tasks, public, secret, encryption_key, models, rag, extra)
+
+
+def _models(section: Any, base: Path, env: dict[str, str], fail: Any) -> ModelSettings:
+    if not isinstance(section, dict):
+        raise fail("models", "must be a table", "write a [models] section")
+    raw = dict(section)
+    defaults = ModelSettings()
+    values: dict[str, Any] = {}
+    for key in ("embedding", "generator", "device"):
+        value = raw.pop(key, getattr(defaults, key))
+        if key == "generator" and "RAGRAFT_GENERATOR" in env:
+            value = env["RAGRAFT_GENERATOR"]
+        if not isinstance(value, str) or not value:
+            raise fail(f"models.{key}", f"{value!r} is not a model name", 'e.g. generator = "bundled:SmolLM2-135M-Instruct"')
+        values[key] = value
+    if values["device"] != "auto" and values["device"] != "cpu" and not values["device"].startswith("cuda"):
+        raise fail("models.device", f"{values['device']!r} is not a device", 'use "auto", "cpu" or "cuda" (or "cuda:1")')
+    context = raw.pop("context_tokens", None)
+    if context is not None and (not isinstance(context, int) or isinstance(context, bool) or not 256 <= context <= 1_048_576):
+        raise fail("models.context_tokens", f"{context!r} is out of range", "use a whole number from 256 up, or leave it out")
+    values["context_tokens"] = context
+    batch = raw.pop("max_batch", defaults.max_batch)
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 64:
+        raise fail("models.max_batch", f"{batch!r} is out of range", "use a whole number from 1 to 64")
+    values["max_batch"] = batch
+    cache = env.get("RAGRAFT_MODEL_CACHE") or raw.pop("cache_dir", None)
+    raw.pop("cache_dir", None)
+    if cache is not None and (not isinstance(cache, str) or not cache):
+        raise fail("models.cache_dir", f"{cache!r} is not a path", "set a directory, or leave it out")
+    values["cache_dir"] = (base / cache) if cache else None
+    load = raw.pop("load", True)
+    if env.get("RAGRAFT_LOAD_MODELS") is not None:
+        load = env["RAGRAFT_LOAD_MODELS"].strip().lower() not in ("0", "false", "no", "off")
+    if not isinstance(load, bool):
+        raise fail("models.load", f"{load!r} is not true or false", "write load = true (or false for a noop-only node)")
+    values["load"] = load
+    if raw:
+        raise fail(f"models.{sorted(raw)[0]}", "unknown key", f"use only {', '.join(values)}")
+    return ModelSettings(**values)
+
+
+def _rag(section: Any, fail: Any) -> RagConfig:
+    if not isinstance(section, dict):
+        raise fail("rag", "must be a table", "write a [rag] section")
+    raw = dict(section)
+    defaults = RagConfig()
+    values: dict[str, Any] = {}
+    for key, low, high in (("chunk_size", 100, 32_000), ("chunk_overlap", 0, 16_000), ("max_upload_mb", 1, 48),
+                           ("top_k", 1, 100), ("max_new_tokens", 1, 2048)):
+        value = raw.pop(key, getattr(defaults, key))
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise fail(f"rag.{key}", f"{value!r} is out of range", f"use a whole number from {low} to {high}")
+        values[key] = value
+    if values["chunk_overlap"] >= values["chunk_size"] // 2:
+        raise fail("rag.chunk_overlap", "must be less than half of chunk_size", "e.g. chunk_size = 800, chunk_overlap = 120")
+    for key, allowed in (("index", ("flat", "hnsw")), ("mode", ("vector", "keyword", "hybrid"))):
+        value = raw.pop(key, getattr(defaults, key))
+        if value not in allowed:
+            raise fail(f"rag.{key}", f"{value!r} is not one of {', '.join(allowed)}", f"use one of {', '.join(allowed)}")
+        values[key] = value
+    if raw:
+        raise fail(f"rag.{sorted(raw)[0]}", "unknown key", f"use only {', '.join(values)}")
+    return RagConfig(**values)

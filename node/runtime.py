@@ -2,8 +2,9 @@
 
 Raft (durable stores under the node's data_dir, ZeroMQ transport, CURVE when
 the cluster has keys) replicates the node state (node/state.py: the task queue);
-the executor claims and runs tasks; the REST API serves /api/v1 on api_port.
-Gossip, the RAG engine and the dashboard plug in here as they land.
+the executor claims and runs tasks; gossip spreads liveness and metrics; the
+RAG service loads the models and adds the RAG task types; the REST API serves
+/api/v1 on api_port.
 """
 
 from __future__ import annotations
@@ -11,23 +12,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 import msgpack
-
 from aiohttp import ClientSession, web
 
 from consensus.cipher import Cipher
 from consensus.errors import RaftError
 from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
-from consensus.node import NodeOptions, RaftNode
+from consensus.node import NodeOptions, NodeStopped, RaftNode
+from consensus.tuning import tune_gc
 from consensus.zmq_transport import CurveKeys, ZmqTransport
 from node.api import TaskAPI, error
 from node.config import ClusterConfig, TaskSettings
+from node.executor import Executor, NoopRunner
 from node.gossip.driver import Gossip
 from node.gossip.metrics import NodeMetrics
-from node.executor import Executor, NoopRunner
-from node.state import NodeState
 from node.ids import now_ms
+from node.kb_api import KnowledgeAPI
+from node.rag.knowledge import KnowledgeBase
+from node.rag_service import RagService
+from node.state import NodeState
 from node.tasks import RetryPolicy, TaskQueue
 
 log = logging.getLogger("ragraft.node")
@@ -83,10 +88,13 @@ def cluster_view(raft: RaftNode) -> dict:
 
 
 def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor: Executor,
-               gossip: Gossip) -> web.Application:
+               gossip: Gossip, rag: RagService) -> web.Application:
     api = TaskAPI(raft, state.tasks, raft.id)
-    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[api.middleware()])
+    max_upload = config.rag.max_upload_mb * 1024 * 1024
+    # Multipart uploads are streamed and checked per file; JSON bodies are read whole.
+    app = web.Application(client_max_size=max_upload + 1024 * 1024, middlewares=[api.middleware()])
     api.routes(app)
+    KnowledgeAPI(state, api.write, error, rag, max_upload).routes(app)
 
     async def nodes(_: web.Request) -> web.Response:
         status = raft.status()
@@ -145,8 +153,10 @@ def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor
         return web.json_response({"status": "ok", "node": raft.id})
 
     async def readyz(_: web.Request) -> web.Response:
-        ready = raft.leader is not None
-        return web.json_response({"ready": ready, "leader": raft.leader}, status=200 if ready else 503)
+        # Ready = a leader is known and the models are loaded (or loading is off).
+        ready = raft.leader is not None and rag.ready
+        return web.json_response({"ready": ready, "leader": raft.leader, "models": rag.status.to_dict()},
+                                 status=200 if ready else 503)
 
     async def cluster(_: web.Request) -> web.Response:
         return web.json_response(cluster_view(raft))
@@ -222,12 +232,32 @@ async def ask_to_join(seed_url: str, node_id: str, raft_address: str) -> None:
 async def run_node(config: ClusterConfig, node_id: str, join: str | None = None) -> None:
     spec = config.node(node_id)
     settings = config.tasks
-    state = NodeState(TaskQueue(RetryPolicy(settings.max_attempts, settings.retry_backoff_ms)))
+    kb = KnowledgeBase(index_kind=config.rag.index)
+    state = NodeState(TaskQueue(RetryPolicy(settings.max_attempts, settings.retry_backoff_ms)), kb)
     raft = build_raft(config, node_id, state, joining=join is not None)
     await raft.start()
-    executor = Executor(raft, state.tasks, node_id, settings.slots, {"noop": NoopRunner()})
-    state.listen(lambda cmd, result: executor.poke() if cmd.get("op") in ("submit", "fail", "node") else None)
+    slots = spec.slots or settings.slots
+    executor = Executor(raft, state.tasks, node_id, slots, {"noop": NoopRunner()})
+    state.listen(lambda cmd, result: executor.poke() if cmd.get("op") in ("submit", "fail", "node", "kb.upload")
+                 else None)
     await executor.start()
+    loop = asyncio.get_running_loop()
+
+    def commit(cmd: dict, request_id: str) -> object:
+        """For worker threads: commit `cmd`, retrying while there is no quorum."""
+        packed = msgpack.packb(cmd, use_bin_type=True)
+        while True:
+            future = asyncio.run_coroutine_threadsafe(raft.propose(packed, request_id=request_id), loop)
+            try:
+                return future.result().result
+            except NodeStopped:
+                raise
+            except RaftError as exc:
+                log.warning("could not commit %s yet (%s); retrying", cmd.get("op"), exc)
+                time.sleep(0.5)
+
+    rag = RagService(node_id, kb, config.models, config.rag, spec.data_dir, executor, commit)
+    await rag.start()
     curve = CurveKeys.cluster(config.curve_public, config.curve_secret) if config.curve_enabled else None
     gossip = Gossip(
         node_id,
@@ -241,7 +271,7 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         asyncio.create_task(sweep_expired(raft, settings), name="housekeeper"),
         asyncio.create_task(requeue_dead_nodes(raft, state, gossip), name="failover"),
     ]
-    runner = web.AppRunner(build_http(config, raft, state, executor, gossip), access_log=None)
+    runner = web.AppRunner(build_http(config, raft, state, executor, gossip, rag), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, spec.host, spec.api_port)
     try:
@@ -252,6 +282,7 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         raise SystemExit(f"node {node_id}: cannot listen on {spec.host}:{spec.api_port} ({exc.strerror}); "
                          f"is another ragraft running? stop it or change nodes.api_port") from None
     print(f"node {node_id}: raft {spec.raft_address}, api {spec.api_url}", flush=True)
+    tune_gc()
     if join is not None:
         background.append(asyncio.create_task(ask_to_join(join, node_id, spec.raft_address), name="join"))
     stop = asyncio.Event()
@@ -265,4 +296,5 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     await gossip.stop()
     await runner.cleanup()
     await executor.stop()
+    rag.close()
     await raft.stop()

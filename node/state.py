@@ -3,22 +3,66 @@
 Commands are msgpack maps with an "op"; ops starting with "kb." belong to the
 knowledge base, the rest to the task queue.  Listeners (the executor, the
 event stream) hear about every applied command on this node.
+
+Two rules join the two machines, both applied inside one log entry so that no
+replica can see half of them:
+- `kb.upload` records an upload (its raw bytes) AND queues the `ingest` task that
+  will index it, so an accepted upload always has a task and vice versa.
+- When an `ingest` task ends failed or cancelled, its document version is marked
+  failed (the previous version, if any, keeps serving) and the raw bytes dropped.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgpack
 
-from node.tasks import TaskError, TaskQueue
+from node.tasks import CANCELLED, FAILED, TaskError, TaskQueue
+
+log = logging.getLogger("ragraft.state")
 
 Listener = Callable[[dict, Any], None]
 
 
 class SubMachine(Protocol):
     def execute(self, cmd: dict) -> Any: ...
+    def _upload(self, cmd: dict) -> dict:
+        """{"op": "kb.upload", "doc": {doc_id, title, source, media_type, tags, data},
+        "task": {id, priority, owner}, "at": ms}"""
+        assert self.kb is not None
+        doc, task, at = cmd.get("doc"), cmd.get("task"), cmd.get("at")
+        if not isinstance(doc, dict) or not isinstance(task, dict) or not isinstance(task.get("id"), str) \
+                or not isinstance(at, int):
+            return TaskError("bad_command", "kb.upload needs doc, task and at").to_dict()
+        document = self.kb.execute({"op": "kb.put_upload", **doc, "at": at})
+        if _refused(document):
+            return document
+        submitted = self.tasks.execute({
+            "op": "submit", "id": task.get("id"), "type": "ingest", "at": at,
+            "priority": task.get("priority", 5), "owner": task.get("owner", ""),
+            "input": {"doc_id": document["doc_id"], "version": document["version"],
+                      "filename": doc.get("source") or document["doc_id"], "media_type": doc.get("media_type")},
+        })
+        if _refused(submitted):
+            self.kb.execute({"op": "kb.fail_ingest", "doc_id": document["doc_id"], "version": document["version"],
+                             "error": "its ingest task was refused: " + submitted["error"]["message"], "at": at})
+            return submitted
+        return {"document": document, "task": submitted}
+
+    def _close_failed_ingest(self, task_id: str, at: Any) -> None:
+        assert self.kb is not None
+        task = self.tasks.get(task_id)
+        if task is None or task.type != "ingest" or task.state not in (FAILED, CANCELLED):
+            return
+        reason = task.error or ("cancelled" if task.state == CANCELLED else "failed")
+        # A no-op (a conflict answer) when the version is no longer pending.
+        self.kb.execute({"op": "kb.fail_ingest", "doc_id": task.input.get("doc_id"),
+                         "version": task.input.get("version"), "error": f"ingest {task.state}: {reason}",
+                         "at": at if isinstance(at, (int, float)) else 0})
+
     def snapshot(self) -> bytes: ...
     def restore(self, data: bytes) -> None: ...
 
@@ -39,19 +83,69 @@ class NodeState:
             cmd = msgpack.unpackb(command, raw=False)
         except (ValueError, msgpack.UnpackException) as exc:
             return TaskError("bad_command", f"undecodable command: {exc}").to_dict()
+        try:
+            result = self._execute(cmd)
+        except Exception as exc:  # a bug must not stop the log on every replica at once
+            log.exception("applying entry %d failed", index)
+            result = TaskError("internal", f"applying the command failed: {exc!r}").to_dict()
+        if isinstance(cmd, dict):
+            for listener in self._listeners:
+                try:
+                    listener(cmd, result)
+                except Exception:
+                    log.exception("a listener failed on entry %d", index)
+        return result
+
+    def _execute(self, cmd: Any) -> Any:
         op = cmd.get("op") if isinstance(cmd, dict) else None
         if isinstance(op, str) and op.startswith("kb."):
             if self.kb is None:
                 result: Any = TaskError("bad_command", "this node has no knowledge base").to_dict()
+            elif op == "kb.upload":
+                result = self._upload(cmd)
             else:
                 result = self.kb.execute(cmd)
         elif isinstance(cmd, dict):
             result = self.tasks.execute(cmd)
+            if self.kb is not None and op in ("cancel", "fail", "abort") and isinstance(cmd.get("id"), str):
+                self._close_failed_ingest(cmd["id"], cmd.get("at", 0))
         else:
             result = TaskError("bad_command", "a command is a map with an 'op'").to_dict()
-        for listener in self._listeners:
-            listener(cmd, result)
         return result
+
+    def _upload(self, cmd: dict) -> dict:
+        """{"op": "kb.upload", "doc": {doc_id, title, source, media_type, tags, data},
+        "task": {id, priority, owner}, "at": ms}"""
+        assert self.kb is not None
+        doc, task, at = cmd.get("doc"), cmd.get("task"), cmd.get("at")
+        if not isinstance(doc, dict) or not isinstance(task, dict) or not isinstance(task.get("id"), str) \
+                or not isinstance(at, int):
+            return TaskError("bad_command", "kb.upload needs doc, task and at").to_dict()
+        document = self.kb.execute({"op": "kb.put_upload", **doc, "at": at})
+        if _refused(document):
+            return document
+        submitted = self.tasks.execute({
+            "op": "submit", "id": task.get("id"), "type": "ingest", "at": at,
+            "priority": task.get("priority", 5), "owner": task.get("owner", ""),
+            "input": {"doc_id": document["doc_id"], "version": document["version"],
+                      "filename": doc.get("source") or document["doc_id"], "media_type": doc.get("media_type")},
+        })
+        if _refused(submitted):
+            self.kb.execute({"op": "kb.fail_ingest", "doc_id": document["doc_id"], "version": document["version"],
+                             "error": "its ingest task was refused: " + submitted["error"]["message"], "at": at})
+            return submitted
+        return {"document": document, "task": submitted}
+
+    def _close_failed_ingest(self, task_id: str, at: Any) -> None:
+        assert self.kb is not None
+        task = self.tasks.get(task_id)
+        if task is None or task.type != "ingest" or task.state not in (FAILED, CANCELLED):
+            return
+        reason = task.error or ("cancelled" if task.state == CANCELLED else "failed")
+        # A no-op (a conflict answer) when the version is no longer pending.
+        self.kb.execute({"op": "kb.fail_ingest", "doc_id": task.input.get("doc_id"),
+                         "version": task.input.get("version"), "error": f"ingest {task.state}: {reason}",
+                         "at": at if isinstance(at, (int, float)) else 0})
 
     def snapshot(self) -> bytes:
         return msgpack.packb(
@@ -66,3 +160,8 @@ class NodeState:
         self.tasks.restore(state["tasks"])
         if self.kb is not None and state.get("kb") is not None:
             self.kb.restore(state["kb"])
+
+
+def _refused(result: Any) -> bool:
+    """A refused command answers {"error": {code, message}}; a task's own "error" is text."""
+    return isinstance(result, dict) and isinstance(result.get("error"), dict)

@@ -15,10 +15,16 @@ from typing import Any
 
 from tests.kvcluster import free_ports
 
+# Converted GGUF weights, shared by every test cluster of every run: the first node
+# to load the generator converts it (~15 s), the others load the cache (<1 s).
+MODEL_CACHE = Path(__file__).resolve().parent.parent / ".ragraft" / "test-model-cache"
+
 
 class NodeCluster:
     def __init__(self, root: Path, size: int = 3, extra_toml: str = "", env: dict[str, str] | None = None,
-                 joiners: int = 0) -> None:
+                 joiners: int = 0, models: bool = False) -> None:
+        """`models=False` starts control-plane nodes (noop tasks only, no model loading);
+        `models=True` loads the bundled models on every node, as in production."""
         self.root = root
         self.ids = [f"n{i + 1}" for i in range(size + joiners)]
         ports = free_ports(4 * len(self.ids))
@@ -35,7 +41,9 @@ class NodeCluster:
         lines.append(extra_toml)
         self.config = root / "cluster.toml"
         self.config.write_text("\n".join(lines))
-        self.env = {**os.environ, **(env or {})}
+        model_env = ({"RAGRAFT_LOAD_MODELS": "1", "RAGRAFT_MODEL_CACHE": str(MODEL_CACHE)} if models
+                     else {"RAGRAFT_LOAD_MODELS": "0"})
+        self.env = {**os.environ, **model_env, **(env or {})}
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, node: str, *extra: str) -> None:
@@ -85,6 +93,27 @@ class NodeCluster:
                 return resp.status, json.loads(resp.read() or b"null"), dict(resp.headers)
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null"), dict(exc.headers)
+
+    def wait_models(self, nodes: list[str] | None = None, timeout: float = 180) -> None:
+        """Until every node's /readyz says its models are loaded."""
+        deadline = time.monotonic() + timeout
+        pending = set(nodes or self.procs)
+        last: dict[str, Any] = {}
+        while pending and time.monotonic() < deadline:
+            for node in sorted(pending):
+                try:
+                    _, body = self.request(node, "GET", "/readyz", timeout=2)
+                except OSError:
+                    continue
+                last[node] = body.get("models") if isinstance(body, dict) else body
+                if isinstance(body, dict) and body.get("models", {}).get("state") == "failed":
+                    raise AssertionError(f"{node} failed to load its models: {body['models']}")
+                if isinstance(body, dict) and body.get("ready"):
+                    pending.discard(node)
+            time.sleep(0.5)
+        if pending:
+            raise AssertionError(f"models not loaded within {timeout} s on {sorted(pending)}: {last}; "
+                                 f"logs in {self.root}")
 
     def wait_ready(self, nodes: list[str] | None = None, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout

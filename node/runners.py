@@ -1,0 +1,102 @@
+"""Task runners for the RAG task types: the executor's side of node/rag/engine.py.
+
+`RagRunner` runs `qa`, `generate` and `retrieve`.  `IngestRunner` runs `ingest`:
+it reads the upload's raw bytes from the local replica, parses, chunks and
+embeds them here (once, for the whole cluster), then commits the chunks with
+their vectors in bounded batches and closes the ingest; every node indexes them
+when it applies those entries.  Both map the engine's errors onto the
+executor's: bad input fails without retry, a cancellation ends the attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from node.executor import CancelledFn, ProgressFn, TaskAborted, TaskFailure
+from node.ids import now_ms
+from node.rag.engine import BadInput, Cancelled, RagEngine
+from node.rag.generation import GenerationError
+
+log = logging.getLogger("ragraft.runners")
+
+# commit(command, request_id) -> the command's result once applied on this node;
+# blocking (called from a worker thread); raises only when the node is stopping.
+CommitFn = Callable[[dict, str], Any]
+
+
+class RagRunner:
+    def __init__(self, engine: RagEngine) -> None:
+        self.engine = engine
+
+    def run(self, task: dict, progress: ProgressFn, cancelled: CancelledFn) -> Any:
+        try:
+            return self.engine.run(task["type"], task.get("input") or {}, task.get("params") or {},
+                                   progress, cancelled)
+        except BadInput as exc:
+            raise TaskFailure(str(exc), retryable=False) from None
+        except Cancelled:
+            raise TaskAborted() from None
+        except GenerationError as exc:  # e.g. the OpenAI-compatible server is down
+            raise TaskFailure(f"generation failed: {exc}", retryable=True) from None
+
+
+class IngestRunner:
+    def __init__(self, engine: RagEngine, node_id: str, commit: CommitFn) -> None:
+        self.engine = engine
+        self.node_id = node_id
+        self.commit = commit
+
+    def run(self, task: dict, progress: ProgressFn, cancelled: CancelledFn) -> Any:
+        source = task.get("input") or {}
+        doc_id, version = source.get("doc_id"), source.get("version")
+        kb = self.engine.kb
+        data = kb.upload_data(doc_id, version) if isinstance(doc_id, str) else None
+        if data is None:
+            doc = kb.get(doc_id) if isinstance(doc_id, str) else None
+            where = "deleted" if doc is None else f"v{doc['version']} is {doc['state']}"
+            raise TaskFailure(f"document {doc_id!r} v{version} is no longer waiting to be ingested ({where})",
+                              retryable=False)
+        started = time.perf_counter()
+        try:
+            batches = self.engine.prepare_ingest(data, source.get("filename") or doc_id,
+                                                 source.get("media_type"), progress, cancelled)
+        except BadInput as exc:
+            raise TaskFailure(str(exc), retryable=False) from None
+        except Cancelled:
+            raise TaskAborted() from None
+        embedded = time.perf_counter()
+        chunks = 0
+        for batch_no, batch in enumerate(batches):
+            if cancelled():
+                raise TaskAborted()
+            cmd = {"op": "kb.put_chunks", "doc_id": doc_id, "version": version, "batch_no": batch_no,
+                   "n_batches": len(batches), "chunks": batch["chunks"], "vectors": batch["vectors"]}
+            self._expect_ok(self.commit(cmd, f"ingest:{doc_id}:{version}:{batch_no}"), doc_id, version)
+            chunks += len(batch["chunks"])
+            progress(0.95 + 0.05 * (batch_no + 1) / len(batches),
+                     f"{chunks} chunks committed ({batch_no + 1}/{len(batches)} batches)")
+        finish = {"op": "kb.finish_ingest", "doc_id": doc_id, "version": version, "node": self.node_id,
+                  "at": now_ms()}
+        done = self._expect_ok(self.commit(finish, f"ingest:{doc_id}:{version}:finish"), doc_id, version)
+        return {
+            "doc_id": doc_id,
+            "version": version,
+            "chunks": chunks,
+            "batches": len(batches),
+            "replaced_version": done.get("replaced_version"),
+            "timings": {"embed_ms": round((embedded - started) * 1000, 1),
+                        "commit_ms": round((time.perf_counter() - embedded) * 1000, 1),
+                        "chunks_per_s": round(chunks / max(embedded - started, 1e-9), 1)},
+            "models": {"embedding": self.engine.embedder.model_id},
+        }
+
+    @staticmethod
+    def _expect_ok(result: Any, doc_id: str, version: int) -> dict:
+        if isinstance(result, dict) and "error" in result:
+            error = result["error"]
+            # A newer upload or a delete superseded this version: nothing left to do.
+            raise TaskFailure(f"document {doc_id!r} v{version}: {error.get('message')}", retryable=False)
+        return result if isinstance(result, dict) else {}
