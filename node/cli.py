@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     up = sub.add_parser("up", help="start every node of cluster.toml locally, each as its own process")
     up.add_argument("--config", default="cluster.toml", help="cluster file (default: cluster.toml)")
+    up.add_argument("--data-dir", help="keep every node's data under DIR/<id> instead of the file's data_dir")
 
     node = sub.add_parser("node", help="run one node of the cluster in this process")
     node.add_argument("--config", default="cluster.toml", help="cluster file (default: cluster.toml)")
@@ -64,12 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--id", help="node id from the cluster file, e.g. n1")
     node.add_argument("--join", metavar="HOST:PORT", help="API address of a member: join the running cluster")
     node.add_argument("--url", help="with remove: API address of a member (default: the first node of the file)")
+    node.add_argument("--data-dir", help="keep this node's data under DIR/<id> instead of the file's data_dir")
     node.add_argument("--log-level", default="INFO")
 
     sub.add_parser("keys", help="print new CURVE keys and an encryption key for cluster.toml")
     sub.add_parser("version", help="print the ragraft version")
 
     args = parser.parse_args(argv)
+    if getattr(args, "data_dir", None):
+        # Through the environment, so that the nodes `up` starts inherit it.
+        os.environ["RAGRAFT_DATA_DIR"] = os.path.abspath(args.data_dir)
     if args.command == "version":
         print(f"ragraft {_version()}")
         return 0

@@ -8,6 +8,7 @@ instead of the file:
     RAGRAFT_CLUSTER_PUBLIC_KEY / RAGRAFT_CLUSTER_SECRET_KEY   CURVE keys (z85)
     RAGRAFT_ENCRYPTION_KEY                                     [security] encryption_key
     RAGRAFT_TICK_MS                                            [raft] tick_ms
+    RAGRAFT_DATA_DIR                                           every node's data_dir becomes <dir>/<id>
     RAGRAFT_MODEL_CACHE                                        [models] cache_dir
     RAGRAFT_LOAD_MODELS=0                                      [models] load = false
     RAGRAFT_GENERATOR                                          [models] generator
@@ -212,7 +213,8 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         slots = item.get("slots")
         if slots is not None and (not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 256):
             raise fail(f"{key}.slots", f"{slots!r} is out of range", "use a whole number from 1 to 256, or leave it out")
-        nodes.append(NodeSpec(node_id, host, data_dir=(base / data_dir), join=join, slots=slots, **ports))
+        root = Path(env["RAGRAFT_DATA_DIR"]) / node_id if env.get("RAGRAFT_DATA_DIR") else base / data_dir
+        nodes.append(NodeSpec(node_id, host, data_dir=root, join=join, slots=slots, **ports))
 
     raft_raw = dict(raw.get("raft", {}))
     if "RAGRAFT_TICK_MS" in env:

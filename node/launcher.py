@@ -1,5 +1,6 @@
 """`ragraft up`: start every node of cluster.toml as its own OS process, show
-progress until the cluster has a leader, print the URLs, stop all on Ctrl-C."""
+progress until the cluster has a leader and every node has loaded its models,
+print the URLs, stop all on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -23,13 +24,40 @@ def _get_json(url: str, timeout: float = 0.5) -> dict | None:
         return None
 
 
-def up(config: ClusterConfig, startup_timeout: float = 120.0) -> int:
+class _Progress:
+    """Relays the progress lines a node prints ("node n1: models: ...") from its log."""
+
+    def __init__(self, node_id: str, path: Path) -> None:
+        self.prefix = f"node {node_id}: "
+        self.node_id = node_id
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.partial = b""
+
+    def relay(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            if line.startswith(self.prefix):
+                print(f"  {self.node_id}: {line[len(self.prefix):]}", flush=True)
+
+
+def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: float = 900.0) -> int:
     procs: dict[str, subprocess.Popen] = {}
     logs_dir = Path(config.nodes[0].data_dir).parent
     logs_dir.mkdir(parents=True, exist_ok=True)
     print(f"starting {len(config.nodes)} nodes of cluster {config.name!r} from {config.path}", flush=True)
+    progress: list[_Progress] = []
     for spec in config.nodes:
         log_path = logs_dir / f"{spec.id}.log"
+        progress.append(_Progress(spec.id, log_path))
         cmd = [sys.executable, "-m", "node.cli", "node", "--config", str(config.path), "--id", spec.id]
         procs[spec.id] = subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
         print(f"  {spec.id}: pid {procs[spec.id].pid}, log {log_path}", flush=True)
@@ -49,6 +77,8 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0) -> int:
         up_nodes: set[str] = set()
         leader = None
         while time.monotonic() < deadline and leader is None:
+            for relay in progress:
+                relay.relay()
             for spec in config.nodes:
                 proc = procs[spec.id]
                 if proc.poll() is not None:
@@ -67,9 +97,14 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0) -> int:
             print(f"no leader elected within {startup_timeout:.0f} s; see the logs in {logs_dir}", file=sys.stderr)
             stop_all()
             return 1
+        print(f"  leader elected: {leader}; waiting for the models to load", flush=True)
+        if not _wait_for_models(config, procs, logs_dir, models_timeout, progress):
+            stop_all()
+            return 1
         print(f"\ncluster {config.name!r} is up; leader: {leader}\n", flush=True)
         for spec in config.nodes:
-            print(f"  {spec.id}:  API {spec.api_url}/api/v1/cluster   raft {spec.raft_address}", flush=True)
+            print(f"  {spec.id}:  API {spec.api_url}/api/v1   health {spec.api_url}/readyz   "
+                  f"raft {spec.raft_address}", flush=True)
         print("\nPress Ctrl-C to stop every node.", flush=True)
         while all(p.poll() is None for p in procs.values()):
             time.sleep(0.5)
@@ -81,3 +116,35 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0) -> int:
         return 0
     finally:
         stop_all()
+
+
+def _wait_for_models(config: ClusterConfig, procs: dict[str, subprocess.Popen], logs_dir: Path,
+                     timeout: float, progress: list[_Progress]) -> bool:
+    """Relay each node's model-loading steps until all are loaded.  A node whose
+    models fail stays up (the others run its RAG tasks): say so, go on."""
+    deadline = time.monotonic() + timeout
+    pending = {spec.id for spec in config.nodes}
+    while pending and time.monotonic() < deadline:
+        for relay in progress:
+            relay.relay()
+        for spec in config.nodes:
+            if spec.id not in pending:
+                continue
+            if procs[spec.id].poll() is not None:
+                print(f"node {spec.id} exited with code {procs[spec.id].returncode}; see {logs_dir / (spec.id + '.log')}",
+                      file=sys.stderr)
+                return False
+            ready = _get_json(f"{spec.api_url}/readyz", timeout=1.0)
+            models = (ready or {}).get("models") or {}
+            if models.get("state") in ("ready", "disabled"):
+                pending.discard(spec.id)
+            elif models.get("state") == "failed":
+                print(f"  {spec.id}: could not load its models ({models.get('error')}); it runs noop tasks only, "
+                      f"see {logs_dir / (spec.id + '.log')}", file=sys.stderr, flush=True)
+                pending.discard(spec.id)
+        time.sleep(0.3)
+    if pending:
+        print(f"models still loading on {', '.join(sorted(pending))} after {timeout:.0f} s; "
+              f"see the logs in {logs_dir}", file=sys.stderr)
+        return False
+    return True

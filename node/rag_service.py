@@ -26,6 +26,20 @@ if TYPE_CHECKING:  # node.runners imports torch: only the loader thread may pay 
 log = logging.getLogger("ragraft.models")
 
 
+def import_libraries(node_id: str) -> None:
+    """Import torch, transformers and sentence-transformers, before Raft starts.
+
+    Their imports hold the GIL for seconds at a time; done in the loader thread
+    while the node runs, they starved its event loop (heartbeats late, gossip
+    suspecting live peers).  Done first, they only delay the node's start.
+    """
+    started = time.monotonic()
+    print(f"node {node_id}: models: importing torch, transformers and sentence-transformers", flush=True)
+    import node.runners  # noqa: F401  (imports the engine and, through it, everything above)
+
+    print(f"node {node_id}: models: libraries imported in {time.monotonic() - started:.1f} s", flush=True)
+
+
 @dataclass
 class ModelStatus:
     state: str = "loading"  # loading | ready | failed | disabled

@@ -31,7 +31,7 @@ from node.gossip.metrics import NodeMetrics
 from node.ids import now_ms
 from node.kb_api import KnowledgeAPI
 from node.rag.knowledge import KnowledgeBase
-from node.rag_service import RagService
+from node.rag_service import RagService, import_libraries
 from node.state import NodeState
 from node.tasks import RetryPolicy, TaskQueue
 
@@ -232,6 +232,8 @@ async def ask_to_join(seed_url: str, node_id: str, raft_address: str) -> None:
 async def run_node(config: ClusterConfig, node_id: str, join: str | None = None) -> None:
     spec = config.node(node_id)
     settings = config.tasks
+    if config.models.load:
+        import_libraries(node_id)
     kb = KnowledgeBase(index_kind=config.rag.index)
     state = NodeState(TaskQueue(RetryPolicy(settings.max_attempts, settings.retry_backoff_ms)), kb)
     raft = build_raft(config, node_id, state, joining=join is not None)
@@ -257,13 +259,13 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
                 time.sleep(0.5)
 
     rag = RagService(node_id, kb, config.models, config.rag, spec.data_dir, executor, commit)
-    await rag.start()
     curve = CurveKeys.cluster(config.curve_public, config.curve_secret) if config.curve_enabled else None
     gossip = Gossip(
         node_id,
         spec.gossip_address,
         {n.id: n.gossip_address for n in config.nodes if n.id != node_id},
-        NodeMetrics(runtime=executor.status),
+        NodeMetrics(runtime=lambda: {**executor.status(), "models": rag.status.state,
+                                     "generator": rag.status.generator}),
         curve=curve,
     )
     await gossip.start()
@@ -283,6 +285,9 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
                          f"is another ragraft running? stop it or change nodes.api_port") from None
     print(f"node {node_id}: raft {spec.raft_address}, api {spec.api_url}", flush=True)
     tune_gc()
+    # Only now: the loader thread's imports (torch, transformers) would otherwise
+    # hold up the start of the API for as long as the models take.
+    await rag.start()
     if join is not None:
         background.append(asyncio.create_task(ask_to_join(join, node_id, spec.raft_address), name="join"))
     stop = asyncio.Event()

@@ -1,0 +1,66 @@
+"""`ragraft up` (what `make run` calls): starts the nodes of cluster.toml as separate
+processes, shows the models loading, prints every node's URLs, and stops them all
+on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.nodecluster import NodeCluster
+
+pytestmark = pytest.mark.e2e
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: Path) -> None:
+    layout = NodeCluster(tmp_path, models=True)  # only for its cluster.toml and environment
+    data = tmp_path / "elsewhere"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "up", "--config", str(layout.config), "--data-dir", str(data)],
+        env=layout.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip())
+            if "Press Ctrl-C" in line:
+                break
+        output = "\n".join(lines)
+        assert "Press Ctrl-C" in output, output
+        for node in layout.ids:
+            assert f"{node} is up" in output
+            assert f"{node}: models: ready in" in output  # the last progress line of each node
+            assert f"{node}:  API {layout.api[node]}/api/v1" in output, output
+            with urllib.request.urlopen(layout.api[node] + "/readyz", timeout=5) as resp:
+                ready = json.loads(resp.read())
+            assert ready["ready"] and ready["models"]["generator"] == "SmolLM2-135M-Instruct"
+            assert (data / node / "raft").is_dir()  # --data-dir moved every node's data
+        assert "models: loading embedding model" in output, output  # progress was shown while the models loaded
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert not any(answers(layout.api[node] + "/healthz") for node in layout.ids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
