@@ -45,6 +45,17 @@ def test_repository_cluster_toml_is_valid():
         (lambda c: c.pop("nodes"), "nodes"),
         (lambda c: c.update(security={"encryption_key": "not-base64!"}), "security.encryption_key"),
         (lambda c: c.update(security={"encryption_key": "c2hvcnQ="}), "security.encryption_key"),
+        (lambda c: c["nodes"][0].update(slots=0), "nodes[0].slots"),
+        (lambda c: c.update(models={"device": "tpu"}), "models.device"),
+        (lambda c: c.update(models={"max_batch": 0}), "models.max_batch"),
+        (lambda c: c.update(models={"load": "yes"}), "models.load"),
+        (lambda c: c.update(models={"generator": ""}), "models.generator"),
+        (lambda c: c.update(models={"embeddings": "x"}), "models.embeddings"),
+        (lambda c: c.update(rag={"chunk_size": 10}), "rag.chunk_size"),
+        (lambda c: c.update(rag={"chunk_size": 400, "chunk_overlap": 300}), "rag.chunk_overlap"),
+        (lambda c: c.update(rag={"index": "ivf"}), "rag.index"),
+        (lambda c: c.update(rag={"mode": "semantic"}), "rag.mode"),
+        (lambda c: c.update(rag={"max_upload_mb": 100}), "rag.max_upload_mb"),
     ],
 )
 def test_bad_values_name_their_key(mutate, key):
@@ -72,3 +83,14 @@ def test_unknown_node_id_lists_the_known_ones():
     config = parse(base(), Path("c.toml"), env={})
     with pytest.raises(ConfigError, match="n1, n2, n3"):
         config.node("n9")
+
+
+def test_model_and_data_settings_from_the_environment():
+    config = parse({**base(), "models": {"cache_dir": "cache"}}, Path("/srv/c.toml"), env={
+        "RAGRAFT_LOAD_MODELS": "0", "RAGRAFT_GENERATOR": "openai:http://x/v1#m", "RAGRAFT_DATA_DIR": "/data"})
+    assert not config.models.load
+    assert config.models.generator == "openai:http://x/v1#m"
+    assert config.models.cache_dir == Path("/srv/cache")  # relative to the file
+    assert [n.data_dir for n in config.nodes] == [Path("/data/n1"), Path("/data/n2"), Path("/data/n3")]
+    defaults = parse(base(), Path("c.toml"), env={})
+    assert defaults.models.load and defaults.models.cache_dir is None and defaults.rag.mode == "hybrid"
