@@ -310,3 +310,60 @@ def test_generating_for_30_s_never_stalls_raft(cluster: NodeCluster, corpus_docs
         assert (view["leader"], view["term"]) == (leader, term), f"an election happened: {view}"
     latencies.sort()
     assert latencies[int(len(latencies) * 0.95)] < 0.5, latencies[-5:]
+
+
+def test_replace_disable_and_delete_a_document_at_run_time(cluster: NodeCluster,
+                                                           corpus_docs: dict[str, dict]) -> None:
+    def top_text(query: str) -> list[str]:
+        status, body = cluster.request("n3", "GET", f"/api/v1/kb/search?q={query}&k=3&mode=keyword&tags=zoo")
+        assert status == 200, body
+        return [p["text"] for p in body["passages"]]
+
+    fields = {"id": "zoo-notes", "tags": "zoo"}
+    status, body = upload(cluster, "n1", [("zoo.txt", b"The zoo keeps one okapi named Nimbus.", "text/plain")], fields)
+    assert status == 202 and wait_task(cluster, body["tasks"][0]["id"])["state"] == "completed"
+    status, body = upload(cluster, "n2", [("zoo.txt", b"The zoo keeps two tapirs named Pixel and Pica.",
+                                           "text/plain")], fields)
+    assert status == 202 and body["documents"][0]["version"] == 2
+    assert wait_task(cluster, body["tasks"][0]["id"])["state"] == "completed"
+    wait_same_digest(cluster)
+    assert any("tapirs" in t for t in top_text("zoo+tapirs")) and not any("okapi" in t for t in top_text("okapi"))
+    doc = cluster.request("n1", "GET", "/api/v1/kb/documents/zoo-notes")[1]
+    assert doc["version"] == 2 and doc["serving"]["version"] == 2
+
+    status, _ = cluster.request("n2", "PATCH", "/api/v1/kb/documents/zoo-notes", {"enabled": False})
+    assert status == 200
+    assert top_text("zoo+tapirs") == []
+    cluster.request("n2", "PATCH", "/api/v1/kb/documents/zoo-notes", {"enabled": True})
+    assert top_text("zoo+tapirs")
+
+    status, _ = cluster.request("n3", "DELETE", "/api/v1/kb/documents/zoo-notes")
+    assert status == 200
+    assert top_text("zoo+tapirs") == []
+    assert cluster.request("n1", "GET", "/api/v1/kb/documents/zoo-notes")[0] == 404
+    status, body = cluster.request("n1", "DELETE", "/api/v1/kb/documents/zoo-notes")
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+def test_aborting_a_running_generation_stops_it_within_seconds(cluster: NodeCluster,
+                                                                corpus_docs: dict[str, dict]) -> None:
+    status, task = cluster.request("n2", "POST", "/api/v1/tasks", {
+        "type": "generate", "input": {"prompt": "Write a very long essay about every lighthouse you know."},
+        "params": {"max_new_tokens": 2000, "temperature": 0.9, "stop": []}, "priority": 9})
+    assert status == 201
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        current = cluster.request("n1", "GET", f"/api/v1/tasks/{task['id']}")[1]
+        if current["state"] == "running":
+            break
+        time.sleep(0.2)
+    assert current["state"] == "running", current
+    time.sleep(1.0)  # well into generation
+    started = time.monotonic()
+    status, body = cluster.request("n3", "POST", f"/api/v1/tasks/{task['id']}/abort")
+    assert status == 200, body
+    final = wait_task(cluster, task["id"], timeout=30)
+    assert final["state"] == "cancelled", final
+    assert time.monotonic() - started < 5
+    status, body = cluster.request("n1", "DELETE", f"/api/v1/tasks/{task['id']}")
+    assert status == 409 and "cancelled" in body["error"]["message"]
