@@ -156,8 +156,18 @@ class TaskAPI:
         cmd = {"op": "submit", "id": new_task_id(), "owner": request.get("user", "anonymous"), "at": now_ms(), **fields}
         return await self.write(cmd, ok_status=201)
 
+    @staticmethod
+    def _scope(request: web.Request) -> str | None:
+        """The owner a request is limited to: None for admins (they see every task)."""
+        return None if request.get("role", "admin") == "admin" else request["user"]
+
+    def _visible(self, request: web.Request, task_id: str) -> Any:
+        task = self.queue.get(task_id)
+        owner = self._scope(request)
+        return task if task is not None and (owner is None or task.owner == owner) else None
+
     async def get_task(self, request: web.Request) -> web.Response:
-        task = self.queue.get(request.match_info["id"])
+        task = self._visible(request, request.match_info["id"])
         if task is None:
             return error(404, "not_found", f"no task {request.match_info['id']}")
         return web.json_response(task.to_dict())
@@ -172,9 +182,11 @@ class TaskAPI:
         except ValueError:
             return error(422, "invalid", "limit must be a whole number", field="limit")
         cursor = q.get("cursor")
+        owner = self._scope(request)
         items = [
             t for t in self.queue.tasks.values()
             if (not state or t.state == state) and (not task_type or t.type == task_type) and (not node or t.node == node)
+            and (owner is None or t.owner == owner)
         ]
         items.sort(key=lambda t: t.id, reverse=True)  # newest first; ids sort by submission time
         total = len(items)
@@ -186,14 +198,14 @@ class TaskAPI:
 
     async def cancel(self, request: web.Request) -> web.Response:
         return await self.write({"op": "cancel", "id": request.match_info["id"], "by": request.get("user", "anonymous"),
-                                  "at": now_ms()})
+                                  "owner": self._scope(request), "at": now_ms()})
 
     async def abort(self, request: web.Request) -> web.Response:
         return await self.write({"op": "abort", "id": request.match_info["id"], "by": request.get("user", "anonymous"),
-                                  "at": now_ms()})
+                                  "owner": self._scope(request), "at": now_ms()})
 
     async def retry(self, request: web.Request) -> web.Response:
-        old = self.queue.get(request.match_info["id"])
+        old = self._visible(request, request.match_info["id"])
         if old is None:
             return error(404, "not_found", f"no task {request.match_info['id']}")
         if old.type == "ingest":

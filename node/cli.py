@@ -27,6 +27,28 @@ def _load(path: str) -> cluster_config.ClusterConfig:
         raise SystemExit(f"ragraft: {exc}") from None
 
 
+def _admin_headers(base: str) -> dict[str, str]:
+    """Admin credentials from the environment: RAGRAFT_API_KEY, or RAGRAFT_ADMIN_PASSWORD
+    (exchanged for a token)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("RAGRAFT_API_KEY"):
+        return {"Authorization": f"Bearer {os.environ['RAGRAFT_API_KEY']}"}
+    password = os.environ.get("RAGRAFT_ADMIN_PASSWORD")
+    if not password:
+        raise SystemExit("ragraft: this needs an admin: set RAGRAFT_API_KEY or RAGRAFT_ADMIN_PASSWORD")
+    login = urllib.request.Request(f"{base}/api/v1/auth/token", method="POST",
+                                   data=json.dumps({"username": "admin", "password": password}).encode(),
+                                   headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(login, timeout=30) as response:
+            return {"Authorization": f"Bearer {json.loads(response.read())['access_token']}"}
+    except urllib.error.HTTPError as exc:
+        raise SystemExit(f"ragraft: admin login refused ({exc.code}); check RAGRAFT_ADMIN_PASSWORD") from None
+
+
 def _remove_node(config: cluster_config.ClusterConfig, target: str | None, url: str | None) -> int:
     import json
     import urllib.error
@@ -37,7 +59,8 @@ def _remove_node(config: cluster_config.ClusterConfig, target: str | None, url: 
     base = (url or config.nodes[0].api_url).rstrip("/")
     if not base.startswith("http"):
         base = "http://" + base
-    request = urllib.request.Request(f"{base}/api/v1/cluster/members/{target}", method="DELETE")
+    request = urllib.request.Request(f"{base}/api/v1/cluster/members/{target}", method="DELETE",
+                                     headers=_admin_headers(base))
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             view = json.loads(response.read())
@@ -68,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--data-dir", help="keep this node's data under DIR/<id> instead of the file's data_dir")
     node.add_argument("--log-level", default="INFO")
 
-    sub.add_parser("keys", help="print new CURVE keys and an encryption key for cluster.toml")
+    sub.add_parser("keys", help="print new CURVE keys, an encryption key, a token secret and an API key")
+    hasher = sub.add_parser("hash-password", help="print a password hash for [[security.users]]")
+    hasher.add_argument("--password", help="the password (default: asked for, not echoed)")
     sub.add_parser("version", help="print the ragraft version")
 
     args = parser.parse_args(argv)
@@ -79,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ragraft {_version()}")
         return 0
     if args.command == "keys":
+        import secrets
+
         from consensus.cipher import Cipher
         from consensus.zmq_transport import generate_cluster_keys
+        from node.auth import new_api_key
 
         public, secret = generate_cluster_keys()
         print("# paste into [cluster] of cluster.toml (or set RAGRAFT_CLUSTER_PUBLIC_KEY / _SECRET_KEY)")
@@ -88,6 +116,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f'curve_secret_key = "{secret}"')
         print("# paste into [security] (or set RAGRAFT_ENCRYPTION_KEY): encrypts replicated data at rest")
         print(f'encryption_key = "{Cipher.generate_key()}"')
+        print("# also in [security] (or RAGRAFT_TOKEN_SECRET): signs the API's bearer tokens")
+        print(f'token_secret = "{secrets.token_urlsafe(32)}"')
+        key, digest = new_api_key()
+        print(f"# an admin API key for scripts: keep {key} secret (send it as Authorization: Bearer ...)")
+        print(f'# [[security.api_keys]]\n# user = "admin"\n# key_sha256 = "{digest}"')
+        return 0
+    if args.command == "hash-password":
+        import getpass
+
+        from node.auth import hash_password
+
+        password = args.password or getpass.getpass("password: ")
+        if len(password) < 8:
+            raise SystemExit("ragraft: use at least 8 characters")
+        print(hash_password(password))
         return 0
     if args.command == "up":
         from node.launcher import up as launch

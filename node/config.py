@@ -7,6 +7,8 @@ instead of the file:
 
     RAGRAFT_CLUSTER_PUBLIC_KEY / RAGRAFT_CLUSTER_SECRET_KEY   CURVE keys (z85)
     RAGRAFT_ENCRYPTION_KEY                                     [security] encryption_key
+    RAGRAFT_TOKEN_SECRET                                       [security] token_secret
+    RAGRAFT_ADMIN_PASSWORD                                     the built-in admin's password
     RAGRAFT_TICK_MS                                            [raft] tick_ms
     RAGRAFT_DATA_DIR                                           every node's data_dir becomes <dir>/<id>
     RAGRAFT_MODEL_CACHE                                        [models] cache_dir
@@ -102,6 +104,24 @@ class RagConfig:
 
 
 @dataclass(frozen=True)
+class UserSpec:
+    name: str
+    role: str  # admin | user
+    password_hash: str  # from `ragraft hash-password`
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    users: tuple[UserSpec, ...] = ()
+    # HS256 secret for bearer tokens; None = generated at the cluster's first start and
+    # kept in the replicated state (set it, or an encryption_key, in production).
+    token_secret: str | None = None
+    token_ttl_seconds: int = 12 * 3600
+    api_keys: tuple[tuple[str, str], ...] = ()  # (user, sha256 of the key)
+    admin_password: str | None = None  # RAGRAFT_ADMIN_PASSWORD, only from the environment
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     path: Path
     name: str
@@ -112,6 +132,7 @@ class ClusterConfig:
     curve_secret: str | None = None
     encryption_key: str | None = None  # base64 AES-256 key: encrypts replicated data at rest
     models: ModelSettings = field(default_factory=ModelSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     rag: RagConfig = field(default_factory=RagConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -266,9 +287,53 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
             raise fail("security.encryption_key", str(exc), "generate one with `ragraft keys`") from None
 
     models = _models(raw.get("models", {}), base, env, fail)
+    access = _security(security, env, fail)
     rag = _rag(raw.get("rag", {}), fail)
-    extra = {k: v for k, v in raw.items() if k not in ("cluster", "nodes", "raft", "tasks", "models", "rag")}
-    return ClusterConfig(path, name, tuple(nodes), raft, tasks, public, secret, encryption_key, models, rag, extra)
+    extra = {k: v for k, v in raw.items()
+             if k not in ("cluster", "nodes", "raft", "tasks", "models", "rag", "security")}
+    return ClusterConfig(path, name, tuple(nodes), raft, tasks, public, secret, encryption_key, models, access,
+                         rag, extra)
+
+
+_SECURITY_KEYS = {"encryption_key", "users", "token_secret", "token_ttl_seconds", "api_keys"}
+
+
+def _security(section: dict, env: dict[str, str], fail: Any) -> SecuritySettings:
+    unknown = set(section) - _SECURITY_KEYS
+    if unknown:
+        raise fail(f"security.{sorted(unknown)[0]}", "unknown key", f"use only {', '.join(sorted(_SECURITY_KEYS))}")
+    users: list[UserSpec] = []
+    raw_users = section.get("users", [])
+    if not isinstance(raw_users, list):
+        raise fail("security.users", "must be a list of tables", "write [[security.users]] sections")
+    for i, item in enumerate(raw_users):
+        key = f"security.users[{i}]"
+        if not isinstance(item, dict):
+            raise fail(key, "must be a table", "write name, role and password_hash")
+        name, role, hashed = item.get("name"), item.get("role", "user"), item.get("password_hash")
+        if not isinstance(name, str) or not name or name == "admin" or any(u.name == name for u in users):
+            raise fail(f"{key}.name", f"{name!r} is missing, repeated or reserved (admin is built in)",
+                       "give every user a unique name")
+        if role not in ("admin", "user"):
+            raise fail(f"{key}.role", f"{role!r} is not a role", 'use "admin" or "user"')
+        if not isinstance(hashed, str) or not hashed.startswith("scrypt$"):
+            raise fail(f"{key}.password_hash", "is not a password hash", "make one with `ragraft hash-password`")
+        users.append(UserSpec(name, role, hashed))
+    token_secret = env.get("RAGRAFT_TOKEN_SECRET") or section.get("token_secret")
+    if token_secret is not None and (not isinstance(token_secret, str) or len(token_secret) < 16):
+        raise fail("security.token_secret", "is shorter than 16 characters", "generate one with `ragraft keys`")
+    ttl = section.get("token_ttl_seconds", SecuritySettings.token_ttl_seconds)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 60 <= ttl <= 30 * 86400:
+        raise fail("security.token_ttl_seconds", f"{ttl!r} is out of range", "use 60 to 2592000 seconds")
+    keys: list[tuple[str, str]] = []
+    for i, item in enumerate(section.get("api_keys", [])):
+        digest = item.get("key_sha256") if isinstance(item, dict) else None
+        user = item.get("user", "admin") if isinstance(item, dict) else None
+        if not isinstance(digest, str) or len(digest) != 64 or not isinstance(user, str):
+            raise fail(f"security.api_keys[{i}]", "needs user and key_sha256 (64 hex digits)",
+                       "make a key with `ragraft keys` and paste the line it prints")
+        keys.append((user, digest.lower()))
+    return SecuritySettings(tuple(users), token_secret, ttl, tuple(keys), env.get("RAGRAFT_ADMIN_PASSWORD") or None)
 
 
 def _models(section: Any, base: Path, env: dict[str, str], fail: Any) -> ModelSettings:

@@ -58,6 +58,8 @@ class KnowledgeAPI:
                 files = [await self._json_document(request)]
         except UploadError as exc:
             return self.error(exc.status, exc.code, str(exc), **exc.details)
+        if request.get("role", "admin") != "admin" and any(self.state.kb.get(d["doc_id"]) for d in files):
+            return self.error(403, "forbidden", "only an admin can replace a document; upload without an id")
         documents, tasks = [], []
         owner = request.get("user", "anonymous")
         for doc in files:
@@ -160,10 +162,19 @@ class KnowledgeAPI:
             return self.error(404, "not_found", f"no document {request.match_info['id']!r}")
         return web.json_response(_public(doc))
 
+    def _admin_only(self, request: web.Request) -> web.Response | None:
+        if request.get("role", "admin") != "admin":
+            return self.error(403, "forbidden", "only an admin can delete, replace or disable documents")
+        return None
+
     async def delete_document(self, request: web.Request) -> web.Response:
+        if (refused := self._admin_only(request)) is not None:
+            return refused
         return await self.write({"op": "kb.delete", "doc_id": request.match_info["id"], "at": now_ms()}, 200)
 
     async def patch_document(self, request: web.Request) -> web.Response:
+        if (refused := self._admin_only(request)) is not None:
+            return refused
         try:
             body = await request.json()
         except ValueError:

@@ -20,6 +20,11 @@ def _get_json(url: str, timeout: float = 0.5) -> dict | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # e.g. 503 from /readyz: the body still says why
+        try:
+            return json.loads(exc.read())
+        except ValueError:
+            return None
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
@@ -76,7 +81,7 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
         deadline = time.monotonic() + startup_timeout
         up_nodes: set[str] = set()
         leader = None
-        while time.monotonic() < deadline and leader is None:
+        while time.monotonic() < deadline and (leader is None or len(up_nodes) < len(config.nodes)):
             for relay in progress:
                 relay.relay()
             for spec in config.nodes:
@@ -86,7 +91,7 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
                           file=sys.stderr)
                     stop_all()
                     return 1
-                view = _get_json(f"{spec.api_url}/api/v1/cluster")
+                view = _get_json(f"{spec.api_url}/readyz")  # public; 503 while models load
                 if view is not None and spec.id not in up_nodes:
                     up_nodes.add(spec.id)
                     print(f"  {spec.id} is up ({len(up_nodes)}/{len(config.nodes)})", flush=True)

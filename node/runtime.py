@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 
@@ -24,7 +25,8 @@ from consensus.node import NodeOptions, NodeStopped, RaftNode
 from consensus.tuning import tune_gc
 from consensus.zmq_transport import CurveKeys, ZmqTransport
 from node.api import TaskAPI, error
-from node.config import ClusterConfig, TaskSettings
+from node.auth import AuthAPI, Authenticator, initialise_accounts
+from node.config import ClusterConfig, SecuritySettings, TaskSettings
 from node.executor import Executor, NoopRunner
 from node.gossip.driver import Gossip
 from node.gossip.metrics import NodeMetrics
@@ -90,10 +92,13 @@ def cluster_view(raft: RaftNode) -> dict:
 def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor: Executor,
                gossip: Gossip, rag: RagService) -> web.Application:
     api = TaskAPI(raft, state.tasks, raft.id)
+    auth = Authenticator(config.security, state.accounts, config.name)
     max_upload = config.rag.max_upload_mb * 1024 * 1024
     # Multipart uploads are streamed and checked per file; JSON bodies are read whole.
-    app = web.Application(client_max_size=max_upload + 1024 * 1024, middlewares=[api.middleware()])
+    app = web.Application(client_max_size=max_upload + 1024 * 1024,
+                          middlewares=[api.middleware(), auth.middleware(error)])
     api.routes(app)
+    AuthAPI(auth, raft, error).routes(app)
     KnowledgeAPI(state, api.write, error, rag, max_upload).routes(app)
 
     async def nodes(_: web.Request) -> web.Response:
@@ -123,6 +128,8 @@ def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor
     app.router.add_get("/api/v1/nodes", nodes)
 
     async def change_membership(request: web.Request) -> web.Response:
+        if request["role"] != "admin":
+            return error(403, "forbidden", "only an admin can change the cluster's membership")
         if not raft.is_leader:
             leader = raft.leader
             url = next((n.api_url for n in config.nodes if n.id == leader), None)
@@ -130,8 +137,9 @@ def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor
                 return error(503, "no_leader", "no leader is known; retry shortly")
             # forward to the leader, which alone may change the membership
             async with ClientSession() as session:
-                async with session.request(request.method, url + request.path_qs,
-                                           data=await request.read(), headers={"Content-Type": "application/json"}) as r:
+                async with session.request(request.method, url + request.path_qs, data=await request.read(),
+                                           headers={"Content-Type": "application/json",
+                                                    "Authorization": request.headers.get("Authorization", "")}) as r:
                     return web.Response(body=await r.read(), status=r.status, content_type="application/json")
         try:
             if request.method == "POST":
@@ -207,7 +215,22 @@ async def requeue_dead_nodes(raft: RaftNode, state: NodeState, gossip: Gossip, i
                     log.warning("could not record that node %s is dead: %s", node_id, exc)
 
 
-async def ask_to_join(seed_url: str, node_id: str, raft_address: str) -> None:
+async def admin_headers(session: ClientSession, url: str, settings: SecuritySettings) -> dict[str, str]:
+    """Credentials for a node's own admin calls to a member: RAGRAFT_API_KEY (an
+    admin's API key) or the admin password from RAGRAFT_ADMIN_PASSWORD."""
+    key = os.environ.get("RAGRAFT_API_KEY")
+    if key:
+        return {"Authorization": f"Bearer {key}"}
+    assert settings.admin_password is not None  # run_node checked before starting
+    async with session.post(f"{url}/api/v1/auth/token",
+                            json={"username": "admin", "password": settings.admin_password}) as r:
+        body = await r.json()
+        if r.status != 200:
+            raise OSError(f"login refused ({r.status}): {body.get('error', body)}")
+        return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+async def ask_to_join(seed_url: str, node_id: str, raft_address: str, settings: SecuritySettings) -> None:
     """Ask a member (any: it forwards to the leader) to add us: learner first,
     voter once caught up.  Retries until the cluster answers."""
     url = seed_url.rstrip("/")
@@ -217,7 +240,8 @@ async def ask_to_join(seed_url: str, node_id: str, raft_address: str) -> None:
     async with ClientSession() as session:
         while True:
             try:
-                async with session.post(f"{url}/api/v1/cluster/members",
+                headers = await admin_headers(session, url, settings)
+                async with session.post(f"{url}/api/v1/cluster/members", headers=headers,
                                         json={"id": node_id, "raft_address": raft_address}) as r:
                     body = await r.json()
                     if r.status == 200:
@@ -231,6 +255,9 @@ async def ask_to_join(seed_url: str, node_id: str, raft_address: str) -> None:
 
 async def run_node(config: ClusterConfig, node_id: str, join: str | None = None) -> None:
     spec = config.node(node_id)
+    if join is not None and not (os.environ.get("RAGRAFT_API_KEY") or config.security.admin_password):
+        raise SystemExit(f"node {node_id}: to join a cluster a node needs admin credentials: set RAGRAFT_API_KEY "
+                         "to an admin's API key (POST /api/v1/auth/keys) or RAGRAFT_ADMIN_PASSWORD")
     settings = config.tasks
     if config.models.load:
         import_libraries(node_id)
@@ -272,6 +299,7 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     background = [
         asyncio.create_task(sweep_expired(raft, settings), name="housekeeper"),
         asyncio.create_task(requeue_dead_nodes(raft, state, gossip), name="failover"),
+        asyncio.create_task(initialise_accounts(raft, state.accounts, config.security, node_id), name="accounts"),
     ]
     runner = web.AppRunner(build_http(config, raft, state, executor, gossip, rag), access_log=None)
     await runner.setup()
@@ -289,7 +317,7 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     # hold up the start of the API for as long as the models take.
     await rag.start()
     if join is not None:
-        background.append(asyncio.create_task(ask_to_join(join, node_id, spec.raft_address), name="join"))
+        background.append(asyncio.create_task(ask_to_join(join, node_id, spec.raft_address, config.security), name="join"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,7 +1,7 @@
 """The node's replicated state: one log, several deterministic sub-machines.
 
 Commands are msgpack maps with an "op"; ops starting with "kb." belong to the
-knowledge base, the rest to the task queue.  Listeners (the executor, the
+knowledge base, "auth." to the accounts, the rest to the task queue.  Listeners (the executor, the
 event stream) hear about every applied command on this node.
 
 Two rules join the two machines, both applied inside one log entry so that no
@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import msgpack
 
+from node.accounts import Accounts
 from node.tasks import CANCELLED, FAILED, TaskError, TaskQueue
 
 log = logging.getLogger("ragraft.state")
@@ -68,9 +69,10 @@ class SubMachine(Protocol):
 
 
 class NodeState:
-    def __init__(self, tasks: TaskQueue, kb: SubMachine | None = None) -> None:
+    def __init__(self, tasks: TaskQueue, kb: SubMachine | None = None, accounts: Accounts | None = None) -> None:
         self.tasks = tasks
         self.kb = kb
+        self.accounts = accounts or Accounts()
         self.applied_index = 0
         self._listeners: list[Listener] = []
 
@@ -98,6 +100,8 @@ class NodeState:
 
     def _execute(self, cmd: Any) -> Any:
         op = cmd.get("op") if isinstance(cmd, dict) else None
+        if isinstance(op, str) and op.startswith("auth."):
+            return self.accounts.execute(cmd)
         if isinstance(op, str) and op.startswith("kb."):
             if self.kb is None:
                 result: Any = TaskError("bad_command", "this node has no knowledge base").to_dict()
@@ -150,7 +154,8 @@ class NodeState:
     def snapshot(self) -> bytes:
         return msgpack.packb(
             {"applied": self.applied_index, "tasks": self.tasks.snapshot(),
-             "kb": self.kb.snapshot() if self.kb is not None else None},
+             "kb": self.kb.snapshot() if self.kb is not None else None,
+             "accounts": self.accounts.snapshot()},
             use_bin_type=True,
         )
 
@@ -160,6 +165,8 @@ class NodeState:
         self.tasks.restore(state["tasks"])
         if self.kb is not None and state.get("kb") is not None:
             self.kb.restore(state["kb"])
+        if state.get("accounts") is not None:
+            self.accounts.restore(state["accounts"])
 
 
 def _refused(result: Any) -> bool:

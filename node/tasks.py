@@ -350,8 +350,17 @@ class TaskQueue:
             self._move(task, FAILED, at, task.error)
         return task.to_dict()
 
-    def _op_cancel(self, cmd: dict) -> dict:
+    def _owned_task(self, cmd: dict) -> Task:
+        """The task a user command is about; `owner` (absent for admins) must match,
+        and another user's task is reported as not found rather than forbidden."""
         task = self._task(cmd["id"])
+        owner = cmd.get("owner")
+        if owner is not None and task.owner != owner:
+            raise TaskError("not_found", f"no task {cmd['id']}")
+        return task
+
+    def _op_cancel(self, cmd: dict) -> dict:
+        task = self._owned_task(cmd)
         if task.state != QUEUED:
             hint = " (abort stops a running task)" if task.state == RUNNING else ""
             raise TaskError("conflict", f"task {task.id} is {task.state}; only a queued task can be cancelled{hint}",
@@ -360,7 +369,7 @@ class TaskQueue:
         return task.to_dict()
 
     def _op_abort(self, cmd: dict) -> dict:
-        task = self._task(cmd["id"])
+        task = self._owned_task(cmd)
         if task.state == QUEUED:
             self._move(task, CANCELLED, cmd["at"], f"cancelled by {cmd.get('by', '?')}")
         elif task.state == RUNNING:

@@ -13,11 +13,21 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import jwt
+
 from tests.kvcluster import free_ports
 
 # Converted GGUF weights, shared by every test cluster of every run: the first node
 # to load the generator converts it (~15 s), the others load the cache (<1 s).
 MODEL_CACHE = Path(__file__).resolve().parent.parent / ".ragraft" / "test-model-cache"
+ADMIN_PASSWORD = "admin-password-for-tests"
+TOKEN_SECRET = "token-secret-for-tests-0123456789"
+
+
+def mint_token(cluster_name: str, user: str = "admin", secret: str = TOKEN_SECRET, ttl: int = 3600) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": user, "role": "admin", "iat": now, "exp": now + ttl, "iss": f"ragraft:{cluster_name}"},
+                      secret, algorithm="HS256")
 
 
 class NodeCluster:
@@ -43,7 +53,9 @@ class NodeCluster:
         self.config.write_text("\n".join(lines))
         model_env = ({"RAGRAFT_LOAD_MODELS": "1", "RAGRAFT_MODEL_CACHE": str(MODEL_CACHE)} if models
                      else {"RAGRAFT_LOAD_MODELS": "0"})
-        self.env = {**os.environ, **model_env, **(env or {})}
+        auth_env = {"RAGRAFT_ADMIN_PASSWORD": ADMIN_PASSWORD, "RAGRAFT_TOKEN_SECRET": TOKEN_SECRET}
+        self.env = {**os.environ, **auth_env, **model_env, **(env or {})}
+        self._token: str | None = None
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, node: str, *extra: str) -> None:
@@ -79,15 +91,35 @@ class NodeCluster:
                 proc.kill()
         self.procs.clear()
 
-    def request(self, node: str, method: str, path: str, body: Any = None, timeout: float = 10) -> tuple[int, Any]:
-        status, body, _ = self.request_with_headers(node, method, path, body, timeout)
+    def request(self, node: str, method: str, path: str, body: Any = None, timeout: float = 10,
+                token: str | None = None) -> tuple[int, Any]:
+        """JSON request as the admin (or with `token`; token="" sends none)."""
+        status, body, _ = self.request_with_headers(node, method, path, body, timeout, token)
         return status, body
 
+    def login(self, node: str, username: str = "admin", password: str = ADMIN_PASSWORD) -> str:
+        status, body, _ = self.request_with_headers(node, "POST", "/api/v1/auth/token",
+                                                    {"username": username, "password": password}, token="")
+        assert status == 200, body
+        return body["access_token"]
+
+    def admin_token(self, node: str = "") -> str:
+        # Signed with the cluster's token secret, as a login would be; minted here so
+        # that tests can talk to nodes that have no leader (and no admin account) yet.
+        if self._token is None:
+            self._token = mint_token("test")
+        return self._token
+
     def request_with_headers(self, node: str, method: str, path: str, body: Any = None,
-                             timeout: float = 10) -> tuple[int, Any, dict[str, str]]:
+                             timeout: float = 10, token: str | None = None) -> tuple[int, Any, dict[str, str]]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.api[node] + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        needs_auth = path not in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v1/auth/token")
+        if token is None and needs_auth:
+            token = self.admin_token(node)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.api[node] + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null"), dict(resp.headers)
@@ -120,11 +152,11 @@ class NodeCluster:
         while time.monotonic() < deadline:
             leaders = set()
             for node in nodes or list(self.procs):
-                try:
-                    status, view = self.request(node, "GET", "/api/v1/cluster", timeout=0.5)
+                try:  # /readyz is public and names the leader even while models load (503)
+                    status, view = self.request(node, "GET", "/readyz", timeout=0.5)
                 except OSError:
                     break
-                if status != 200 or not view.get("leader"):
+                if not isinstance(view, dict) or not view.get("leader"):
                     break
                 leaders.add(view["leader"])
             else:

@@ -39,7 +39,7 @@ def test_join_as_learner_then_voter_and_remove(tmp_path):
         out = subprocess.run(
             [sys.executable, "-m", "node.cli", "node", "remove", "n3", "--config", str(cluster.config),
              "--url", cluster.api["n4"]],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, env=cluster.env,
         )
         assert out.returncode == 0, out.stderr
         assert "removed n3" in out.stdout
@@ -47,7 +47,7 @@ def test_join_as_learner_then_voter_and_remove(tmp_path):
         bad = subprocess.run(
             [sys.executable, "-m", "node.cli", "node", "remove", "n9", "--config", str(cluster.config),
              "--url", cluster.api["n1"]],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, env=cluster.env,
         )
         assert bad.returncode != 0 and "n9 is not a member" in bad.stderr
     finally:

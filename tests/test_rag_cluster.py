@@ -59,7 +59,8 @@ def upload(cluster: NodeCluster, node: str, files: list[tuple[str, bytes, str]],
            fields: dict[str, str] | None = None) -> tuple[int, Any]:
     body, content_type = multipart(files, fields)
     req = urllib.request.Request(cluster.api[node] + "/api/v1/kb/documents", data=body, method="POST",
-                                 headers={"Content-Type": content_type})
+                                 headers={"Content-Type": content_type,
+                                          "Authorization": f"Bearer {cluster.admin_token()}"})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())

@@ -1,0 +1,167 @@
+"""Authentication and ownership: scrypt hashes, JWT bearer tokens, API keys, the
+built-in admin, and users who see only their own tasks — on real node processes."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+
+from node.accounts import Accounts
+from node.auth import Authenticator, hash_password, new_api_key, verify_password
+from node.config import SecuritySettings, UserSpec
+from tests.nodecluster import NodeCluster, mint_token
+
+ALICE_PW, BOB_PW = "alice-password", "bob-password"
+
+
+def test_password_hashes_are_salted_and_verified() -> None:
+    one, two = hash_password("s3cret-pass"), hash_password("s3cret-pass")
+    assert one != two and one.startswith("scrypt$")
+    assert verify_password("s3cret-pass", one) and verify_password("s3cret-pass", two)
+    assert not verify_password("s3cret-pasS", one)
+    assert not verify_password("x", "not-a-hash") and not verify_password("x", "scrypt$1$2$3$!!$??")
+
+
+def test_tokens_and_api_keys_identify_their_user() -> None:
+    accounts = Accounts()
+    key, digest = new_api_key()
+    settings = SecuritySettings(users=(UserSpec("alice", "user", hash_password(ALICE_PW)),),
+                                token_secret="t" * 32, token_ttl_seconds=60, api_keys=(("alice", digest),))
+    auth = Authenticator(settings, accounts, "c")
+    assert auth.check_password("alice", ALICE_PW) == "user"
+    assert auth.check_password("alice", BOB_PW) is None and auth.check_password("mallory", "x") is None
+    assert auth.check_password("admin", "anything") is None  # no admin before the cluster sets it up
+    token = auth.issue("alice", "user")["access_token"]
+    assert auth.identify(token) == ("alice", "user")
+    assert auth.identify(key) == ("alice", "user")
+    assert auth.identify(key + "x") is None
+    expired = jwt.encode({"sub": "alice", "iss": "ragraft:c", "exp": int(time.time()) - 5}, "t" * 32, "HS256")
+    assert auth.identify(expired) is None
+    forged = jwt.encode({"sub": "admin", "iss": "ragraft:c", "exp": int(time.time()) + 60}, "wrong" * 8, "HS256")
+    assert auth.identify(forged) is None
+    other_cluster = jwt.encode({"sub": "alice", "iss": "ragraft:d", "exp": int(time.time()) + 60}, "t" * 32, "HS256")
+    assert auth.identify(other_cluster) is None
+
+
+def users_toml() -> str:
+    return ("[[security.users]]\nname = \"alice\"\nrole = \"user\"\n"
+            f"password_hash = \"{hash_password(ALICE_PW)}\"\n"
+            "[[security.users]]\nname = \"bob\"\nrole = \"user\"\n"
+            f"password_hash = \"{hash_password(BOB_PW)}\"\n")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
+    cluster = NodeCluster(tmp_path_factory.mktemp("auth"), extra_toml=users_toml())
+    cluster.start_all()
+    try:
+        cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def login(cluster: NodeCluster, node: str, user: str, password: str) -> str:
+    deadline = time.monotonic() + 15
+    while True:  # the admin account appears a moment after the first election
+        status, body = cluster.request(node, "POST", "/api/v1/auth/token",
+                                       {"username": user, "password": password}, token="")
+        if status != 503 or time.monotonic() > deadline:
+            assert status == 200, body
+            return body["access_token"]
+        time.sleep(0.2)
+
+
+def test_every_route_but_health_and_login_needs_a_token(cluster: NodeCluster) -> None:
+    for path in ("/api/v1/tasks", "/api/v1/cluster", "/api/v1/nodes", "/api/v1/kb/documents", "/api/v1/stats"):
+        status, body, headers = cluster.request_with_headers("n1", "GET", path, token="")
+        assert status == 401, path
+        assert "POST /api/v1/auth/token" in body["error"]["message"] and headers["WWW-Authenticate"].startswith("Bearer")
+    status, body = cluster.request("n2", "GET", "/api/v1/tasks", token="garbage")
+    assert status == 401 and "invalid or expired" in body["error"]["message"]
+    assert cluster.request("n1", "GET", "/healthz", token="")[0] == 200
+    status, body = cluster.request("n1", "POST", "/api/v1/auth/token", {"username": "alice", "password": "nope"},
+                                   token="")
+    assert status == 401 and body["error"]["code"] == "bad_credentials"
+    status, body = cluster.request("n1", "POST", "/api/v1/auth/token", {"username": "alice"}, token="")
+    assert status == 422
+
+
+def test_a_token_from_one_node_works_on_every_node(cluster: NodeCluster) -> None:
+    token = login(cluster, "n3", "admin", cluster.env["RAGRAFT_ADMIN_PASSWORD"])
+    for node in cluster.ids:
+        status, me = cluster.request(node, "GET", "/api/v1/auth/me", token=token)
+        assert status == 200 and me == {"user": "admin", "role": "admin"}
+
+
+def test_users_see_and_manage_only_their_own_tasks(cluster: NodeCluster) -> None:
+    alice, bob = login(cluster, "n1", "alice", ALICE_PW), login(cluster, "n2", "bob", BOB_PW)
+    status, task = cluster.request("n1", "POST", "/api/v1/tasks",
+                                   {"type": "noop", "input": {"duration_ms": 60_000}, "priority": 0}, token=alice)
+    assert status == 201 and task["owner"] == "alice"
+    tid = task["id"]
+    time.sleep(0.3)
+    assert cluster.request("n2", "GET", f"/api/v1/tasks/{tid}", token=bob)[0] == 404
+    assert tid not in [t["id"] for t in cluster.request("n2", "GET", "/api/v1/tasks", token=bob)[1]["items"]]
+    status, body = cluster.request("n3", "DELETE", f"/api/v1/tasks/{tid}", token=bob)
+    assert status == 404
+    status, body = cluster.request("n3", "POST", f"/api/v1/tasks/{tid}/abort", token=bob)
+    assert status == 404
+    assert cluster.request("n1", "GET", f"/api/v1/tasks/{tid}", token=alice)[0] == 200
+    admin_items = cluster.request("n1", "GET", "/api/v1/tasks?limit=500")[1]["items"]
+    assert tid in [t["id"] for t in admin_items]  # admins see all
+    status, body = cluster.request("n2", "POST", f"/api/v1/tasks/{tid}/abort", token=alice)
+    assert status == 200
+    # admin-only operations
+    status, body = cluster.request("n1", "DELETE", "/api/v1/cluster/members/n3", token=bob)
+    assert status == 403
+    status, body = cluster.request("n1", "DELETE", "/api/v1/kb/documents/whatever", token=bob)
+    assert status == 403
+
+
+def test_api_keys_are_shown_once_work_everywhere_and_can_be_revoked(cluster: NodeCluster) -> None:
+    alice = login(cluster, "n1", "alice", ALICE_PW)
+    status, created = cluster.request("n1", "POST", "/api/v1/auth/keys", {"label": "nightly"}, token=alice)
+    assert status == 201 and created["key"].startswith("rgk_") and created["user"] == "alice"
+    key = created["key"]
+    time.sleep(0.3)
+    for node in cluster.ids:
+        assert cluster.request(node, "GET", "/api/v1/auth/me", token=key)[1]["user"] == "alice"
+    listed = cluster.request("n2", "GET", "/api/v1/auth/keys", token=alice)[1]["items"]
+    assert [k["id"] for k in listed] == [created["id"]] and "sha256" not in listed[0]
+    bob = login(cluster, "n1", "bob", BOB_PW)
+    assert cluster.request("n1", "DELETE", f"/api/v1/auth/keys/{created['id']}", token=bob)[0] == 404
+    assert cluster.request("n1", "DELETE", f"/api/v1/auth/keys/{created['id']}", token=alice)[0] == 200
+    time.sleep(0.3)
+    assert cluster.request("n3", "GET", "/api/v1/auth/me", token=key)[0] == 401
+
+
+def test_without_a_configured_password_the_admin_password_is_generated_and_printed_once(tmp_path: Path) -> None:
+    cluster = NodeCluster(tmp_path, env={"RAGRAFT_ADMIN_PASSWORD": "", "RAGRAFT_TOKEN_SECRET": ""})
+    cluster.start_all()
+    try:
+        cluster.wait_ready()
+        deadline = time.monotonic() + 15
+        printed: list[str] = []
+        while time.monotonic() < deadline and not printed:
+            logs = "".join((tmp_path / f"{n}.log").read_text() for n in cluster.ids)
+            printed = re.findall(r"the admin password is (\S+) \(shown once", logs)
+            time.sleep(0.2)
+        assert len(printed) == 1, printed
+        token = login(cluster, "n2", "admin", printed[0])  # generated token secret, shared via the log
+        assert cluster.request("n3", "GET", "/api/v1/auth/me", token=token)[1]["role"] == "admin"
+        assert cluster.request("n1", "GET", "/api/v1/auth/me", token=mint_token("test"))[0] == 401
+        cluster.stop_all()
+        cluster.start_all()
+        cluster.wait_ready()
+        time.sleep(2)
+        logs = "".join((tmp_path / f"{n}.log").read_text() for n in cluster.ids)
+        assert len(re.findall(r"the admin password is", logs)) == 1  # never again
+        assert login(cluster, "n1", "admin", printed[0])
+    finally:
+        cluster.stop_all()
