@@ -7,7 +7,6 @@ from the local replica.  Errors are JSON: {"error": {"code", "message", "details
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import msgpack
@@ -15,11 +14,12 @@ from aiohttp import web
 
 from consensus.errors import RaftError
 from consensus.node import RaftNode
+from node import task_query
 from node.ids import new_task_id, now_ms
-from node.tasks import STATES, TaskQueue
+from node.task_query import QueryError, TaskQuery
+from node.tasks import TaskQueue
 
 TASK_TYPES = ("qa", "generate", "retrieve", "ingest", "noop")
-MAX_LIMIT = 500
 
 _STATUS = {"not_found": 404, "conflict": 409, "invalid": 422, "bad_command": 400, "stale_attempt": 409}
 
@@ -101,7 +101,8 @@ class TaskAPI:
         self.raft = raft
         self.queue = queue
         self.node_id = node_id
-        self.extra_status = extra_status or (lambda: {})
+        self.extra_status = extra_status or dict
+        self._stats_cache: tuple[int, dict] | None = None
 
     def middleware(self):
         @web.middleware
@@ -132,7 +133,7 @@ class TaskAPI:
         # second, so wait that long, then say so instead of hanging.
         try:
             await self.raft.wait_for_leader(timeout=2.5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return error(503, "no_quorum", "no leader: a majority of the cluster is unreachable, so writes are "
                          "refused; reads still work from this node's replica (possibly stale)")
         try:
@@ -173,28 +174,14 @@ class TaskAPI:
         return web.json_response(task.to_dict())
 
     async def list_tasks(self, request: web.Request) -> web.Response:
-        q = request.query
-        state, task_type, node = q.get("state"), q.get("type"), q.get("node")
-        if state and state not in STATES:
-            return error(422, "invalid", f"state must be one of {', '.join(STATES)}", field="state")
         try:
-            limit = min(MAX_LIMIT, max(1, int(q.get("limit", 50))))
-        except ValueError:
-            return error(422, "invalid", "limit must be a whole number", field="limit")
-        cursor = q.get("cursor")
-        owner = self._scope(request)
-        items = [
-            t for t in self.queue.tasks.values()
-            if (not state or t.state == state) and (not task_type or t.type == task_type) and (not node or t.node == node)
-            and (owner is None or t.owner == owner)
-        ]
-        items.sort(key=lambda t: t.id, reverse=True)  # newest first; ids sort by submission time
-        total = len(items)
-        if cursor:
-            items = [t for t in items if t.id < cursor]
-        page = items[:limit]
-        next_cursor = page[-1].id if len(items) > limit else None
-        return web.json_response({"items": [t.to_dict() for t in page], "next_cursor": next_cursor, "total": total})
+            query = TaskQuery.from_params(request.query, self._scope(request))
+            page, next_cursor, total = task_query.run(self.queue.tasks, query)
+        except QueryError as exc:
+            return error(422, "invalid", str(exc), field=exc.field)
+        full = request.query.get("full") in ("1", "true")
+        items = [t.to_dict() if full else task_query.summary(t) for t in page]
+        return web.json_response({"items": items, "next_cursor": next_cursor, "total": total})
 
     async def cancel(self, request: web.Request) -> web.Response:
         return await self.write({"op": "cancel", "id": request.match_info["id"], "by": request.get("user", "anonymous"),
@@ -219,9 +206,8 @@ class TaskAPI:
         return await self.write(cmd, ok_status=201)
 
     async def stats(self, request: web.Request) -> web.Response:
-        by_node: dict[str, dict[str, int]] = {}
-        for task in self.queue.tasks.values():
-            if task.node is not None:
-                counts = by_node.setdefault(task.node, dict.fromkeys(STATES, 0))
-                counts[task.state] += 1
-        return web.json_response({**self.queue.counts(), "by_node": by_node, **self.extra_status()})
+        # One scan of the replica; dashboards poll this, so reuse it for a second.
+        now = now_ms()
+        if self._stats_cache is None or now - self._stats_cache[0] > 1000:
+            self._stats_cache = (now, task_query.statistics(self.queue.tasks, self.queue.counts(), now))
+        return web.json_response({**self._stats_cache[1], **self.extra_status()})

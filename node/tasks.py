@@ -61,6 +61,14 @@ class Task:
     error: str | None = None
     abort_requested: bool = False
     history: list = field(default_factory=list)  # [state, node, attempt, at, note]
+    # Lower-cased id, query/prompt/filename and owner, for text search in listings;
+    # derived from fixed fields, so not part of snapshots.
+    search: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        text = self.input.get("query") or self.input.get("prompt") or self.input.get("filename") or "" \
+            if isinstance(self.input, dict) else ""
+        self.search = f"{self.id} {text} {self.owner}".lower()
 
     def to_dict(self) -> dict:
         return {
