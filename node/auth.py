@@ -144,6 +144,9 @@ class Authenticator:
             if request.path in PUBLIC_PATHS or request.method == "OPTIONS":
                 return await handler(request)
             header = request.headers.get("Authorization", "")
+            if not header and request.path == "/api/v1/events" and request.query.get("access_token"):
+                # Browsers' EventSource cannot send headers: the stream accepts the token in the URL.
+                header = "Bearer " + request.query["access_token"]
             scheme, _, credential = header.partition(" ")
             who = self.identify(credential.strip()) if scheme.lower() == "bearer" and credential else None
             if who is None:

@@ -27,6 +27,7 @@ from consensus.zmq_transport import CurveKeys, ZmqTransport
 from node.api import TaskAPI, error
 from node.auth import AuthAPI, Authenticator, initialise_accounts
 from node.config import ClusterConfig, SecuritySettings, TaskSettings
+from node.events import EventHub
 from node.executor import Executor, NoopRunner
 from node.gossip.driver import Gossip
 from node.gossip.metrics import NodeMetrics
@@ -90,7 +91,7 @@ def cluster_view(raft: RaftNode) -> dict:
 
 
 def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor: Executor,
-               gossip: Gossip, rag: RagService) -> web.Application:
+               gossip: Gossip, rag: RagService, events: EventHub) -> web.Application:
     api = TaskAPI(raft, state.tasks, raft.id)
     auth = Authenticator(config.security, state.accounts, config.name)
     max_upload = config.rag.max_upload_mb * 1024 * 1024
@@ -99,6 +100,7 @@ def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor
                           middlewares=[api.middleware(), auth.middleware(error)])
     api.routes(app)
     AuthAPI(auth, raft, error).routes(app)
+    app.router.add_get("/api/v1/events", events.handle)
     KnowledgeAPI(state, api.write, error, rag, max_upload).routes(app)
 
     async def nodes(_: web.Request) -> web.Response:
@@ -286,6 +288,8 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
                 time.sleep(0.5)
 
     rag = RagService(node_id, kb, config.models, config.rag, spec.data_dir, executor, commit)
+    events = EventHub(node_id, state)
+    state.listen(events.on_apply)
     curve = CurveKeys.cluster(config.curve_public, config.curve_secret) if config.curve_enabled else None
     gossip = Gossip(
         node_id,
@@ -293,15 +297,17 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         {n.id: n.gossip_address for n in config.nodes if n.id != node_id},
         NodeMetrics(runtime=lambda: {**executor.status(), "models": rag.status.state,
                                      "generator": rag.status.generator}),
+        events.on_gossip,
         curve=curve,
     )
     await gossip.start()
     background = [
         asyncio.create_task(sweep_expired(raft, settings), name="housekeeper"),
         asyncio.create_task(requeue_dead_nodes(raft, state, gossip), name="failover"),
+        asyncio.create_task(events.publish_cluster(raft.status), name="cluster-events"),
         asyncio.create_task(initialise_accounts(raft, state.accounts, config.security, node_id), name="accounts"),
     ]
-    runner = web.AppRunner(build_http(config, raft, state, executor, gossip, rag), access_log=None)
+    runner = web.AppRunner(build_http(config, raft, state, executor, gossip, rag, events), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, spec.host, spec.api_port)
     try:

@@ -1,0 +1,126 @@
+"""GET /api/v1/events on real nodes: a task's life, another user's task kept out,
+a killed node reported dead, bad requests refused."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.auth import hash_password
+from tests.nodecluster import NodeCluster
+
+pytestmark = pytest.mark.e2e
+
+
+class Stream:
+    """Reads an SSE stream in a thread; events land in a queue as (event, data)."""
+
+    def __init__(self, url: str, token: str | None = None, in_url: bool = False) -> None:
+        headers = {}
+        if token and not in_url:
+            headers["Authorization"] = f"Bearer {token}"
+        elif token:
+            url += ("&" if "?" in url else "?") + f"access_token={token}"
+        self.response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
+        self.events: queue.Queue[tuple[str, dict]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        kind = None
+        try:
+            for raw in self.response:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind:
+                    self.events.put((kind, json.loads(line[6:])))
+        except Exception:  # noqa: BLE001 - closing the response mid-read ends the thread
+            pass
+
+    def wait_for(self, predicate, timeout: float = 20) -> dict:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                kind, data = self.events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if predicate(kind, data):
+                return data
+        raise AssertionError("event not seen in time")
+
+    def close(self) -> None:
+        self.response.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
+    users = (f'[[security.users]]\nname = "alice"\nrole = "user"\npassword_hash = "{hash_password("alice-pw")}"\n'
+             f'[[security.users]]\nname = "bob"\nrole = "user"\npassword_hash = "{hash_password("bob-pw")}"\n')
+    cluster = NodeCluster(Path(tmp_path_factory.mktemp("events")), extra_toml=users)
+    cluster.start_all()
+    try:
+        cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def test_a_tasks_life_is_streamed_by_every_node(cluster: NodeCluster) -> None:
+    stream = Stream(cluster.api["n3"] + "/api/v1/events?types=task", cluster.admin_token())
+    try:
+        stream.wait_for(lambda k, d: k == "hello")
+        status, task = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 300}})
+        assert status == 201
+        ops = []
+        for op in ("submit", "claim", "complete"):
+            data = stream.wait_for(lambda k, d, op=op: k == "task" and d.get("op") == op
+                                   and d["task"]["id"] == task["id"])
+            ops.append((data["op"], data["task"]["state"]))
+        assert ops == [("submit", "queued"), ("claim", "running"), ("complete", "completed")]
+    finally:
+        stream.close()
+
+
+def test_users_stream_only_their_own_tasks(cluster: NodeCluster) -> None:
+    alice, bob = cluster.login("n1", "alice", "alice-pw"), cluster.login("n1", "bob", "bob-pw")
+    stream = Stream(cluster.api["n2"] + "/api/v1/events?types=task", alice, in_url=True)  # as EventSource does
+    try:
+        stream.wait_for(lambda k, d: k == "hello")
+        _, theirs = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {}}, token=bob)
+        _, mine = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {}}, token=alice)
+        seen = stream.wait_for(lambda k, d: k == "task" and d.get("task", {}).get("id") == mine["id"])
+        assert seen["task"]["owner"] == "alice"
+        time.sleep(1.0)
+        while not stream.events.empty():
+            _, data = stream.events.get()
+            assert data.get("task", {}).get("id") != theirs["id"]
+    finally:
+        stream.close()
+
+
+def test_bad_requests(cluster: NodeCluster) -> None:
+    status, body = cluster.request("n1", "GET", "/api/v1/events?types=weather")
+    assert status == 422 and body["error"]["details"]["field"] == "types"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(cluster.api["n1"] + "/api/v1/events", timeout=5)
+    assert err.value.code == 401
+
+
+def test_a_killed_node_is_reported_dead_on_the_others_streams(cluster: NodeCluster) -> None:
+    stream = Stream(cluster.api["n1"] + "/api/v1/events?types=node,cluster", cluster.admin_token())
+    try:
+        stream.wait_for(lambda k, d: k == "hello")
+        cluster.kill("n3")
+        started = time.monotonic()
+        stream.wait_for(lambda k, d: k == "node" and d["id"] == "n3" and d["status"] == "dead", timeout=15)
+        assert time.monotonic() - started < 8
+    finally:
+        stream.close()
