@@ -205,7 +205,11 @@ class AuthAPI:
         except ValueError:
             return self.error(400, "bad_json", "the body is not valid JSON")
         user = request["user"]
-        if isinstance(body, dict) and body.get("user") not in (None, user):
+        if not isinstance(body, dict):
+            return self.error(422, "invalid", "the body must be a JSON object", field="body")
+        if not isinstance(body.get("label", ""), str) or not isinstance(body.get("user", user), str):
+            return self.error(422, "invalid", "label and user must be strings", field="user")
+        if body.get("user") not in (None, user):
             if request["role"] != "admin":
                 return self.error(403, "forbidden", "only an admin can create keys for another user")
             user = body["user"]
@@ -213,7 +217,7 @@ class AuthAPI:
                 return self.error(422, "invalid", f"no user {user!r}", field="user")
         key, digest = new_api_key()
         cmd = {"op": "auth.put_key", "id": "key-" + new_task_id().lower(), "user": user, "sha256": digest,
-               "label": body.get("label", "") if isinstance(body, dict) else "", "at": now_ms()}
+               "label": body.get("label", ""), "at": now_ms()}
         try:
             applied = await self.raft.propose(msgpack.packb(cmd, use_bin_type=True))
         except RaftError as exc:

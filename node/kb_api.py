@@ -53,7 +53,13 @@ class KnowledgeAPI:
     async def upload(self, request: web.Request) -> web.Response:
         try:
             if request.content_type.startswith("multipart/"):
-                files = await self._multipart(request)
+                try:
+                    files = await self._multipart(request)
+                except UploadError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - aiohttp's parser raises several kinds on bad input
+                    raise UploadError(400, "bad_multipart", f"the multipart body cannot be read ({exc}); send "
+                                      "files as multipart/form-data fields with a boundary") from None
             else:
                 files = [await self._json_document(request)]
         except UploadError as exc:

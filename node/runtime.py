@@ -26,6 +26,7 @@ from consensus.tuning import tune_gc
 from consensus.zmq_transport import CurveKeys, ZmqTransport
 from node.api import TaskAPI, error
 from node.auth import AuthAPI, Authenticator, initialise_accounts
+from node.cluster_api import ClusterAPI
 from node.config import ClusterConfig, SecuritySettings, TaskSettings
 from node.events import EventHub
 from node.executor import Executor, NoopRunner
@@ -72,24 +73,6 @@ def build_raft(config: ClusterConfig, node_id: str, state: NodeState, joining: b
     )
 
 
-def cluster_view(raft: RaftNode) -> dict:
-    status = raft.status()
-    return {
-        "node": raft.id,
-        "leader": status["leader"],
-        "role": status["role"],
-        "term": status["term"],
-        "commit_index": status["commit"],
-        "applied_index": status["applied"],
-        "members": {
-            "voters": status["voters"],
-            "learners": status["learners"],
-            "addresses": status["addresses"],
-        },
-        "quorum": status["leader"] is not None,
-    }
-
-
 def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor: Executor,
                gossip: Gossip, rag: RagService, events: EventHub) -> web.Application:
     api = TaskAPI(raft, state.tasks, raft.id)
@@ -103,77 +86,7 @@ def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor
     app.router.add_get("/api/v1/events", events.handle)
     KnowledgeAPI(state, api.write, error, rag, max_upload).routes(app)
 
-    async def nodes(_: web.Request) -> web.Response:
-        status = raft.status()
-        known = state.tasks.nodes
-        table = gossip.snapshot()
-        items = []
-        for node_id in sorted(set(status["voters"]) | set(status["learners"]) | set(known) | set(table)):
-            info = known.get(node_id, {})
-            member = table.get(node_id, {})
-            meta = member.get("meta", {})
-            items.append({
-                "id": node_id,
-                "raft_address": status["addresses"].get(node_id),
-                "gossip_address": member.get("address"),
-                "status": member.get("status", "unknown"),
-                "status_since_unix_ms": member.get("status_since_unix_ms"),
-                "raft_role": "leader" if status["leader"] == node_id else
-                             ("learner" if node_id in status["learners"] else
-                              ("follower" if node_id in status["voters"] else None)),
-                "slots": info.get("slots"),
-                "running": state.tasks.running_on(node_id),
-                "metrics": meta,
-            })
-        return web.json_response({"items": items})
-
-    app.router.add_get("/api/v1/nodes", nodes)
-
-    async def change_membership(request: web.Request) -> web.Response:
-        if request["role"] != "admin":
-            return error(403, "forbidden", "only an admin can change the cluster's membership")
-        if not raft.is_leader:
-            leader = raft.leader
-            url = next((n.api_url for n in config.nodes if n.id == leader), None)
-            if url is None:
-                return error(503, "no_leader", "no leader is known; retry shortly")
-            # forward to the leader, which alone may change the membership
-            async with ClientSession() as session:
-                async with session.request(request.method, url + request.path_qs, data=await request.read(),
-                                           headers={"Content-Type": "application/json",
-                                                    "Authorization": request.headers.get("Authorization", "")}) as r:
-                    return web.Response(body=await r.read(), status=r.status, content_type="application/json")
-        try:
-            if request.method == "POST":
-                body = await request.json()
-                node, address = body.get("id"), body.get("raft_address")
-                if not isinstance(node, str) or not isinstance(address, str):
-                    return error(422, "invalid", "give the new node's id and raft_address", field="id")
-                await raft.add_member(node, address)
-            else:
-                await raft.remove_member(request.match_info["id"])
-        except (RaftError, ValueError) as exc:
-            return error(409, "membership", str(exc))
-        return web.json_response(cluster_view(raft))
-
-    app.router.add_post("/api/v1/cluster/members", change_membership)
-    app.router.add_delete("/api/v1/cluster/members/{id}", change_membership)
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "node": raft.id})
-
-    async def readyz(_: web.Request) -> web.Response:
-        # Ready = a leader is known and the models are loaded (or loading is off).
-        ready = raft.leader is not None and rag.ready
-        return web.json_response({"ready": ready, "leader": raft.leader, "models": rag.status.to_dict()},
-                                 status=200 if ready else 503)
-
-    async def cluster(_: web.Request) -> web.Response:
-        return web.json_response(cluster_view(raft))
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/api/v1/cluster", cluster)
+    ClusterAPI(config, raft, state, gossip, rag, error).routes(app)
     return app
 
 
