@@ -206,8 +206,13 @@ class Executor:
         except TaskFailure as exc:
             report = {"op": "fail", **fenced, "error": str(exc), "retryable": exc.retryable}
         except Exception as exc:  # a bug in a runner: fail the attempt, keep the node
-            log.exception("task %s crashed", task["id"])
+            log.exception("task %s crashed", task["id"], extra={"event": "task_crashed", "task_id": task["id"]})
             report = {"op": "fail", **fenced, "error": f"internal error: {exc!r}", "retryable": True}
+        outcome = report["op"] if report["op"] == "complete" else ("aborted" if report.get("aborted") else "failed")
+        log.info("task %s %s after %.0f ms (attempt %d)", task["id"], outcome, (time.monotonic() - run.started) * 1000,
+                 run.attempt, extra={"event": f"task_{outcome}", "task_id": task["id"], "task_type": task["type"],
+                                     "attempt": run.attempt, "run_ms": round((time.monotonic() - run.started) * 1000),
+                                     "error": report.get("error")})
         try:
             await self._report(report)
         finally:
@@ -228,7 +233,8 @@ class Executor:
                 await self._propose(cmd, request_id=f"{cmd['op']}:{cmd['id']}:{cmd['attempt']}")
                 return
             except RaftError as exc:
-                log.warning("report for task %s not committed yet (%s); retrying", cmd["id"], exc)
+                log.warning("report for task %s not committed yet (%s); retrying", cmd["id"], exc,
+                            extra={"event": "report_retry", "task_id": cmd["id"]})
                 await asyncio.sleep(0.5)
 
     async def _propose(self, cmd: dict, request_id: str | None = None) -> Any:
