@@ -7,6 +7,7 @@ from the local replica.  Errors are JSON: {"error": {"code", "message", "details
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgpack
@@ -19,13 +20,40 @@ from node.ids import new_task_id, now_ms
 from node.task_query import QueryError, TaskQuery
 from node.tasks import TaskQueue
 
+log = logging.getLogger("ragraft.api")
+
 TASK_TYPES = ("qa", "generate", "retrieve", "ingest", "noop")
+MAX_TEXT_CHARS = 8000  # the engine's own limit on a query or prompt
 
 _STATUS = {"not_found": 404, "conflict": 409, "invalid": 422, "bad_command": 400, "stale_attempt": 409}
 
 
 def error(status: int, code: str, message: str, **details: Any) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message, "details": details}}, status=status)
+
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+               415: "unsupported_media_type"}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown route, wrong method, body over the size limit)
+    answer in the API's JSON error format too, and a bug answers a JSON 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        message = {404: f"no route {request.path}; see /openapi.json",
+                   405: f"{request.method} is not allowed on {request.path}",
+                   413: f"the body is larger than this node accepts ({request.app._client_max_size} bytes)"
+                   }.get(exc.status, exc.reason)
+        return error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal", "an internal error happened on this node; it is logged. Retry, or "
+                     "use another node")
 
 
 class InvalidField(Exception):
@@ -49,7 +77,10 @@ def _validate_submission(body: Any) -> dict:
         duration = task_input.get("duration_ms", 0)
         if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not 0 <= duration <= 3_600_000:
             raise InvalidField("input.duration_ms", "duration_ms must be a number from 0 to 3600000")
-    elif task_type in ("qa", "retrieve"):
+    for key in ("query", "prompt"):
+        if isinstance(task_input.get(key), str) and len(task_input[key]) > MAX_TEXT_CHARS:
+            raise InvalidField(f"input.{key}", f"input.{key} is limited to {MAX_TEXT_CHARS} characters")
+    if task_type in ("qa", "retrieve"):
         if not isinstance(task_input.get("query"), str) or not task_input["query"].strip():
             raise InvalidField("input.query", f"a {task_type} task needs a non-empty input.query")
     elif task_type == "generate":
@@ -108,7 +139,7 @@ class TaskAPI:
         @web.middleware
         async def mark_stale(request: web.Request, handler):
             response = await handler(request)
-            if self.raft.leader is None:
+            if self.raft.leader is None and not response.prepared:
                 # no leader: this replica may be behind; say so on every answer
                 response.headers["X-Ragraft-Stale"] = "true"
             return response

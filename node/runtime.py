@@ -24,7 +24,7 @@ from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
 from consensus.node import NodeOptions, NodeStopped, RaftNode
 from consensus.tuning import tune_gc
 from consensus.zmq_transport import CurveKeys, ZmqTransport
-from node.api import TaskAPI, error
+from node.api import TaskAPI, error, json_errors
 from node.auth import AuthAPI, Authenticator, initialise_accounts
 from node.cluster_api import ClusterAPI
 from node.config import ClusterConfig, SecuritySettings, TaskSettings
@@ -80,7 +80,7 @@ def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor
     max_upload = config.rag.max_upload_mb * 1024 * 1024
     # Multipart uploads are streamed and checked per file; JSON bodies are read whole.
     app = web.Application(client_max_size=max_upload + 1024 * 1024,
-                          middlewares=[api.middleware(), auth.middleware(error)])
+                          middlewares=[json_errors, api.middleware(), auth.middleware(error)])
     api.routes(app)
     AuthAPI(auth, raft, error).routes(app)
     app.router.add_get("/api/v1/events", events.handle)

@@ -97,3 +97,23 @@ def test_without_a_majority_reads_work_marked_stale_and_writes_fail_clearly(clus
     assert status == 503 and body["error"]["code"] == "no_quorum"
     assert "majority" in body["error"]["message"]
     assert time.monotonic() - started < 8
+
+
+def test_http_refusals_are_json_errors(tmp_path):
+    from tests.nodecluster import NodeCluster
+
+    cluster = NodeCluster(tmp_path, size=1, extra_toml="[rag]\nmax_upload_mb = 1\n")
+    cluster.start_all()
+    try:
+        cluster.wait_ready()
+        status, body = cluster.request("n1", "GET", "/api/v1/nope")
+        assert status == 404 and body["error"]["code"] == "not_found" and "/openapi.json" in body["error"]["message"]
+        status, body = cluster.request("n1", "PUT", "/api/v1/tasks")
+        assert status == 405 and body["error"]["code"] == "method_not_allowed"
+        status, body = cluster.request("n1", "POST", "/api/v1/tasks",
+                                       {"type": "noop", "input": {"pad": "x" * (3 * 1024 * 1024)}})
+        assert status == 413 and body["error"]["code"] == "too_large"
+        status, body = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "qa", "input": {"query": "q" * 9000}})
+        assert status == 422 and body["error"]["details"]["field"] == "input.query"
+    finally:
+        cluster.stop_all()
