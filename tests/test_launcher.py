@@ -5,6 +5,7 @@ on Ctrl-C."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: 
     proc = subprocess.Popen(
         [sys.executable, "-m", "node.cli", "up", "--config", str(layout.config), "--data-dir", str(data)],
         env=layout.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        start_new_session=True,  # its nodes share the group: a failed test can kill them all
     )
     lines: list[str] = []
     try:
@@ -62,5 +64,5 @@ def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: 
         assert not any(answers(layout.api[node] + "/healthz") for node in layout.ids)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
