@@ -1,0 +1,113 @@
+"""An asyncio client of the ragraft REST API for the terminal UI, failing over
+between nodes.
+
+Every node serves the whole API and accepts writes, so when the node in use
+stops answering the client moves on to the next one and says so through
+`on_switch`; a token from any node is valid on all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+
+SwitchFn = Callable[[str], None]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+class Unreachable(ApiError):
+    def __init__(self, urls: list[str]) -> None:
+        super().__init__(0, "unreachable", f"no node answers ({', '.join(urls)}); is the cluster up? (`ragraft up`)")
+
+
+class ApiClient:
+    def __init__(self, urls: list[str], token: str | None = None, timeout: float = 10.0) -> None:
+        if not urls:
+            raise ValueError("give at least one node URL")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.index = 0
+        self.token = token
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.on_switch: SwitchFn = lambda _message: None
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return self.urls[self.index]
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        return self._session
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _fail_over(self, reason: str) -> None:
+        failed = self.url
+        self.index = (self.index + 1) % len(self.urls)
+        self.on_switch(f"{failed} is unreachable ({reason}); now using {self.url}")
+
+    async def request(self, method: str, path: str, body: Any = None, data: Any = None) -> Any:
+        """The JSON answer; raises ApiError for an error answer, Unreachable when no node answers."""
+        for _ in range(len(self.urls)):
+            try:
+                async with self._http().request(method, self.url + path, json=body, data=data,
+                                                headers=self._headers()) as response:
+                    payload = await response.json(content_type=None)
+                    if response.status >= 400:
+                        error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
+                        raise ApiError(response.status, error.get("code", "error"),
+                                       error.get("message", f"HTTP {response.status}"))
+                    return payload
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                self._fail_over(type(exc).__name__)
+        raise Unreachable(self.urls)
+
+    async def login(self, username: str, password: str) -> None:
+        answer = await self.request("POST", "/api/v1/auth/token", {"username": username, "password": password})
+        self.token = answer["access_token"]
+
+    async def upload(self, filename: str, content: bytes) -> Any:
+        form = aiohttp.FormData()
+        form.add_field("file", content, filename=filename)
+        return await self.request("POST", "/api/v1/kb/documents", data=form)
+
+    async def events(self, types: str = "task,node,cluster") -> AsyncIterator[tuple[str, dict]]:
+        """Server-sent events from the node in use; reconnects (failing over) when the
+        stream breaks.  Yields ("reconnected", {}) after a break, so views can reload."""
+        broken = False
+        while True:
+            try:
+                async with self._http().get(f"{self.url}/api/v1/events?types={types}", headers=self._headers(),
+                                            timeout=aiohttp.ClientTimeout(total=None, sock_read=60)) as response:
+                    if response.status != 200:
+                        raise ApiError(response.status, "events", f"the event stream answered {response.status}")
+                    if broken:
+                        broken = False
+                        yield "reconnected", {}
+                    kind = None
+                    async for raw in response.content:
+                        line = raw.decode().rstrip("\n")
+                        if line.startswith("event: "):
+                            kind = line[7:]
+                        elif line.startswith("data: ") and kind:
+                            yield kind, json.loads(line[6:])
+                    broken = True  # the node closed the stream (stopping?): reconnect
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                broken = True
+                self._fail_over(type(exc).__name__)
+                await asyncio.sleep(0.5)

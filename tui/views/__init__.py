@@ -1,0 +1,1 @@
+"""The terminal UI's views: one module per screen."""

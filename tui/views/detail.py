@@ -1,0 +1,81 @@
+"""A task's detail: input, timeline, answer with citations and passages, or error."""
+
+from __future__ import annotations
+
+import json
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Static
+
+from tui import format as fmt
+
+
+def render_task(task: dict) -> str:
+    lines = [f"[b]{task['id']}[/b]  {task['type']}  {fmt.state(task['state'])}  priority {task['priority']}  "
+             f"owner {task['owner']}  attempt {task['attempt']}/{task.get('max_attempts', '?')}",
+             f"node {task.get('node') or '—'}  progress {task.get('progress', 0) * 100:.0f}% "
+             f"{task.get('progress_note', '')}", "", "[b]input[/b]", json.dumps(task.get("input"), indent=1)[:800],
+             "", "[b]timeline[/b]"]
+    for step in task.get("history", []):
+        lines.append(f"  {fmt.clock(step['at'])}  {fmt.state(step['state']):<24} node {step.get('node') or '—'}"
+                     f"  attempt {step['attempt']}  {step.get('note', '')}")
+    result = task.get("result")
+    if isinstance(result, dict):
+        if "answer" in result:
+            lines += ["", "[b]answer[/b]", result["answer"]]
+        if result.get("citations"):
+            lines += ["", "[b]citations[/b]"]
+            lines += [f"  [{c['n']}] {c.get('title') or c['doc_id']} (doc {c['doc_id']}, chunk {c['chunk']})"
+                      for c in result["citations"]]
+        if result.get("passages"):
+            lines += ["", "[b]passages[/b]"]
+            for p in result["passages"]:
+                lines.append(f"  [{p['n']}] {p.get('title') or p['doc_id']} · score {p['score']:.3f} "
+                             f"(vector {p.get('vector_score')}, keyword {p.get('keyword_score')})")
+                lines.append("      " + p["text"][:300].replace("\n", " "))
+        if result.get("timings"):
+            lines += ["", "[b]timings[/b] " + ", ".join(f"{k} {v}" for k, v in result["timings"].items())]
+    if task.get("error"):
+        lines += ["", "[b red]error[/b red]", task["error"]]
+    return "\n".join(lines)
+
+
+class TaskDetail(ModalScreen[None]):
+    BINDINGS = [
+        Binding("escape,q", "dismiss", "back"),
+        Binding("c", "act('cancel')", "cancel"),
+        Binding("a", "act('abort')", "abort"),
+        Binding("r", "act('retry')", "retry"),
+    ]
+    DEFAULT_CSS = """
+    TaskDetail { align: center middle; }
+    #detail { width: 95%; height: 90%; border: round $accent; padding: 0 1; background: $surface; }
+    """
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__()
+        self.task_id = task_id
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="detail"):
+            yield Static("loading…", id="detail-body")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        await self.reload()
+        self.set_interval(1.0, self.reload)
+
+    async def reload(self) -> None:
+        try:
+            task = await self.app.api.request("GET", f"/api/v1/tasks/{self.task_id}")  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - shown, not raised: the screen stays usable
+            self.query_one("#detail-body", Static).update(f"[red]{exc}[/]")
+            return
+        self.query_one("#detail-body", Static).update(render_task(task))
+
+    async def action_act(self, action: str) -> None:
+        await self.app.task_action(action, self.task_id)  # type: ignore[attr-defined]
+        await self.reload()
