@@ -105,14 +105,28 @@ class Executor:
         self._task: asyncio.Task | None = None
         self._workers: set[asyncio.Task] = set()
         self.claims = {"granted": 0, "empty": 0}
+        self._stopping = False
 
     # ------------------------------------------------------------ life
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"executor-{self.node_id}")
 
-    async def stop(self) -> None:
+    async def stop(self, handback_timeout: float = 3.0) -> None:
+        """Stop claiming; running tasks stop at their next checkpoint without reporting,
+        and are handed back to the queue in one committed entry, so another node takes
+        them at once instead of after this node is declared dead."""
+        self._stopping = True
         if self._task:
             self._task.cancel()
+        if self.running:
+            count = len(self.running)
+            try:
+                await asyncio.wait_for(self._propose({"op": "requeue_node", "node": self.node_id, "at": now_ms(),
+                                                    "reason": "stopped"}), handback_timeout)
+                log.info("stopping: handed %d running tasks back to the queue", count)
+            except (RaftError, asyncio.TimeoutError) as exc:
+                log.warning("stopping: could not hand %d running tasks back (%s); the cluster will requeue "
+                            "them once this node is seen dead", count, exc)
         for worker in list(self._workers):
             worker.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -148,7 +162,7 @@ class Executor:
             try:
                 await self.raft.read_barrier()
                 if self.queue.running_on(self.node_id):
-                    await self._propose({"op": "requeue_node", "node": self.node_id, "at": now_ms()})
+                    await self._propose({"op": "requeue_node", "node": self.node_id, "at": now_ms(), "reason": "restarted"})
                 return
             except RaftError:
                 await asyncio.sleep(0.5)
@@ -183,7 +197,8 @@ class Executor:
         def cancelled() -> bool:
             current = self.queue.get(task["id"])
             return (
-                current is None
+                self._stopping
+                or current is None
                 or current.abort_requested
                 or current.state != RUNNING
                 or current.attempt != run.attempt
@@ -208,6 +223,9 @@ class Executor:
         except Exception as exc:  # a bug in a runner: fail the attempt, keep the node
             log.exception("task %s crashed", task["id"], extra={"event": "task_crashed", "task_id": task["id"]})
             report = {"op": "fail", **fenced, "error": f"internal error: {exc!r}", "retryable": True}
+        if self._stopping:  # handed back in stop(): nothing to report
+            self.running.pop(task["id"], None)
+            return
         outcome = report["op"] if report["op"] == "complete" else ("aborted" if report.get("aborted") else "failed")
         log.info("task %s %s after %.0f ms (attempt %d)", task["id"], outcome, (time.monotonic() - run.started) * 1000,
                  run.attempt, extra={"event": f"task_{outcome}", "task_id": task["id"], "task_type": task["type"],

@@ -245,8 +245,8 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     log.info("node %s stopping", node_id)
     for task in background:
         task.cancel()
+    await executor.stop()  # first, while Raft can still commit the hand-back
     await gossip.stop()
     await runner.cleanup()
-    await executor.stop()
     rag.close()
     await raft.stop()

@@ -253,14 +253,14 @@ class TaskQueue:
         requeued = self._requeue_node(node, cmd["at"]) if not alive else []
         return {"node": node, **entry, "requeued": requeued}
 
-    def _requeue_node(self, node: str, at: int) -> list[str]:
+    def _requeue_node(self, node: str, at: int, reason: str = "died") -> list[str]:
         requeued = []
         for task_id in sorted(self._running.get(node, ())):
             task = self.tasks[task_id]
             if task.abort_requested:
-                self._move(task, CANCELLED, at, f"aborted; node {node} died")
+                self._move(task, CANCELLED, at, f"aborted; node {node} {reason}")
                 continue
-            self._move(task, QUEUED, at, f"node {node} died; requeued")
+            self._move(task, QUEUED, at, f"node {node} {reason}; requeued")
             task.node = None
             task.not_before = at
             task.progress, task.progress_note = 0.0, ""
@@ -269,7 +269,7 @@ class TaskQueue:
 
     def _op_requeue_node(self, cmd: dict) -> dict:
         """Give back every task running on a node (it restarted and lost them)."""
-        return {"node": cmd["node"], "requeued": self._requeue_node(cmd["node"], cmd["at"])}
+        return {"node": cmd["node"], "requeued": self._requeue_node(cmd["node"], cmd["at"], cmd.get("reason", "died"))}
 
     def _op_claim(self, cmd: dict) -> dict:
         """Grant up to `max` tasks (one per free slot) to the claiming node."""

@@ -98,3 +98,39 @@ def test_kill_a_node_under_load(tmp_path, victim_role):
         assert {n["id"]: n["status"] for n in nodes["items"]}[victim] == "dead"
     finally:
         cluster.stop_all()
+
+
+def test_a_stopping_node_hands_its_running_tasks_back_at_once(tmp_path):
+    """SIGTERM (Ctrl-C) on a node running long tasks: they are requeued by a committed
+    entry before it exits, so others run them without waiting for failure detection."""
+    from tests.nodecluster import NodeCluster
+
+    cluster = NodeCluster(tmp_path, extra_toml="[tasks]\nslots = 1\n")
+    cluster.start_all()
+    try:
+        cluster.wait_ready()
+        ids = [cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 4000}})[1]["id"]
+               for _ in range(3)]
+        deadline = time.monotonic() + 10
+        victim_task = None
+        while time.monotonic() < deadline and victim_task is None:
+            for task_id in ids:
+                task = cluster.request("n1", "GET", f"/api/v1/tasks/{task_id}")[1]
+                if task["state"] == "running" and task["node"] == "n3":
+                    victim_task = task_id
+            time.sleep(0.1)
+        assert victim_task, "n3 never ran a task"
+        stopped = time.monotonic()
+        proc = cluster.procs.pop("n3")
+        proc.terminate()
+        assert proc.wait(10) == 0 or proc.returncode is not None
+        assert time.monotonic() - stopped < 6  # no wait for a long task to finish
+        task = cluster.request("n1", "GET", f"/api/v1/tasks/{victim_task}")[1]
+        assert task["state"] in ("queued", "running") and task["node"] != "n3"
+        assert any("requeued" in (h["note"] or "") for h in task["history"])
+        deadline = time.monotonic() + 30
+        while cluster.request("n1", "GET", f"/api/v1/tasks/{victim_task}")[1]["state"] != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        cluster.stop_all()
