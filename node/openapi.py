@@ -164,6 +164,9 @@ def _paths() -> dict:
                                tag="health", public=True)},
         "/openapi.json": {"get": _op("this document", {"200": _json({"type": "object"}, "OpenAPI 3.1")},
                                      tag="health", public=True)},
+        "/metrics": {"get": _op("Prometheus metrics", {"200": {"description": "text exposition format",
+                                                               "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                                tag="health", public=True)},
         "/api/v1/auth/token": {"post": _op(
             "log in", {"200": _json(_ref("Token"), "a bearer token"), "400": _error("not JSON"),
                        "401": _error("wrong username or password"), "422": _error("missing field"),

@@ -34,6 +34,7 @@ from node.gossip.driver import Gossip
 from node.gossip.metrics import NodeMetrics
 from node.ids import now_ms
 from node.kb_api import KnowledgeAPI
+from node.prom import MetricsExporter
 from node.rag.knowledge import KnowledgeBase
 from node.rag_service import RagService, import_libraries
 from node.state import NodeState
@@ -74,7 +75,7 @@ def build_raft(config: ClusterConfig, node_id: str, state: NodeState, joining: b
 
 
 def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor: Executor,
-               gossip: Gossip, rag: RagService, events: EventHub) -> web.Application:
+               gossip: Gossip, rag: RagService, events: EventHub, metrics: MetricsExporter) -> web.Application:
     api = TaskAPI(raft, state.tasks, raft.id)
     auth = Authenticator(config.security, state.accounts, config.name)
     max_upload = config.rag.max_upload_mb * 1024 * 1024
@@ -84,6 +85,7 @@ def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor
     api.routes(app)
     AuthAPI(auth, raft, error).routes(app)
     app.router.add_get("/api/v1/events", events.handle)
+    app.router.add_get("/metrics", metrics.handle)
     KnowledgeAPI(state, api.write, error, rag, max_upload).routes(app)
 
     ClusterAPI(config, raft, state, gossip, rag, error).routes(app)
@@ -204,23 +206,26 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     events = EventHub(node_id, state)
     state.listen(events.on_apply)
     curve = CurveKeys.cluster(config.curve_public, config.curve_secret) if config.curve_enabled else None
+    sample = NodeMetrics(runtime=lambda: {**executor.status(), "models": rag.status.state,
+                                          "generator": rag.status.generator})
     gossip = Gossip(
         node_id,
         spec.gossip_address,
         {n.id: n.gossip_address for n in config.nodes if n.id != node_id},
-        NodeMetrics(runtime=lambda: {**executor.status(), "models": rag.status.state,
-                                     "generator": rag.status.generator}),
+        sample,
         events.on_gossip,
         curve=curve,
     )
     await gossip.start()
+    metrics = MetricsExporter(node_id, raft, state, executor, gossip, rag, sample)
+    state.listen(metrics.on_apply)
     background = [
         asyncio.create_task(sweep_expired(raft, settings), name="housekeeper"),
         asyncio.create_task(requeue_dead_nodes(raft, state, gossip), name="failover"),
         asyncio.create_task(events.publish_cluster(raft.status), name="cluster-events"),
         asyncio.create_task(initialise_accounts(raft, state.accounts, config.security, node_id), name="accounts"),
     ]
-    runner = web.AppRunner(build_http(config, raft, state, executor, gossip, rag, events), access_log=None)
+    runner = web.AppRunner(build_http(config, raft, state, executor, gossip, rag, events, metrics), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, spec.host, spec.api_port)
     try:

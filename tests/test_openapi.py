@@ -15,6 +15,7 @@ import pytest
 from node import openapi
 from node.config import load
 from node.events import EventHub
+from node.prom import MetricsExporter
 from node.rag.knowledge import KnowledgeBase
 from node.runtime import build_http
 from node.state import NodeState
@@ -29,7 +30,8 @@ def registered_routes() -> set[tuple[str, str]]:
     config = load(ROOT / "cluster.toml", env={})
     state = NodeState(TaskQueue(), KnowledgeBase())
     raft = SimpleNamespace(id="n1")  # only its id is read while routes are registered
-    app = build_http(config, raft, state, None, None, None, EventHub("n1", state))  # type: ignore[arg-type]
+    metrics = MetricsExporter("n1", raft, state, None, None, None, dict)
+    app = build_http(config, raft, state, None, None, None, EventHub("n1", state), metrics)  # type: ignore[arg-type]
     return {(route.method.lower(), route.resource.canonical) for route in app.router.routes()
             if route.method != "HEAD" and route.resource is not None}
 
