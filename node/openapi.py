@@ -282,6 +282,33 @@ def _paths() -> dict:
             "200": _json(_obj(["documents", "chunks", "digest"], documents={"type": "integer"},
                               chunks={"type": "integer"}, digest={"type": "string"}), "statistics")},
             tag="knowledge base")},
+        "/v1/models": {"get": _op("OpenAI-compatible: the models (ragraft-qa, ragraft-generate)", {
+            "200": _json(_obj(["object", "data"], object={"const": "list"},
+                              data={"type": "array", "items": _obj(["id"], id={"type": "string"})}), "models")},
+            tag="openai")},
+        "/v1/chat/completions": {"post": _op(
+            "OpenAI-compatible chat: the last user message becomes a qa (or generate) task", {
+                "200": {"description": "a chat.completion, or a text/event-stream of chunks with stream: true",
+                        "content": {JSON: {"schema": _obj(["id", "object", "choices"], id={"type": "string"},
+                                                          object={"type": "string"},
+                                                          choices={"type": "array"}, usage={"type": "object"})},
+                                    "text/event-stream": {"schema": {"type": "string"}}}},
+                "400": {"description": "bad request (OpenAI error format)", "content": {JSON: {"schema": {
+                    "type": "object"}}}},
+                "404": {"description": "unknown model", "content": {JSON: {"schema": {"type": "object"}}}},
+                "502": {"description": "the task failed", "content": {JSON: {"schema": {"type": "object"}}}},
+                "503": {"description": "no quorum", "content": {JSON: {"schema": {"type": "object"}}}},
+                "504": {"description": "timed out", "content": {JSON: {"schema": {"type": "object"}}}}},
+            tag="openai", body={"required": True, "content": {JSON: {"schema": _obj(
+                ["model", "messages"], model={"enum": ["ragraft-qa", "ragraft-generate"]},
+                messages={"type": "array", "minItems": 1, "items": _obj(
+                    ["role", "content"], role={"enum": ["system", "user", "assistant"]},
+                    content={"type": "string"})},
+                max_tokens={"type": "integer", "minimum": 1, "maximum": 2048},
+                temperature={"type": "number", "minimum": 0, "maximum": 2},
+                top_p={"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                stream={"type": "boolean"}, stop={"type": "array", "items": {"type": "string"}, "maxItems": 4},
+                seed={"type": "integer", "minimum": 0})}}})},
         "/api/v1/events": {"get": _op("server-sent events: task, kb, node and cluster changes", {
             "200": {"description": "an endless event stream",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},

@@ -34,6 +34,7 @@ from node.gossip.driver import Gossip
 from node.gossip.metrics import NodeMetrics
 from node.ids import now_ms
 from node.kb_api import KnowledgeAPI
+from node.openai_api import OpenAIRoutes
 from node.prom import MetricsExporter
 from node.rag.knowledge import KnowledgeBase
 from node.rag_service import RagService, import_libraries
@@ -86,6 +87,7 @@ def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor
     AuthAPI(auth, raft, error).routes(app)
     app.router.add_get("/api/v1/events", events.handle)
     app.router.add_get("/metrics", metrics.handle)
+    OpenAIRoutes(raft, state.tasks).routes(app)
     KnowledgeAPI(state, api.write, error, rag, max_upload).routes(app)
 
     ClusterAPI(config, raft, state, gossip, rag, error).routes(app)
