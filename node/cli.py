@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from importlib.metadata import PackageNotFoundError
@@ -90,11 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--url", help="with remove: API address of a member (default: the first node of the file)")
     node.add_argument("--data-dir", help="keep this node's data under DIR/<id> instead of the file's data_dir")
     node.add_argument("--log-level", default="INFO")
+    node.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("RAGRAFT_LOG_FORMAT", "text"),
+                      help="json: one object per line, for a log stack")
 
     sub.add_parser("keys", help="print new CURVE keys, an encryption key, a token secret and an API key")
     hasher = sub.add_parser("hash-password", help="print a password hash for [[security.users]]")
     hasher.add_argument("--password", help="the password (default: asked for, not echoed)")
     sub.add_parser("version", help="print the ragraft version")
+    tui = sub.add_parser("tui", help="the terminal UI")
+    tui.add_argument("--config", default="cluster.toml", help="cluster file: its nodes' API URLs")
+    tui.add_argument("--url", action="append", help="API URL of a node (repeatable); overrides --config")
+
+    from node.commands import add_parsers
+
+    add_parsers(sub)
 
     args = parser.parse_args(argv)
     if getattr(args, "data_dir", None):
@@ -149,13 +157,28 @@ def main(argv: list[str] | None = None) -> int:
         if not args.id:
             parser.error("node: --id is required to run a node")
         config = _load(args.config)
-        logging.basicConfig(level=args.log_level, format=f"%(asctime)s {args.id} %(levelname)s %(name)s: %(message)s")
+        from node.logs import configure
+
+        configure(args.id, args.log_level, args.log_format)
         try:
             config.node(args.id)
         except cluster_config.ConfigError as exc:
             raise SystemExit(f"ragraft: {exc}") from None
         asyncio.run(run_node(config, args.id, join=args.join))
         return 0
+    if args.command == "tui":
+        from node.client import saved_token
+        from tui.app import run as run_tui
+
+        config = None if args.url else _load(args.config)
+        urls = args.url or [n.api_url for n in config.nodes]  # type: ignore[union-attr]
+        run_tui(urls, saved_token(config.name if config else urls[0]))
+        return 0
+    from node.commands import COMMANDS
+    from node.commands import run as run_command
+
+    if args.command in COMMANDS:
+        return run_command(args, _load)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -147,6 +147,16 @@ class NodeCluster:
             raise AssertionError(f"models not loaded within {timeout} s on {sorted(pending)}: {last}; "
                                  f"logs in {self.root}")
 
+    def _accounts_ready(self, nodes: list[str]) -> bool:
+        """The leader sets up the admin account a moment after the first election;
+        until then a login (what a user does first) is refused."""
+        password = self.env.get("RAGRAFT_ADMIN_PASSWORD")
+        if not password:
+            return True
+        status, _, _ = self.request_with_headers(nodes[0], "POST", "/api/v1/auth/token",
+                                                 {"username": "admin", "password": password}, token="")
+        return status == 200
+
     def wait_ready(self, nodes: list[str] | None = None, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -160,7 +170,7 @@ class NodeCluster:
                     break
                 leaders.add(view["leader"])
             else:
-                if len(leaders) == 1:
+                if len(leaders) == 1 and self._accounts_ready(nodes or list(self.procs)):
                     return leaders.pop()
             time.sleep(0.1)
         raise AssertionError(f"cluster not ready within {timeout} s; logs in {self.root}")
