@@ -108,7 +108,7 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
             return 1
         print(f"\ncluster {config.name!r} is up; leader: {leader}\n", flush=True)
         for spec in config.nodes:
-            print(f"  {spec.id}:  API {spec.api_url}/api/v1   health {spec.api_url}/readyz   "
+            print(f"  {spec.id}:  dashboard {spec.dashboard_url}   API {spec.api_url}/api/v1   "
                   f"raft {spec.raft_address}", flush=True)
         print("\nPress Ctrl-C to stop every node.", flush=True)
         while all(p.poll() is None for p in procs.values()):

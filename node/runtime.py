@@ -178,8 +178,11 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         raise SystemExit(f"node {node_id}: to join a cluster a node needs admin credentials: set RAGRAFT_API_KEY "
                          "to an admin's API key (POST /api/v1/auth/keys) or RAGRAFT_ADMIN_PASSWORD")
     settings = config.tasks
+    dashboard = os.environ.get("RAGRAFT_DASHBOARD", "1") != "0"
     if config.models.load:
         import_libraries(node_id)
+    if dashboard:
+        import ui.app  # noqa: F401  (Panel and Bokeh: a few seconds of imports, done before Raft starts)
     kb = KnowledgeBase(index_kind=config.rag.index)
     state = NodeState(TaskQueue(RetryPolicy(settings.max_attempts, settings.retry_backoff_ms)), kb)
     raft = build_raft(config, node_id, state, joining=join is not None)
@@ -238,6 +241,17 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         raise SystemExit(f"node {node_id}: cannot listen on {spec.host}:{spec.api_port} ({exc.strerror}); "
                          f"is another ragraft running? stop it or change nodes.api_port") from None
     print(f"node {node_id}: raft {spec.raft_address}, api {spec.api_url}", flush=True)
+    stop_dashboard = None
+    if dashboard:
+        from ui.server import start_dashboard
+
+        peers = {n.id: n.dashboard_url for n in config.nodes if n.id != node_id}
+        try:
+            stop_dashboard = await start_dashboard(node_id, spec.host, spec.dashboard_port, spec.api_url, peers)
+            print(f"node {node_id}: dashboard {spec.dashboard_url}", flush=True)
+        except OSError as exc:
+            log.error("dashboard not started: cannot listen on %s:%d (%s); change nodes.dashboard_port",
+                      spec.host, spec.dashboard_port, exc.strerror)
     tune_gc()
     # Only now: the loader thread's imports (torch, transformers) would otherwise
     # hold up the start of the API for as long as the models take.
@@ -253,6 +267,8 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     for task in background:
         task.cancel()
     await executor.stop()  # first, while Raft can still commit the hand-back
+    if stop_dashboard is not None:
+        await stop_dashboard()
     await gossip.stop()
     await runner.cleanup()
     rag.close()

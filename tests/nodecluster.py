@@ -32,7 +32,7 @@ def mint_token(cluster_name: str, user: str = "admin", secret: str = TOKEN_SECRE
 
 class NodeCluster:
     def __init__(self, root: Path, size: int = 3, extra_toml: str = "", env: dict[str, str] | None = None,
-                 joiners: int = 0, models: bool = False) -> None:
+                 joiners: int = 0, models: bool = False, dashboard: bool = False) -> None:
         """`models=False` starts control-plane nodes (noop tasks only, no model loading);
         `models=True` loads the bundled models on every node, as in production."""
         self.root = root
@@ -42,6 +42,8 @@ class NodeCluster:
         lines = ['[cluster]\nname = "test"\n']
         for i, node in enumerate(self.ids):
             self.api[node] = f"http://127.0.0.1:{ports[4 * i + 2]}"
+            self.dashboard_urls = getattr(self, "dashboard_urls", {})
+            self.dashboard_urls[node] = f"http://127.0.0.1:{ports[4 * i + 3]}"
             lines.append(
                 f'[[nodes]]\nid = "{node}"\nhost = "127.0.0.1"\nraft_port = {ports[4 * i]}\n'
                 f"gossip_port = {ports[4 * i + 1]}\napi_port = {ports[4 * i + 2]}\n"
@@ -53,7 +55,8 @@ class NodeCluster:
         self.config.write_text("\n".join(lines))
         model_env = ({"RAGRAFT_LOAD_MODELS": "1", "RAGRAFT_MODEL_CACHE": str(MODEL_CACHE)} if models
                      else {"RAGRAFT_LOAD_MODELS": "0"})
-        auth_env = {"RAGRAFT_ADMIN_PASSWORD": ADMIN_PASSWORD, "RAGRAFT_TOKEN_SECRET": TOKEN_SECRET}
+        auth_env = {"RAGRAFT_ADMIN_PASSWORD": ADMIN_PASSWORD, "RAGRAFT_TOKEN_SECRET": TOKEN_SECRET,
+                    "RAGRAFT_DASHBOARD": "1" if dashboard else "0"}
         self.env = {**os.environ, **auth_env, **model_env, **(env or {})}
         self._token: str | None = None
         self.procs: dict[str, subprocess.Popen] = {}

@@ -53,7 +53,7 @@ def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: 
         for node in layout.ids:
             assert f"{node} is up" in output
             assert f"{node}: models: ready in" in output  # the last progress line of each node
-            assert f"{node}:  API {layout.api[node]}/api/v1" in output, output
+            assert f"API {layout.api[node]}/api/v1" in output, output
             with urllib.request.urlopen(layout.api[node] + "/readyz", timeout=5) as resp:
                 ready = json.loads(resp.read())
             assert ready["ready"] and ready["models"]["generator"] == "SmolLM2-135M-Instruct"

@@ -1,0 +1,41 @@
+"""Serving the dashboard from a node: Panel (Bokeh on tornado) on the node's own
+asyncio loop, on the node's dashboard_port."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("ragraft.ui")
+
+
+async def start_dashboard(node_id: str, host: str, port: int, api_url: str,
+                          peers: dict[str, str]) -> Callable[[], Awaitable[None]]:
+    """Start serving; returns the function that stops it.  Panel is imported here,
+    so a node with the dashboard off never pays for it."""
+    import os
+
+    # No CDN: nodes may run without internet, so Bokeh's and Panel's scripts are served
+    # by the node itself.
+    os.environ.setdefault("BOKEH_RESOURCES", "server")
+    import panel as pn
+    from tornado.ioloop import IOLoop
+
+    pn.config.inline = True
+
+    from ui.app import page
+
+    local_api = api_url.replace("0.0.0.0", "127.0.0.1")
+    def session() -> object:  # a plain function: Panel calls it once per browser session
+        return page(local_api, node_id, peers)
+
+    server = pn.serve({"/": session}, port=port, address=host,
+                      websocket_origin="*", show=False, start=False, title=f"ragraft · {node_id}",
+                      loop=IOLoop.current(), check_unused_sessions=5000, unused_session_lifetime=15000)
+    server.start()
+    log.info("dashboard on http://%s:%d", host, port)
+
+    async def stop() -> None:
+        server.stop()
+
+    return stop
