@@ -372,6 +372,7 @@ class FileLogStore:
         found.sort()
         window = self._window
         anchored = False  # has a record fixed where the log starts?
+        replayed: list[tuple[_Segment, Path, int, int, Any]] = []
         for number, (seq, path) in enumerate(found):
             segment = _Segment(seq, path)
             self._segments.append(segment)
@@ -395,32 +396,47 @@ class FileLogStore:
                     f.truncate(good_end)
                     os.fsync(f.fileno())
             segment.size = good_end
-            for offset, rtype, value in records:
-                if rtype == _ENTRY:
-                    assert isinstance(value, Entry)
-                    index = value.index
-                    if not anchored:
-                        # Older segments were deleted by compaction: the log
-                        # starts at the first entry still on disk.
-                        window.reset(index - 1)
-                        anchored = True
-                    if index == window.first + len(window.items):
-                        window.items.append(value)
-                    elif window.first <= index <= window.last:
-                        window.write(index, [value])
-                    else:
-                        raise CorruptStorageError(
-                            f"{path}: entry {index} at offset {offset} does not fit the log "
-                            f"{window.bounds()} replayed so far"
-                        )
-                    segment.note_entry(index)
-                else:
-                    assert isinstance(value, int)
-                    if rtype == _RESET or not anchored or value > window.last:
-                        window.reset(value)
-                    else:
-                        window.compact(value)
-                    anchored = True
+            replayed.extend((segment, path, offset, rtype, value) for offset, rtype, value in records)
+        # Where the log starts is decided by the newest RESET and the highest COMPACT
+        # after it, wherever they lie: compaction may delete the segment holding the
+        # entry just above an older COMPACT record while that record survives in a
+        # segment that is kept (found by the storage contract's property test).
+        last_reset = max((i for i, r in enumerate(replayed) if r[3] == _RESET), default=-1)
+        floor = replayed[last_reset][4] if last_reset >= 0 else None
+        for record in replayed[last_reset + 1:]:
+            if record[3] == _COMPACT:
+                floor = record[4] if floor is None else max(floor, record[4])
+        if floor is not None:
+            window.reset(floor)
+            anchored = True
+        for position, (segment, path, offset, rtype, value) in enumerate(replayed):
+            if rtype != _ENTRY:
+                continue
+            assert isinstance(value, Entry)
+            index = value.index
+            segment.note_entry(index)
+            if position < last_reset:
+                continue  # superseded by the newest RESET
+            if floor is not None and index <= floor:
+                # Compacted away; but writing it cut off every entry above it, and
+                # those may sit above the floor: drop them as the write did.
+                if window.items:
+                    window.reset(floor)
+                continue
+            if not anchored:
+                # Older segments were deleted by compaction: the log starts at
+                # the first entry still on disk.
+                window.reset(index - 1)
+                anchored = True
+            if index == window.first + len(window.items):
+                window.items.append(value)
+            elif window.first <= index <= window.last:
+                window.write(index, [value])
+            else:
+                raise CorruptStorageError(
+                    f"{path}: entry {index} at offset {offset} does not fit the log "
+                    f"{window.bounds()} replayed so far"
+                )
         if self._segments:
             self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
             # If only the process died, the newest segment's directory entry

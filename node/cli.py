@@ -1,18 +1,22 @@
-"""ragraft command line: ``ragraft up | node | keys | version``."""
+"""ragraft command line, the argparse front: ``ragraft up | node | keys |
+hash-password | version | tui`` here, and the REST client commands (login,
+submit, tasks, show, cancel, abort, retry, kb, status) declared and run by
+`node.commands`.  Heavy imports stay inside the branch that needs them, so that
+a client command starts in well under a second (no torch, no asyncio)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _dist_version
 
 from node import config as cluster_config
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _dist_version
+
     try:
         return _dist_version("ragraft")
     except PackageNotFoundError:
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("TQDM_DISABLE", "1")  # model loading reports its own progress lines
+        import asyncio
+
         from node.runtime import run_node
 
         if not args.id:
@@ -168,16 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "tui":
         from node.client import saved_token
+        from node.commands import targets
         from tui.app import run as run_tui
 
-        config = None if args.url else _load(args.config)
-        urls = args.url or [n.api_url for n in config.nodes]  # type: ignore[union-attr]
-        run_tui(urls, saved_token(config.name if config else urls[0]))
+        where = targets(args, _load)
+        run_tui(where.urls, saved_token(where.credential_key))
         return 0
-    from node.commands import COMMANDS
-    from node.commands import run as run_command
+    if getattr(args, "handler", None):
+        from node.commands import run as run_command
 
-    if args.command in COMMANDS:
         return run_command(args, _load)
     parser.error(f"unknown command {args.command}")
     return 2

@@ -30,40 +30,6 @@ Listener = Callable[[dict, Any], None]
 
 class SubMachine(Protocol):
     def execute(self, cmd: dict) -> Any: ...
-    def _upload(self, cmd: dict) -> dict:
-        """{"op": "kb.upload", "doc": {doc_id, title, source, media_type, tags, data},
-        "task": {id, priority, owner}, "at": ms}"""
-        assert self.kb is not None
-        doc, task, at = cmd.get("doc"), cmd.get("task"), cmd.get("at")
-        if not isinstance(doc, dict) or not isinstance(task, dict) or not isinstance(task.get("id"), str) \
-                or not isinstance(at, int):
-            return TaskError("bad_command", "kb.upload needs doc, task and at").to_dict()
-        document = self.kb.execute({"op": "kb.put_upload", **doc, "at": at})
-        if _refused(document):
-            return document
-        submitted = self.tasks.execute({
-            "op": "submit", "id": task.get("id"), "type": "ingest", "at": at,
-            "priority": task.get("priority", 5), "owner": task.get("owner", ""),
-            "input": {"doc_id": document["doc_id"], "version": document["version"],
-                      "filename": doc.get("source") or document["doc_id"], "media_type": doc.get("media_type")},
-        })
-        if _refused(submitted):
-            self.kb.execute({"op": "kb.fail_ingest", "doc_id": document["doc_id"], "version": document["version"],
-                             "error": "its ingest task was refused: " + submitted["error"]["message"], "at": at})
-            return submitted
-        return {"document": document, "task": submitted}
-
-    def _close_failed_ingest(self, task_id: str, at: Any) -> None:
-        assert self.kb is not None
-        task = self.tasks.get(task_id)
-        if task is None or task.type != "ingest" or task.state not in (FAILED, CANCELLED):
-            return
-        reason = task.error or ("cancelled" if task.state == CANCELLED else "failed")
-        # A no-op (a conflict answer) when the version is no longer pending.
-        self.kb.execute({"op": "kb.fail_ingest", "doc_id": task.input.get("doc_id"),
-                         "version": task.input.get("version"), "error": f"ingest {task.state}: {reason}",
-                         "at": at if isinstance(at, (int, float)) else 0})
-
     def snapshot(self) -> bytes: ...
     def restore(self, data: bytes) -> None: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +179,31 @@ class NodeCluster:
                     return leaders.pop()
             time.sleep(0.1)
         raise AssertionError(f"cluster not ready within {timeout} s; logs in {self.root}")
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, **kwargs: Any) -> Iterator[NodeCluster]:
+    """A started cluster (models loaded when models=True), stopped afterwards."""
+    cluster = NodeCluster(root, **kwargs)
+    cluster.start_all()
+    try:
+        cluster.wait_ready(timeout=90)
+        if kwargs.get("models"):
+            cluster.wait_models()
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def add_text_document(cluster: NodeCluster, title: str, text: str, timeout: float = 60) -> dict:
+    """Upload a text document through the API and wait until it is ingested."""
+    status, body = cluster.request("n1", "POST", "/api/v1/kb/documents", {"title": title, "text": text})
+    assert status == 202, body
+    task_id = body["tasks"][0]["id"]
+    deadline = time.monotonic() + timeout
+    while True:
+        task = cluster.request("n1", "GET", f"/api/v1/tasks/{task_id}")[1]
+        if task["state"] == "completed":
+            return body["documents"][0]
+        assert task["state"] in ("queued", "running") and time.monotonic() < deadline, task
+        time.sleep(0.3)

@@ -10,27 +10,16 @@ import aiohttp
 import openai
 import pytest
 
-from tests.nodecluster import NodeCluster
+from tests.nodecluster import NodeCluster, add_text_document, running_cluster
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
-    cluster = NodeCluster(tmp_path_factory.mktemp("openai"), models=True)
-    cluster.start_all()
-    try:
-        cluster.wait_ready(timeout=60)
-        cluster.wait_models()
-        _, body = cluster.request("n1", "POST", "/api/v1/kb/documents", {
-            "title": "Lighthouses", "text": "The lighthouse keeper polishes the great lens every Tuesday."})
-        deadline = time.monotonic() + 60
-        while cluster.request("n1", "GET", f"/api/v1/tasks/{body['tasks'][0]['id']}")[1]["state"] != "completed":
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
+    with running_cluster(tmp_path_factory.mktemp("openai"), models=True) as cluster:
+        add_text_document(cluster, "Lighthouses", "The lighthouse keeper polishes the great lens every Tuesday.")
         yield cluster
-    finally:
-        cluster.stop_all()
 
 
 def client(cluster: NodeCluster, node: str = "n2") -> openai.OpenAI:
@@ -82,7 +71,7 @@ def test_a_client_that_goes_away_cancels_its_task(cluster: NodeCluster) -> None:
                                    headers={"Authorization": f"Bearer {cluster.admin_token()}"},
                                    json={"model": "ragraft-generate", "max_tokens": 2000,
                                          "messages": [{"role": "user", "content": "Write a very long story."}]})
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     asyncio.run(start_and_leave())

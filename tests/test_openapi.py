@@ -20,7 +20,7 @@ from node.rag.knowledge import KnowledgeBase
 from node.runtime import build_http
 from node.state import NodeState
 from node.tasks import TaskQueue
-from tests.nodecluster import NodeCluster
+from tests.nodecluster import NodeCluster, running_cluster
 
 ROOT = Path(__file__).parent.parent
 
@@ -52,14 +52,8 @@ def test_every_route_is_documented_and_every_documented_route_exists() -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
-    cluster = NodeCluster(tmp_path_factory.mktemp("openapi"), models=True)
-    cluster.start_all()
-    try:
-        cluster.wait_ready(timeout=60)
-        cluster.wait_models()
+    with running_cluster(tmp_path_factory.mktemp("openapi"), models=True) as cluster:
         yield cluster
-    finally:
-        cluster.stop_all()
 
 
 @pytest.mark.e2e

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
-from tests.nodecluster import ADMIN_PASSWORD, NodeCluster
+from tests.nodecluster import ADMIN_PASSWORD, NodeCluster, add_text_document, running_cluster
 from tui.app import RagraftApp
 from tui.client import ApiClient
 from tui.views.detail import TaskDetail
@@ -21,21 +21,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
-    cluster = NodeCluster(tmp_path_factory.mktemp("tui"), models=True, extra_toml="[tasks]\nslots = 1\n")
-    cluster.start_all()
-    try:
-        cluster.wait_ready(timeout=60)
-        cluster.wait_models()
-        status, body = cluster.request("n1", "POST", "/api/v1/kb/documents", {
-            "title": "Lighthouses", "text": "The lighthouse keeper polishes the great lens every Tuesday."})
-        assert status == 202
-        deadline = time.monotonic() + 60
-        while cluster.request("n1", "GET", f"/api/v1/tasks/{body['tasks'][0]['id']}")[1]["state"] != "completed":
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
+    with running_cluster(tmp_path_factory.mktemp("tui"), models=True, extra_toml="[tasks]\nslots = 1\n") as cluster:
+        add_text_document(cluster, "Lighthouses", "The lighthouse keeper polishes the great lens every Tuesday.")
         yield cluster
-    finally:
-        cluster.stop_all()
 
 
 def app_for(cluster: NodeCluster, token: str | None = None) -> RagraftApp:

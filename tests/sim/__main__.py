@@ -189,8 +189,6 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     print(report(all_stats, time.perf_counter() - start))
-    if known:
-        print(f"seeds failing with the known bug ({len(known)}): {known}")
     if failed:
         replay = " --profile soak" if profile == "soak" else ""
         print(
