@@ -18,7 +18,7 @@ from consensus.node import RaftNode
 from node import task_query
 from node.ids import new_task_id, now_ms
 from node.task_query import QueryError, TaskQuery
-from node.tasks import TaskQueue
+from node.tasks import TaskQueue, refused
 
 log = logging.getLogger("ragraft.api")
 
@@ -171,8 +171,8 @@ class TaskAPI:
             result = await self._propose(cmd)
         except RaftError as exc:
             return error(503, "no_quorum", f"the cluster cannot accept writes right now: {exc}")
-        err = result.get("error") if isinstance(result, dict) else None
-        if isinstance(err, dict):  # a refused command (a task's own "error" is a string)
+        if refused(result):
+            err = result["error"]
             return error(_STATUS.get(err["code"], 400), err["code"], err["message"], **err.get("details", {}))
         return web.json_response(result, status=ok_status)
 

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from node import task_query
+from node.tasks import refused
 
 log = logging.getLogger("ragraft.events")
 
@@ -50,7 +51,7 @@ class EventHub:
     # ------------------------------------------------------------ sources
     def on_apply(self, cmd: dict, result: Any) -> None:
         """NodeState listener: runs on the apply path, so it only looks things up."""
-        if not self.subscribers or _refused(result):
+        if not self.subscribers or refused(result):
             return
         op = cmd.get("op")
         if op in _TASK_OPS:
@@ -149,7 +150,3 @@ class EventHub:
 
 def _frame(kind: str, data: dict) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-def _refused(result: Any) -> bool:
-    return isinstance(result, dict) and isinstance(result.get("error"), dict)

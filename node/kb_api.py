@@ -160,13 +160,13 @@ class KnowledgeAPI:
     async def list_documents(self, request: web.Request) -> web.Response:
         kb = self.state.kb
         docs = kb.list_documents(state=request.query.get("state") or None, tag=request.query.get("tag") or None)
-        return web.json_response({"items": [_public(d) for d in docs], "total": len(docs)})
+        return web.json_response({"items": docs, "total": len(docs)})
 
     async def get_document(self, request: web.Request) -> web.Response:
         doc = self.state.kb.get(request.match_info["id"])
         if doc is None:
             return self.error(404, "not_found", f"no document {request.match_info['id']!r}")
-        return web.json_response(_public(doc))
+        return web.json_response(doc)
 
     def _admin_only(self, request: web.Request) -> web.Response | None:
         if request.get("role", "admin") != "admin":
@@ -232,10 +232,6 @@ def _tags(tags: Any) -> list[str]:
         raise UploadError(422, "invalid", f"tags must be a list of at most {MAX_TAGS} non-empty strings",
                           field="tags")
     return tags
-
-
-def _public(doc: dict) -> dict:
-    return {k: v for k, v in doc.items() if k != "data"}
 
 
 def _json_body(response: web.Response) -> Any:

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from node.tasks import STATES
+from node.tasks import STATES, refused
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: from a noop's few milliseconds to a long generation's minutes.
@@ -46,7 +46,7 @@ class MetricsExporter:
 
     def on_apply(self, cmd: dict, result: Any) -> None:
         """NodeState listener: cheap, no I/O (it runs on the apply path)."""
-        if isinstance(result, dict) and isinstance(result.get("error"), dict):
+        if refused(result):
             return
         op = cmd.get("op")
         if op == "submit":

@@ -19,6 +19,7 @@ from node.executor import CancelledFn, ProgressFn, TaskAborted, TaskFailure
 from node.ids import now_ms
 from node.rag.engine import BadInput, Cancelled, RagEngine
 from node.rag.generation import GenerationError
+from node.tasks import refused
 
 log = logging.getLogger("ragraft.runners")
 
@@ -95,7 +96,7 @@ class IngestRunner:
 
     @staticmethod
     def _expect_ok(result: Any, doc_id: str, version: int) -> dict:
-        if isinstance(result, dict) and "error" in result:
+        if refused(result):
             error = result["error"]
             # A newer upload or a delete superseded this version: nothing left to do.
             raise TaskFailure(f"document {doc_id!r} v{version}: {error.get('message')}", retryable=False)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import msgpack
 
 from node.accounts import Accounts
-from node.tasks import CANCELLED, FAILED, TaskError, TaskQueue
+from node.tasks import CANCELLED, FAILED, TaskError, TaskQueue, refused
 
 log = logging.getLogger("ragraft.state")
 
@@ -92,7 +92,7 @@ class NodeState:
                 or not isinstance(at, int):
             return TaskError("bad_command", "kb.upload needs doc, task and at").to_dict()
         document = self.kb.execute({"op": "kb.put_upload", **doc, "at": at})
-        if _refused(document):
+        if refused(document):
             return document
         submitted = self.tasks.execute({
             "op": "submit", "id": task.get("id"), "type": "ingest", "at": at,
@@ -100,7 +100,7 @@ class NodeState:
             "input": {"doc_id": document["doc_id"], "version": document["version"],
                       "filename": doc.get("source") or document["doc_id"], "media_type": doc.get("media_type")},
         })
-        if _refused(submitted):
+        if refused(submitted):
             self.kb.execute({"op": "kb.fail_ingest", "doc_id": document["doc_id"], "version": document["version"],
                              "error": "its ingest task was refused: " + submitted["error"]["message"], "at": at})
             return submitted
@@ -133,8 +133,3 @@ class NodeState:
             self.kb.restore(state["kb"])
         if state.get("accounts") is not None:
             self.accounts.restore(state["accounts"])
-
-
-def _refused(result: Any) -> bool:
-    """A refused command answers {"error": {code, message}}; a task's own "error" is text."""
-    return isinstance(result, dict) and isinstance(result.get("error"), dict)

@@ -38,6 +38,12 @@ class TaskError(Exception):
         return {"error": {"code": self.code, "message": str(self), "details": self.details}}
 
 
+def refused(result: Any) -> bool:
+    """Whether a command's result is a refusal, {"error": {code, message, details}}
+    (a task's own "error" field is text, or None)."""
+    return isinstance(result, dict) and isinstance(result.get("error"), dict)
+
+
 @dataclass(slots=True)
 class Task:
     id: str

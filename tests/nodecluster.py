@@ -181,6 +181,14 @@ class NodeCluster:
         raise AssertionError(f"cluster not ready within {timeout} s; logs in {self.root}")
 
 
+def users_toml(**passwords: str) -> str:
+    """[[security.users]] sections: a user of role "user" per name=password."""
+    from node.auth import hash_password
+
+    return "".join(f'[[security.users]]\nname = "{name}"\nrole = "user"\n'
+                   f'password_hash = "{hash_password(password)}"\n' for name, password in passwords.items())
+
+
 @contextlib.contextmanager
 def running_cluster(root: Path, **kwargs: Any) -> Iterator[NodeCluster]:
     """A started cluster (models loaded when models=True), stopped afterwards."""

@@ -14,7 +14,7 @@ import pytest
 from node.accounts import Accounts
 from node.auth import Authenticator, hash_password, new_api_key, verify_password
 from node.config import SecuritySettings, UserSpec
-from tests.nodecluster import NodeCluster, mint_token
+from tests.nodecluster import NodeCluster, mint_token, running_cluster, users_toml
 
 ALICE_PW, BOB_PW = "alice-password", "bob-password"
 
@@ -48,22 +48,10 @@ def test_tokens_and_api_keys_identify_their_user() -> None:
     assert auth.identify(other_cluster) is None
 
 
-def users_toml() -> str:
-    return ("[[security.users]]\nname = \"alice\"\nrole = \"user\"\n"
-            f"password_hash = \"{hash_password(ALICE_PW)}\"\n"
-            "[[security.users]]\nname = \"bob\"\nrole = \"user\"\n"
-            f"password_hash = \"{hash_password(BOB_PW)}\"\n")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
-    cluster = NodeCluster(tmp_path_factory.mktemp("auth"), extra_toml=users_toml())
-    cluster.start_all()
-    try:
-        cluster.wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("auth"), extra_toml=users_toml(alice=ALICE_PW, bob=BOB_PW)) as cluster:
         yield cluster
-    finally:
-        cluster.stop_all()
 
 
 def login(cluster: NodeCluster, node: str, user: str, password: str) -> str:

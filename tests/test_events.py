@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from node.auth import hash_password
-from tests.nodecluster import NodeCluster
+from tests.nodecluster import NodeCluster, running_cluster, users_toml
 
 pytestmark = pytest.mark.e2e
 
@@ -62,15 +61,9 @@ class Stream:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
-    users = (f'[[security.users]]\nname = "alice"\nrole = "user"\npassword_hash = "{hash_password("alice-pw")}"\n'
-             f'[[security.users]]\nname = "bob"\nrole = "user"\npassword_hash = "{hash_password("bob-pw")}"\n')
-    cluster = NodeCluster(Path(tmp_path_factory.mktemp("events")), extra_toml=users)
-    cluster.start_all()
-    try:
-        cluster.wait_ready()
+    extra = users_toml(alice="alice-pw", bob="bob-pw")
+    with running_cluster(Path(tmp_path_factory.mktemp("events")), extra_toml=extra) as cluster:
         yield cluster
-    finally:
-        cluster.stop_all()
 
 
 def test_a_tasks_life_is_streamed_by_every_node(cluster: NodeCluster) -> None:
