@@ -15,7 +15,7 @@ from aiohttp import web
 
 from consensus.errors import RaftError
 from consensus.node import RaftNode
-from node import task_query
+from node import task_history, task_query
 from node.ids import new_task_id, now_ms
 from node.task_query import QueryError, TaskQuery
 from node.tasks import TaskQueue, refused
@@ -134,6 +134,7 @@ class TaskAPI:
         self.node_id = node_id
         self.extra_status = extra_status or dict
         self._stats_cache: tuple[int, dict] | None = None
+        self._history_cache: dict[tuple[int, int], tuple[int, dict]] = {}
 
     def middleware(self):
         @web.middleware
@@ -154,6 +155,7 @@ class TaskAPI:
         app.router.add_post("/api/v1/tasks/{id}/abort", self.abort)
         app.router.add_post("/api/v1/tasks/{id}/retry", self.retry)
         app.router.add_get("/api/v1/stats", self.stats)
+        app.router.add_get("/api/v1/stats/history", self.stats_history)
 
     async def _propose(self, cmd: dict) -> Any:
         applied = await self.raft.propose(msgpack.packb(cmd, use_bin_type=True))
@@ -242,3 +244,18 @@ class TaskAPI:
         if self._stats_cache is None or now - self._stats_cache[0] > 1000:
             self._stats_cache = (now, task_query.statistics(self.queue.tasks, self.queue.counts(), now))
         return web.json_response({**self._stats_cache[1], **self.extra_status()})
+
+    async def stats_history(self, request: web.Request) -> web.Response:
+        """Tasks per state over the last `minutes` at `points` instants, and wait/run
+        histograms; rebuilt from the records, cached for a second per shape."""
+        try:
+            minutes = task_query.whole_number(request.query, "minutes", 1, 1440) or 10
+            points = task_query.whole_number(request.query, "points", 2, 500) or 60
+        except QueryError as exc:
+            return error(422, "invalid", str(exc), field=exc.field)
+        now = now_ms()
+        cached = self._history_cache.get((minutes, points))
+        if cached is None or now - cached[0] > 1000:
+            cached = (now, task_history.history(self.queue.tasks, now, minutes * 60_000, points))
+            self._history_cache = {(minutes, points): cached}
+        return web.json_response(cached[1])

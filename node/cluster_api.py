@@ -11,6 +11,7 @@ from consensus.errors import RaftError
 from consensus.node import RaftNode
 from node import openapi
 from node.config import ClusterConfig
+from node.gossip.history import MetricsHistory
 
 
 def cluster_view(raft: RaftNode) -> dict:
@@ -33,8 +34,9 @@ def cluster_view(raft: RaftNode) -> dict:
 
 class ClusterAPI:
     def __init__(self, config: ClusterConfig, raft: RaftNode, state: Any, gossip: Any, rag: Any,
-                 error: Any) -> None:
+                 error: Any, history: MetricsHistory | None = None) -> None:
         self.config = config
+        self.history = history
         self.raft = raft
         self.state = state  # NodeState
         self.gossip = gossip
@@ -44,6 +46,7 @@ class ClusterAPI:
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/nodes", self.nodes)
+        app.router.add_get("/api/v1/nodes/history", self.nodes_history)
         app.router.add_get("/api/v1/cluster", self.cluster)
         app.router.add_post("/api/v1/cluster/members", self.change_membership)
         app.router.add_delete("/api/v1/cluster/members/{id}", self.change_membership)
@@ -74,6 +77,11 @@ class ClusterAPI:
                 "metrics": member.get("meta", {}),
             })
         return web.json_response({"items": items})
+
+    async def nodes_history(self, _: web.Request) -> web.Response:
+        series = self.history.series() if self.history is not None else {}
+        period = self.history.period_s if self.history is not None else None
+        return web.json_response({"period_s": period, "nodes": series})
 
     async def cluster(self, _: web.Request) -> web.Response:
         return web.json_response(cluster_view(self.raft))

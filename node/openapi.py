@@ -107,6 +107,13 @@ SCHEMAS: dict[str, Any] = {
         throughput=_obj(["completed_per_s_1m", "completed_per_s_5m"], completed_per_s_1m={"type": "number"},
                         completed_per_s_5m={"type": "number"}),
         wait_ms=_ref("Percentiles"), run_ms=_ref("Percentiles"), window={"type": "string"}),
+    "StatsHistory": _obj(
+        ["t", "step_ms", "states", "latency"], t={"type": "array", "items": {"type": "integer"}},
+        step_ms={"type": "integer"},
+        states={"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
+        latency=_obj(["edges_ms", "wait", "run"], edges_ms={"type": "array", "items": {"type": "integer"}},
+                     wait={"type": "array", "items": {"type": "integer"}},
+                     run={"type": "array", "items": {"type": "integer"}}, window={"type": "string"})),
     "Node": _obj(["id", "status", "running"], id={"type": "string"}, raft_address=_NULL_STR,
                  gossip_address=_NULL_STR, status={"type": "string", "description": "alive | suspect | dead"},
                  status_since_unix_ms=_NULL_INT, raft_role=_NULL_STR, slots=_NULL_INT,
@@ -218,6 +225,18 @@ def _paths() -> dict:
             tag="tasks", parameters=[task_id])},
         "/api/v1/stats": {"get": _op("counts, throughput and latency percentiles",
                                      {"200": _json(_ref("Stats"), "statistics")}, tag="cluster")},
+        "/api/v1/stats/history": {"get": _op(
+            "tasks per state at evenly spaced instants over the last minutes, and wait/run time histograms "
+            "of the tasks that finished then (rebuilt from the task records)", {
+                "200": _json(_ref("StatsHistory"), "history"), "422": _error("minutes or points out of range")},
+            tag="cluster", parameters=[
+                _query("minutes", {"type": "integer", "minimum": 1, "maximum": 1440}, "window (default 10)"),
+                _query("points", {"type": "integer", "minimum": 2, "maximum": 500}, "instants (default 60)")])},
+        "/api/v1/nodes/history": {"get": _op(
+            "every node's recent CPU, memory and GPU use and slots used, as this node's gossip saw them", {
+                "200": _json(_obj(["period_s", "nodes"], period_s={"type": ["number", "null"]},
+                                  nodes={"type": "object", "additionalProperties": {"type": "object"}}),
+                             "history")}, tag="cluster")},
         "/api/v1/nodes": {"get": _op("every node: gossip status, Raft role, metrics, slots, running tasks", {
             "200": _json(_obj(["items"], items={"type": "array", "items": _ref("Node")}), "nodes")},
             tag="cluster")},

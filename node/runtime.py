@@ -31,6 +31,7 @@ from node.config import ClusterConfig, SecuritySettings, TaskSettings
 from node.events import EventHub
 from node.executor import Executor, NoopRunner
 from node.gossip.driver import Gossip
+from node.gossip.history import MetricsHistory
 from node.gossip.metrics import NodeMetrics
 from node.ids import now_ms
 from node.kb_api import KnowledgeAPI
@@ -76,7 +77,8 @@ def build_raft(config: ClusterConfig, node_id: str, state: NodeState, joining: b
 
 
 def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor: Executor,
-               gossip: Gossip, rag: RagService, events: EventHub, metrics: MetricsExporter) -> web.Application:
+               gossip: Gossip, rag: RagService, events: EventHub, metrics: MetricsExporter,
+               history: MetricsHistory | None = None) -> web.Application:
     api = TaskAPI(raft, state.tasks, raft.id)
     auth = Authenticator(config.security, state.accounts, config.name)
     max_upload = config.rag.max_upload_mb * 1024 * 1024
@@ -90,8 +92,15 @@ def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor
     OpenAIRoutes(raft, state.tasks).routes(app)
     KnowledgeAPI(state, api.write, error, rag, max_upload).routes(app)
 
-    ClusterAPI(config, raft, state, gossip, rag, error).routes(app)
+    ClusterAPI(config, raft, state, gossip, rag, error, history).routes(app)
     return app
+
+
+def raft_brief(raft: RaftNode) -> dict:
+    """This node's Raft position, gossiped so that every dashboard shows every node's lag."""
+    status = raft.status()
+    return {"role": status["role"], "term": status["term"], "commit": status["commit"],
+            "applied": status["applied"]}
 
 
 async def sweep_expired(raft: RaftNode, settings: TaskSettings) -> None:
@@ -212,7 +221,7 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     state.listen(events.on_apply)
     curve = CurveKeys.cluster(config.curve_public, config.curve_secret) if config.curve_enabled else None
     sample = NodeMetrics(runtime=lambda: {**executor.status(), "models": rag.status.state,
-                                          "generator": rag.status.generator})
+                                          "generator": rag.status.generator, "raft": raft_brief(raft)})
     gossip = Gossip(
         node_id,
         spec.gossip_address,
@@ -223,14 +232,17 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     )
     await gossip.start()
     metrics = MetricsExporter(node_id, raft, state, executor, gossip, rag, sample)
+    history = MetricsHistory(gossip.snapshot)
     state.listen(metrics.on_apply)
     background = [
         asyncio.create_task(sweep_expired(raft, settings), name="housekeeper"),
+        asyncio.create_task(history.run(), name="metrics-history"),
         asyncio.create_task(requeue_dead_nodes(raft, state, gossip), name="failover"),
         asyncio.create_task(events.publish_cluster(raft.status), name="cluster-events"),
         asyncio.create_task(initialise_accounts(raft, state.accounts, config.security, node_id), name="accounts"),
     ]
-    runner = web.AppRunner(build_http(config, raft, state, executor, gossip, rag, events, metrics), access_log=None)
+    runner = web.AppRunner(build_http(config, raft, state, executor, gossip, rag, events, metrics,
+                                        history), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, spec.host, spec.api_port)
     try:

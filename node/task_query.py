@@ -84,10 +84,10 @@ class TaskQuery:
         return cls(
             states=states, types=_set(params.get("type")), node=params.get("node") or None,
             owner=owner_scope if owner_scope is not None else (params.get("owner") or None),
-            priority=_int(params, "priority", 0, 9), text=text.lower() if text else None,
-            since=_int(params, "since", 0, 2**63), until=_int(params, "until", 0, 2**63),
+            priority=whole_number(params, "priority", 0, 9), text=text.lower() if text else None,
+            since=whole_number(params, "since", 0, 2**63), until=whole_number(params, "until", 0, 2**63),
             sort=sort.lstrip("-"), descending=descending,
-            limit=_int(params, "limit", 1, MAX_LIMIT) or 50, cursor=params.get("cursor") or None,
+            limit=whole_number(params, "limit", 1, MAX_LIMIT) or 50, cursor=params.get("cursor") or None,
         )
 
     def select(self, tasks: Mapping[str, Task]) -> list[Task]:
@@ -189,7 +189,7 @@ def _set(value: str | None) -> frozenset[str] | None:
     return items or None
 
 
-def _int(params: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+def whole_number(params: Mapping[str, str], name: str, low: int, high: int) -> int | None:
     raw = params.get(name)
     if raw in (None, ""):
         return None

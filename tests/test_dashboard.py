@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,28 @@ def logged_in(browser: Browser, url: str) -> Page:
     return page
 
 
+def source_data(page: Page, name: str) -> dict:
+    """The data of a named Bokeh ColumnDataSource as the browser holds it."""
+    return page.evaluate("""name => {
+        for (const doc of Bokeh.documents) {
+            const model = doc.get_model_by_name(name);
+            if (model) {
+                const data = model.data, out = {};
+                const entries = data instanceof Map ? Array.from(data.entries()) : Object.entries(data);
+                for (const [k, v] of entries) out[k] = Array.from(v);
+                return out;
+            }
+        }
+        return null;
+    }""", name)
+
+
+def submit(cluster: NodeCluster, node: str, body: dict) -> dict:
+    status, task = cluster.request(node, "POST", "/api/v1/tasks", body)
+    assert status == 201, task
+    return task
+
+
 def shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -97,6 +120,86 @@ def test_submit_a_question_and_watch_it_reach_its_answer(cluster: NodeCluster, b
     citation.locator("summary").click()
     expect(citation.get_by_text("great lens")).to_be_visible()
     shot(page, "answer-with-citations")
+    page.close()
+
+
+def test_filter_sort_and_page_through_more_than_a_thousand_tasks(cluster: NodeCluster, browser: Browser) -> None:
+    bodies = [{"type": "noop", "input": {"duration_ms": 1}, "priority": i % 10} for i in range(1050)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda b: submit(cluster, ("n1", "n2", "n3")[b["priority"] % 3], b), bodies))
+    _, everything = cluster.request("n1", "GET", "/api/v1/tasks?type=noop&limit=1")
+    assert everything["total"] >= 1050
+    _, sevens = cluster.request("n1", "GET", "/api/v1/tasks?type=noop&priority=7&sort=submitted&limit=500")
+    page = logged_in(browser, cluster.dashboard_urls["n3"])
+    page.locator(".bk-tab", has_text="Tasks").click()
+    info = page.locator(".page-info")
+    page.locator(".f-type select").select_option("noop")
+    expect(info).to_contain_text("page 1 · ", timeout=10_000)
+    pages: list[list[str]] = []
+    for number in (1, 2, 3):
+        expect(info).to_contain_text(f"page {number} · ", timeout=10_000)
+        rows = page.locator(".tasks-table .tabulator-row")
+        expect(rows).to_have_count(50, timeout=10_000)
+        pages.append(rows.locator(".tabulator-cell[tabulator-field=id]").all_inner_texts())
+        page.get_by_role("button", name="next ▶").click()
+    assert len({i for p in pages for i in p}) == 150  # three different pages of 50
+    page.get_by_role("button", name="◀ prev").click()
+    expect(info).to_contain_text("page 3 · ")
+    # priority 7, oldest first: the same tasks, in the same order, as the API lists
+    page.locator(".f-priority select").select_option("7")
+    page.locator(".f-sort select").select_option("oldest first")
+    expect(info).to_contain_text(f"page 1 · {sevens['total']} tasks", timeout=10_000)
+    first = page.locator(".tasks-table .tabulator-row").first.locator(".tabulator-cell[tabulator-field=id]")
+    expect(first).to_have_text(sevens["items"][0]["id"])
+    for row in page.locator(".tasks-table .tabulator-row").all()[:10]:
+        expect(row.locator(".tabulator-cell[tabulator-field=priority]")).to_have_text("7")
+        expect(row.locator(".tabulator-cell[tabulator-field=type]")).to_have_text("noop")
+    shot(page, "tasks-paging")
+    page.close()
+
+
+def test_overview_charts_and_cards_follow_the_cluster(cluster: NodeCluster, browser: Browser) -> None:
+    page = logged_in(browser, cluster.dashboard_urls["n2"])
+    page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0")
+    # the cards and the charts' data are the API's
+    completed = cluster.request("n2", "GET", "/api/v1/stats")[1]["completed"]
+    deadline = time.monotonic() + 10
+    while True:
+        states = source_data(page, "states-over-time")
+        if states and states["completed"] and states["completed"][-1] >= completed:
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(0.5)
+    assert len(states["t"]) == 60 and len(states["queued"]) == 60
+    per_node = source_data(page, "tasks-per-node")
+    assert per_node["node"] == ["n1", "n2", "n3"]
+    latency = source_data(page, "latency")
+    assert sum(latency["run"]) >= 1 and len(latency["bucket"]) == 13
+    # a change is pushed without reloading: a new task shows in the queued card and
+    # the Tasks table within about a second of its commit
+    page.locator(".bk-tab", has_text="Tasks").click()
+    task = submit(cluster, "n1", {"type": "noop", "input": {"duration_ms": 1}, "priority": 3})
+    committed = time.monotonic()
+    expect(page.locator(".tabulator-row", has_text=task["id"])).to_have_count(1, timeout=5_000)
+    shown_after = time.monotonic() - committed
+    print(f"new task shown {shown_after:.2f} s after its commit")
+    assert shown_after < 2.0
+    page.locator(".bk-tab", has_text="Nodes").click()
+    rows = page.locator(".nodes-table .tabulator-row")
+    expect(rows).to_have_count(3, timeout=10_000)
+    for node in ("n1", "n2", "n3"):
+        row = rows.filter(has=page.locator(".tabulator-cell[tabulator-field=node]", has_text=node))
+        expect(row).to_contain_text("alive")
+        expect(row.locator(".tabulator-cell[tabulator-field=models]")).to_have_text("ready")
+        expect(row.locator(".tabulator-cell[tabulator-field=term]")).not_to_be_empty()
+    # every node's CPU history, as n2's gossip saw it, reached the browser
+    deadline = time.monotonic() + 10
+    while any(len((source_data(page, f"cpu_percent-{n}") or {"t": []})["t"]) < 2 for n in ("n1", "n2", "n3")):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    shot(page, "nodes")
+    page.locator(".bk-tab", has_text="Overview").click()
+    shot(page, "overview-charts")
     page.close()
 
 
@@ -134,14 +237,29 @@ def test_upload_a_pdf_and_see_the_document_appear(cluster: NodeCluster, browser:
     page.locator("input[type=file]").set_input_files(str(path))
     page.get_by_role("button", name="Upload").click()
     expect(page.get_by_text("harbour.pdf: queued as")).to_be_visible(timeout=15_000)
-    expect(page.locator(".tabulator-row", has_text="harbour.pdf").filter(has_text="ready")).to_be_visible(
-        timeout=60_000)
+    row = page.locator(".documents-table .tabulator-row", has_text="harbour")
+    expect(row.filter(has_text="ready")).to_be_visible(timeout=60_000)
+    expect(page.locator(".upload-line", has_text="harbour.pdf")).to_contain_text("ready: 1 chunks by n")
+    # replace it: select the row, choose a new file, the document's version 2 is ingested
+    (tmp_path / "harbour-v2.txt").write_text("The harbour master now rings the silver bell at dusk.")
+    row.locator(".tabulator-cell[tabulator-field=title]").click()
+    page.locator("input[type=file]").set_input_files(str(tmp_path / "harbour-v2.txt"))
+    page.get_by_role("button", name="Replace selected with file").click()
+    expect(page.get_by_text("harbour-v2.txt: version 2 of")).to_be_visible(timeout=15_000)
+    expect(row.filter(has_text="ready").locator(".tabulator-cell[tabulator-field=version]")).to_have_text(
+        "2", timeout=60_000)
+    page.get_by_placeholder("a query").fill("silver bell")
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator(".passage").first).to_contain_text("silver bell", timeout=15_000)
     shot(page, "knowledge-base")
     page.close()
 
 
 def test_a_killed_node_is_marked_dead_on_another_nodes_dashboard(cluster: NodeCluster, browser: Browser) -> None:
     page = logged_in(browser, cluster.dashboard_urls["n1"])
+    on_victim = logged_in(browser, cluster.dashboard_urls["n3"])
+    banner = on_victim.get_by_text("stopped answering")
+    expect(banner).to_be_hidden()
     card = page.locator('.node-card[data-node="n3"] .gossip')
     expect(card).to_have_text("alive", timeout=15_000)
     cluster.kill("n3")
@@ -149,4 +267,10 @@ def test_a_killed_node_is_marked_dead_on_another_nodes_dashboard(cluster: NodeCl
     expect(card).to_have_text("dead", timeout=15_000)
     assert time.monotonic() - started < 10
     shot(page, "node-dead")
+    # the page served by the dead node says so and links to the others
+    expect(banner).to_be_visible(timeout=10_000)
+    for node in ("n1", "n2"):
+        expect(on_victim.get_by_role("link", name=node)).to_have_attribute("href", cluster.dashboard_urls[node])
+    shot(on_victim, "serving-node-died")
+    on_victim.close()
     page.close()

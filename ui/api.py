@@ -7,6 +7,7 @@ roles and rules (a user sees only their own tasks).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -51,7 +52,23 @@ class SessionApi:
         answer = await self.call("POST", "/api/v1/auth/token", {"username": user, "password": password})
         self.token, self.user = answer["access_token"], user
 
-    async def upload(self, filename: str, content: bytes) -> Any:
+    async def upload(self, filename: str, content: bytes, doc_id: str | None = None) -> Any:
+        """Upload one file; with `doc_id`, as the next version of that document."""
         form = aiohttp.FormData()
+        if doc_id is not None:
+            form.add_field("id", doc_id)
         form.add_field("file", content, filename=filename)
         return await self.call("POST", "/api/v1/kb/documents", data=form)
+
+    async def events(self) -> AsyncIterator[str]:
+        """Yield the type of each event on the node's stream (GET /api/v1/events)
+        until the stream ends; the dashboard only needs to know that something changed."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "text/event-stream"}
+        async with self._http().get(self.base_url + "/api/v1/events", headers=headers,
+                                    timeout=timeout) as response:
+            if response.status != 200:
+                raise ApiError(response.status, f"the event stream was refused (HTTP {response.status})")
+            async for line in response.content:
+                if line.startswith(b"event:"):
+                    yield line[6:].strip().decode()

@@ -22,6 +22,9 @@ async def start_dashboard(node_id: str, host: str, port: int, api_url: str,
     from tornado.ioloop import IOLoop
 
     pn.config.inline = True
+    # Every open page checks /liveness every 2 s (ui/watchdog.py): keep tornado's
+    # per-request lines out of the node's log.
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
 
     from ui.app import page
 
@@ -30,7 +33,7 @@ async def start_dashboard(node_id: str, host: str, port: int, api_url: str,
         return page(local_api, node_id, peers)
 
     server = pn.serve({"/": session}, port=port, address=host,
-                      websocket_origin="*", show=False, start=False, title=f"ragraft · {node_id}",
+                      websocket_origin="*", show=False, liveness=True, start=False, title=f"ragraft · {node_id}",
                       loop=IOLoop.current(), check_unused_sessions=5000, unused_session_lifetime=15000)
     server.start()
     log.info("dashboard on http://%s:%d", host, port)
