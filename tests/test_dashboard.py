@@ -16,7 +16,7 @@ import pytest
 from fpdf import FPDF
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.nodecluster import ADMIN_PASSWORD, NodeCluster
+from tests.nodecluster import ADMIN_PASSWORD, NodeCluster, users_toml
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,8 @@ SHOTS = Path(__file__).parent.parent / "artifacts" / "dashboard"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
-    cluster = NodeCluster(tmp_path_factory.mktemp("dashboard"), models=True, dashboard=True)
+    cluster = NodeCluster(tmp_path_factory.mktemp("dashboard"), models=True, dashboard=True,
+                          extra_toml=users_toml(alice="alice-password"))
     cluster.start_all()
     try:
         cluster.wait_ready(timeout=90)
@@ -60,10 +61,11 @@ def wait_state(cluster: NodeCluster, task_id: str, state: str, timeout: float = 
         time.sleep(0.3)
 
 
-def logged_in(browser: Browser, url: str) -> Page:
+def logged_in(browser: Browser, url: str, user: str = "admin", password: str = ADMIN_PASSWORD) -> Page:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
-    page.fill("input[type=password]", ADMIN_PASSWORD)
+    page.get_by_placeholder("username").fill(user)
+    page.fill("input[type=password]", password)
     page.get_by_role("button", name="Log in").click()
     expect(page.locator(".bk-tab", has_text="Overview")).to_be_visible(timeout=30_000)
     return page
@@ -112,9 +114,23 @@ def test_submit_a_question_and_watch_it_reach_its_answer(cluster: NodeCluster, b
     page.locator(".bk-tab", has_text="Submit").click()
     page.locator("textarea").fill("What does the lighthouse keeper polish?")
     page.get_by_role("button", name="Submit").click()
-    # the detail follows the task live: queued/running, then the answer with its citations
-    expect(page.locator(".answer").first).to_be_visible(timeout=90_000)
-    expect(page.get_by_text("completed").first).to_be_visible()
+    # the detail follows the task live, without a reload: its state as the page shows it
+    # goes queued → running → completed, and then the answer with its citations
+    heading = page.locator(".submit-result h4")
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    while not seen or seen[-1] != "completed":
+        assert time.monotonic() < deadline, seen
+        if heading.count():
+            state = heading.first.inner_text().rsplit("·", 1)[-1].strip()
+            if not seen or seen[-1] != state:
+                seen.append(state)
+        time.sleep(0.1)
+    assert "running" in seen and seen == [s for s in ("queued", "running", "completed") if s in seen], seen
+    expect(page.locator(".answer").first).to_be_visible()
+    timeline = page.locator(".submit-result li")
+    for state in ("queued", "running", "completed"):
+        expect(timeline.filter(has_text=state).first).to_be_visible()
     citation = page.locator("details.citation").last
     expect(citation).to_be_visible()
     citation.locator("summary").click()
@@ -200,6 +216,29 @@ def test_overview_charts_and_cards_follow_the_cluster(cluster: NodeCluster, brow
     shot(page, "nodes")
     page.locator(".bk-tab", has_text="Overview").click()
     shot(page, "overview-charts")
+    page.close()
+
+
+def test_a_user_sees_only_their_tasks_and_cannot_change_the_knowledge_base(cluster: NodeCluster,
+                                                                          browser: Browser) -> None:
+    page = logged_in(browser, cluster.dashboard_urls["n2"], "alice", "alice-password")
+    page.locator(".bk-tab", has_text="Tasks").click()
+    expect(page.locator(".page-info")).to_contain_text("page 1 · 0 tasks", timeout=10_000)  # admin's are hidden
+    page.locator(".bk-tab", has_text="Submit").click()
+    page.locator(".s-type select").select_option("retrieve")
+    page.locator("textarea").fill("lighthouse lens")
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator(".submit-result .passage").first).to_contain_text("great lens", timeout=60_000)
+    page.locator(".bk-tab", has_text="Tasks").click()
+    expect(page.locator(".page-info")).to_contain_text("page 1 · 1 tasks", timeout=10_000)
+    expect(page.locator(".tasks-table .tabulator-row")).to_contain_text("alice")
+    page.locator(".bk-tab", has_text="Knowledge").click()
+    page.locator(".documents-table .tabulator-row", has_text="Lighthouses").locator(
+        ".tabulator-cell[tabulator-field=title]").click()
+    page.get_by_role("button", name="Delete selected document").click()
+    expect(page.get_by_text("delete refused: only an admin")).to_be_visible(timeout=10_000)
+    assert cluster.request("n1", "GET", "/api/v1/kb/documents")[1]["total"] >= 1
+    shot(page, "user-view")
     page.close()
 
 

@@ -16,7 +16,8 @@ class SubmitView:
     def __init__(self, api: SessionApi) -> None:
         self.api = api
         self.followed: str | None = None
-        self.s_type = pn.widgets.Select(name="type", options=["qa", "generate", "retrieve"], width=120)
+        self.s_type = pn.widgets.Select(name="type", options=["qa", "generate", "retrieve"], width=120,
+                                        css_classes=["s-type"])
         self.s_query = pn.widgets.TextAreaInput(name="question or prompt", height=80, sizing_mode="stretch_width")
         self.s_priority = pn.widgets.IntInput(name="priority (0-9)", value=5, start=0, end=9, width=110)
         self.s_topk = pn.widgets.IntInput(name="top-k", value=5, start=1, end=50, width=90)
@@ -25,7 +26,7 @@ class SubmitView:
         self.s_temp = pn.widgets.FloatInput(name="temperature", value=0.0, start=0, end=2, step=0.1, width=110)
         submit = pn.widgets.Button(name="Submit", button_type="primary", width=120)
         submit.on_click(self._submit)
-        self.result = pn.pane.HTML("", sizing_mode="stretch_width", name="submit-result")
+        self.result = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["submit-result"])
         self.panel = pn.Column(self.s_query, pn.Row(self.s_type, self.s_priority, self.s_topk, self.s_mode,
                                                     self.s_tokens, self.s_temp), submit, self.result,
                                name="Submit", sizing_mode="stretch_width")
