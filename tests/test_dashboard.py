@@ -243,16 +243,15 @@ def test_a_user_sees_only_their_tasks_and_cannot_change_the_knowledge_base(clust
 
 
 def test_cancel_a_queued_task_from_the_table(cluster: NodeCluster, browser: Browser) -> None:
-    for _ in range(6):  # two slots on each of three nodes: all busy
-        cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 30_000},
-                                                        "priority": 9})
+    blockers = [submit(cluster, "n1", {"type": "noop", "input": {"duration_ms": 30_000}, "priority": 9})
+                for _ in range(6)]  # two slots on each of three nodes: all busy
     _, waiting = cluster.request("n2", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 1},
                                                                   "priority": 0})
     page = logged_in(browser, cluster.dashboard_urls["n3"])
     page.locator(".bk-tab", has_text="Tasks").click()
     page.get_by_placeholder("id, text, owner, error").fill(waiting["id"])
     page.get_by_placeholder("id, text, owner, error").press("Enter")
-    row = page.locator(".tabulator-row", has_text=waiting["id"])
+    row = page.locator(".tasks-table .tabulator-row", has_text=waiting["id"])
     expect(row).to_have_count(1, timeout=15_000)
     row.locator("input[type='checkbox']").click()  # its selection checkbox
     page.get_by_role("button", name="Cancel selected").click()
@@ -261,24 +260,43 @@ def test_cancel_a_queued_task_from_the_table(cluster: NodeCluster, browser: Brow
     time.sleep(1)
     task = cluster.request("n1", "GET", f"/api/v1/tasks/{waiting['id']}")[1]
     assert task["state"] == "cancelled" and task["started_at"] is None  # it never ran
+    # a running task cannot be cancelled: the refusal says why; abort stops it
+    running = wait_state(cluster, blockers[0]["id"], "running")
+    search = page.get_by_placeholder("id, text, owner, error")
+    search.fill(running["id"])
+    search.press("Enter")
+    row = page.locator(".tasks-table .tabulator-row", has_text=running["id"])
+    expect(row).to_have_count(1, timeout=15_000)
+    row.locator("input[type='checkbox']").click()
+    page.get_by_role("button", name="Cancel selected").click()
+    expect(page.get_by_text(f"{running['id']}: cancel refused")).to_contain_text("running", timeout=15_000)
+    page.get_by_role("button", name="Abort selected").click()
+    wait_state(cluster, running["id"], "cancelled", timeout=15)
+    expect(row).to_contain_text("cancelled", timeout=10_000)
+    shot(page, "refused-then-aborted")
     page.close()
 
 
-def test_upload_a_pdf_and_see_the_document_appear(cluster: NodeCluster, browser: Browser, tmp_path: Path) -> None:
+def test_upload_files_watch_them_ingested_then_replace_search_and_delete(cluster: NodeCluster, browser: Browser,
+                                                                         tmp_path: Path) -> None:
     pdf = FPDF()
     pdf.set_font("Helvetica", size=12)
     pdf.add_page()
     pdf.multi_cell(0, 8, "The harbour master rings the brass bell at noon.")
     path = tmp_path / "harbour.pdf"
     path.write_bytes(bytes(pdf.output()))
+    (tmp_path / "tides.md").write_text("# Tides\n\nThe spring tide floods the causeway twice a month.")
+    (tmp_path / "ferry.html").write_text("<html><body><p>The ferry leaves the pier at seven.</p></body></html>")
     page = logged_in(browser, cluster.dashboard_urls["n1"])
     page.locator(".bk-tab", has_text="Knowledge").click()
-    page.locator("input[type=file]").set_input_files(str(path))
+    page.locator("input[type=file]").set_input_files([str(path), str(tmp_path / "tides.md"),
+                                                      str(tmp_path / "ferry.html")])
     page.get_by_role("button", name="Upload").click()
-    expect(page.get_by_text("harbour.pdf: queued as")).to_be_visible(timeout=15_000)
+    for name in ("harbour.pdf", "tides.md", "ferry.html"):  # one line each, followed to its end
+        expect(page.get_by_text(f"{name}: queued as")).to_be_visible(timeout=15_000)
+        expect(page.locator(".upload-line", has_text=name)).to_contain_text("ready: 1 chunks by n", timeout=60_000)
+        expect(page.locator(".documents-table .tabulator-row", has_text=name).filter(has_text="ready")).to_be_visible()
     row = page.locator(".documents-table .tabulator-row", has_text="harbour")
-    expect(row.filter(has_text="ready")).to_be_visible(timeout=60_000)
-    expect(page.locator(".upload-line", has_text="harbour.pdf")).to_contain_text("ready: 1 chunks by n")
     # replace it: select the row, choose a new file, the document's version 2 is ingested
     (tmp_path / "harbour-v2.txt").write_text("The harbour master now rings the silver bell at dusk.")
     row.locator(".tabulator-cell[tabulator-field=title]").click()
@@ -291,6 +309,12 @@ def test_upload_a_pdf_and_see_the_document_appear(cluster: NodeCluster, browser:
     page.get_by_role("button", name="Search").click()
     expect(page.locator(".passage").first).to_contain_text("silver bell", timeout=15_000)
     shot(page, "knowledge-base")
+    ferry = page.locator(".documents-table .tabulator-row", has_text="ferry.html")
+    ferry.locator(".tabulator-cell[tabulator-field=title]").click()
+    page.get_by_role("button", name="Delete selected document").click()
+    expect(ferry).to_have_count(0, timeout=15_000)
+    titles = [d["title"] for d in cluster.request("n2", "GET", "/api/v1/kb/documents")[1]["items"]]
+    assert "ferry.html" not in titles and "tides.md" in titles
     page.close()
 
 

@@ -143,7 +143,8 @@ class TasksView:
         for task_id in self.selected_ids():
             try:
                 task = await self.api.call(method, f"/api/v1/tasks/{quote(task_id)}{suffix}")
-                messages.append(f"{task_id}: {task['state']}")
+                stopping = task["state"] == "running" and task.get("abort_requested")
+                messages.append(f"{task_id}: {'abort requested; its node stops it' if stopping else task['state']}")
             except ApiError as exc:  # e.g. 409: the task started meanwhile
                 messages.append(f"{task_id}: {verb} refused: {exc}")
         self.notice.object = html.escape("; ".join(messages)) or "select tasks first (checkboxes)"
