@@ -16,6 +16,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import time
@@ -41,6 +42,7 @@ API_KEY_PREFIX = "rgk_"
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 
 ErrorFn = Callable[..., web.Response]
+WriteFn = Callable[..., Awaitable[web.Response]]  # (command, ok_status=200) -> response
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -163,9 +165,9 @@ class Authenticator:
 
 
 class AuthAPI:
-    def __init__(self, auth: Authenticator, raft: RaftNode, error: ErrorFn) -> None:
+    def __init__(self, auth: Authenticator, write: WriteFn, error: ErrorFn) -> None:
         self.auth = auth
-        self.raft = raft
+        self.write = write  # TaskAPI.write: commit a command, refusals and no-quorum as HTTP errors
         self.error = error
 
     def routes(self, app: web.Application) -> None:
@@ -218,11 +220,11 @@ class AuthAPI:
         key, digest = new_api_key()
         cmd = {"op": "auth.put_key", "id": "key-" + new_task_id().lower(), "user": user, "sha256": digest,
                "label": body.get("label", ""), "at": now_ms()}
-        try:
-            applied = await self.raft.propose(msgpack.packb(cmd, use_bin_type=True))
-        except RaftError as exc:
-            return self.error(503, "no_quorum", f"the cluster cannot accept writes right now: {exc}")
-        return web.json_response({**applied.result, "key": key,
+        response = await self.write(cmd, 201)
+        if response.status != 201:
+            return response
+        assert isinstance(response.body, bytes)
+        return web.json_response({**json.loads(response.body), "key": key,
                                   "note": "shown once: only its SHA-256 is kept"}, status=201)
 
     async def list_keys(self, request: web.Request) -> web.Response:
@@ -233,14 +235,7 @@ class AuthAPI:
     async def delete_key(self, request: web.Request) -> web.Response:
         cmd = {"op": "auth.delete_key", "id": request.match_info["id"], "at": now_ms(),
                "user": None if request["role"] == "admin" else request["user"]}
-        try:
-            applied = await self.raft.propose(msgpack.packb(cmd, use_bin_type=True))
-        except RaftError as exc:
-            return self.error(503, "no_quorum", f"the cluster cannot accept writes right now: {exc}")
-        err = applied.result.get("error")
-        if isinstance(err, dict):
-            return self.error(404, err["code"], err["message"])
-        return web.json_response(applied.result)
+        return await self.write(cmd)
 
 
 async def initialise_accounts(raft: RaftNode, accounts: Accounts, settings: SecuritySettings,

@@ -86,7 +86,7 @@ def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor
     app = web.Application(client_max_size=max_upload + 1024 * 1024,
                           middlewares=[json_errors, api.middleware(), auth.middleware(error)])
     api.routes(app)
-    AuthAPI(auth, raft, error).routes(app)
+    AuthAPI(auth, api.write, error).routes(app)
     app.router.add_get("/api/v1/events", events.handle)
     app.router.add_get("/metrics", metrics.handle)
     OpenAIRoutes(raft, state.tasks).routes(app)
