@@ -133,6 +133,20 @@ class CurveKeys:
         return cls(public, secret, public)  # type: ignore[arg-type]
 
 
+async def bind_with_retry(socket: zmq.Socket, address: str) -> None:
+    """Bind, retrying EADDRINUSE for BIND_RETRY_S: a restarted node may find its
+    port still held for a moment by the process it replaces."""
+    deadline = time.monotonic() + BIND_RETRY_S
+    while True:
+        try:
+            socket.bind(address)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise OSError(exc.errno, f"cannot bind {address}: {exc}") from exc
+        await asyncio.sleep(0.05)
+
+
 class ClusterKeyOnly:
     """ZAP credentials provider: admit only the cluster's client key (also used by
     node/gossip, which shares the cluster key pair)."""
@@ -229,24 +243,13 @@ class ZmqTransport:
             router.setsockopt(zmq.ZAP_DOMAIN, _ZAP_DOMAIN.encode())
         self._router = router
         try:
-            await self._bind(router)
+            await bind_with_retry(router, self.bind_address)
         except BaseException:
             await self.close()
             raise
         self._reader = asyncio.create_task(
             self._read_loop(router), name=f"zmq-reader-{self.node_id}"
         )
-
-    async def _bind(self, router: zmq.Socket) -> None:
-        deadline = time.monotonic() + BIND_RETRY_S
-        while True:
-            try:
-                router.bind(self.bind_address)
-                return
-            except zmq.ZMQError as exc:
-                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
-                    raise OSError(exc.errno, f"cannot bind {self.bind_address}: {exc}") from exc
-            await asyncio.sleep(0.05)
 
     async def close(self) -> None:
         """Stop at once; everything still queued is discarded (LINGER=0).  Idempotent."""

@@ -36,7 +36,6 @@ same way, with a ZAP handler that admits only the cluster's client key.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import random
 import time
@@ -48,7 +47,7 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from consensus.zmq_transport import ClusterKeyOnly, CurveKeys, normalize_address
+from consensus.zmq_transport import ClusterKeyOnly, CurveKeys, bind_with_retry, normalize_address
 from node.gossip.codec import CodecError, decode, encode
 from node.gossip.core import Event, Member, Out, Swim, SwimConfig
 from node.gossip.messages import NodeId, Status
@@ -58,7 +57,6 @@ log = logging.getLogger(__name__)
 _ZAP_DOMAIN = "ragraft-gossip"
 RECONNECT_IVL_MS = 50
 RECONNECT_IVL_MAX_MS = 500
-BIND_RETRY_S = 1.0  # a restarted node may find its port still held for a moment
 LEAVE_GRACE_S = 0.1  # time for the goodbye pings to leave before LINGER=0 drops them
 
 MetaProvider = Callable[[], Mapping[str, Any]]
@@ -164,7 +162,7 @@ class Gossip:
                 router.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public)
                 router.setsockopt(zmq.ZAP_DOMAIN, _ZAP_DOMAIN.encode())
             self._router = router
-            await self._bind(router)
+            await bind_with_retry(router, self.bind_address)
         except BaseException:
             await self.stop(leave=False)
             raise
@@ -175,17 +173,6 @@ class Gossip:
             asyncio.create_task(self._read_loop(router), name=f"gossip-reader-{self.node_id}"),
             asyncio.create_task(self._tick_loop(), name=f"gossip-ticker-{self.node_id}"),
         ]
-
-    async def _bind(self, router: zmq.asyncio.Socket) -> None:
-        deadline = time.monotonic() + BIND_RETRY_S
-        while True:
-            try:
-                router.bind(self.bind_address)
-                return
-            except zmq.ZMQError as exc:
-                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
-                    raise OSError(exc.errno, f"cannot bind {self.bind_address}: {exc}") from exc
-            await asyncio.sleep(0.05)
 
     async def stop(self, *, leave: bool = True) -> None:
         """Stop; with `leave`, tell the members first, so that they list us as
