@@ -15,6 +15,7 @@ from urllib.parse import quote
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from tui.client import ApiClient, ApiError
@@ -100,9 +101,14 @@ class RagraftApp(App[None]):
             self.query_one(KnowledgeView).show(await self.api.request("GET", "/api/v1/kb/documents"))
         except ApiError as exc:
             self.say(f"[red]{exc}[/]")
+        except NoMatches:
+            pass  # the app is closing: its views are already gone
 
     async def reload_tasks(self) -> None:
-        view = self.query_one(TaskList)
+        try:
+            view = self.query_one(TaskList)
+        except NoMatches:  # the app is closing (a reload timer fired during shutdown)
+            return
         view.show(await self.api.request("GET", f"/api/v1/tasks?{view.query_string()}"))
 
     @work(exclusive=True, group="events")
