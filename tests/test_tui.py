@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Input, Select, Static
 
 from tests.nodecluster import ADMIN_PASSWORD, NodeCluster, add_text_document, running_cluster
 from tui.app import RagraftApp
-from tui.client import ApiClient
+from node.api_client import ApiClient
 from tui.views.detail import TaskDetail
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tui.app import RagraftApp
-from tui.client import ApiClient
+from node.api_client import ApiClient
 from tui.views.detail import TaskDetail
 from tui.views.login import LoginScreen
 

@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
-from tui.client import ApiClient, ApiError
+from node.api_client import ApiClient, ApiError
 from tui.views.detail import TaskDetail
 from tui.views.knowledge import KnowledgeView
 from tui.views.login import LoginScreen

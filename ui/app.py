@@ -21,7 +21,7 @@ from typing import Any
 
 import panel as pn
 
-from ui.api import ApiError, SessionApi
+from node.api_client import ApiClient, ApiError
 from ui.views.knowledge import KnowledgeView
 from ui.views.nodes import NodesView
 from ui.views.overview import OverviewView
@@ -37,7 +37,7 @@ SLOW_S = 2.0
 
 class Dashboard:
     def __init__(self, api_url: str, node_id: str, peers: dict[str, str]) -> None:
-        self.api = SessionApi(api_url)
+        self.api = ApiClient([api_url], timeout=15.0)  # its own node only: the page dies with it
         self.node_id = node_id
         self.peers = peers
         self.status = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["status"])
@@ -86,7 +86,7 @@ class Dashboard:
     async def _follow_events(self) -> None:
         while True:
             try:
-                async for kind in self.api.events():
+                async for kind, _ in self.api.events(types="task,kb,node,cluster"):
                     if kind != "hello":
                         self._stale = True
             except asyncio.CancelledError:
@@ -113,17 +113,17 @@ class Dashboard:
         self._stale = False
         self._last_fast = time.monotonic()
         try:
-            self.overview.show_stats(await self.api.call("GET", "/api/v1/stats"))
+            self.overview.show_stats(await self.api.request("GET", "/api/v1/stats"))
             await self.tasks.refresh()
             await self.submit.refresh()
             await self.knowledge.refresh()
             if slow:
                 self._last_slow = time.monotonic()
-                nodes = (await self.api.call("GET", "/api/v1/nodes"))["items"]
+                nodes = (await self.api.request("GET", "/api/v1/nodes"))["items"]
                 self.overview.show_nodes(nodes)
-                self.overview.show_history(await self.api.call("GET", "/api/v1/stats/history?minutes=10&points=60"))
-                self.nodes.show(await self.api.call("GET", "/api/v1/cluster"), nodes)
-                self.nodes.show_history(await self.api.call("GET", "/api/v1/nodes/history"))
+                self.overview.show_history(await self.api.request("GET", "/api/v1/stats/history?minutes=10&points=60"))
+                self.nodes.show(await self.api.request("GET", "/api/v1/cluster"), nodes)
+                self.nodes.show_history(await self.api.request("GET", "/api/v1/nodes/history"))
             self.status.object = ""
         except ApiError as exc:
             self.status.object = f"⚠ {html.escape(str(exc))}"

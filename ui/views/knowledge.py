@@ -10,7 +10,7 @@ from urllib.parse import quote, urlencode
 import pandas as pd
 import panel as pn
 
-from ui.api import ApiError, SessionApi
+from node.api_client import ApiClient, ApiError
 from ui.render import badge, passage_list, progress_bar
 from ui.tables import LiveTable
 
@@ -19,7 +19,7 @@ DOC_STATES = {"uploaded": "queued", "ingesting": "running", "ready": "completed"
 
 
 class KnowledgeView:
-    def __init__(self, api: SessionApi) -> None:
+    def __init__(self, api: ApiClient) -> None:
         self.api = api
         self.uploads: list[dict] = []  # this session's uploads: name, doc_id, task_id
         self.files = pn.widgets.FileInput(multiple=True, accept=".txt,.md,.markdown,.html,.htm,.pdf")
@@ -47,8 +47,8 @@ class KnowledgeView:
                                self.k_results, name="Knowledge", sizing_mode="stretch_width")
 
     async def refresh(self) -> None:
-        docs = (await self.api.call("GET", "/api/v1/kb/documents"))["items"]
-        ingesting = await self.api.call("GET", "/api/v1/tasks?" + urlencode(
+        docs = (await self.api.request("GET", "/api/v1/kb/documents"))["items"]
+        ingesting = await self.api.request("GET", "/api/v1/tasks?" + urlencode(
             {"type": "ingest", "state": "queued,running", "limit": 500, "full": 1}))
         progress = {t["input"].get("doc_id"): t for t in ingesting["items"]}
         rows = []
@@ -124,7 +124,7 @@ class KnowledgeView:
             self.notice.object = "select a document first"
             return
         try:
-            await self.api.call("DELETE", f"/api/v1/kb/documents/{quote(doc_id)}")
+            await self.api.request("DELETE", f"/api/v1/kb/documents/{quote(doc_id)}")
             self.notice.object = f"deleted {html.escape(doc_id)}"
         except ApiError as exc:
             self.notice.object = f"delete refused: {html.escape(str(exc))}"
@@ -132,7 +132,7 @@ class KnowledgeView:
 
     async def _search(self, _: Any) -> None:
         try:
-            answer = await self.api.call("GET", "/api/v1/kb/search?" + urlencode(
+            answer = await self.api.request("GET", "/api/v1/kb/search?" + urlencode(
                 {"q": self.k_query.value, "k": self.k_top.value, "mode": self.k_mode.value}))
         except ApiError as exc:
             self.k_results.object = html.escape(str(exc))

@@ -8,12 +8,12 @@ from typing import Any
 
 import panel as pn
 
-from ui.api import ApiError, SessionApi
+from node.api_client import ApiClient, ApiError
 from ui.render import task_detail
 
 
 class SubmitView:
-    def __init__(self, api: SessionApi) -> None:
+    def __init__(self, api: ApiClient) -> None:
         self.api = api
         self.followed: str | None = None
         self.s_type = pn.widgets.Select(name="type", options=["qa", "generate", "retrieve"], width=120,
@@ -35,7 +35,7 @@ class SubmitView:
         if self.followed is None:
             return
         try:
-            task = await self.api.call("GET", f"/api/v1/tasks/{self.followed}")
+            task = await self.api.request("GET", f"/api/v1/tasks/{self.followed}")
         except ApiError as exc:
             self.result.object = html.escape(str(exc))
             return
@@ -51,7 +51,7 @@ class SubmitView:
         body = {"type": kind, "priority": self.s_priority.value, "params": params,
                 "input": {("prompt" if kind == "generate" else "query"): self.s_query.value}}
         try:
-            task = await self.api.call("POST", "/api/v1/tasks", body)
+            task = await self.api.request("POST", "/api/v1/tasks", body)
         except ApiError as exc:
             self.result.object = f'<b style="color:#c53030">{html.escape(str(exc))}</b>'
             return

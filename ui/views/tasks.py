@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode
 import pandas as pd
 import panel as pn
 
-from ui.api import ApiError, SessionApi
+from node.api_client import ApiClient, ApiError
 from ui.charts import STATES
 from ui.render import badge, clock, progress_bar, task_detail
 from ui.tables import LiveTable
@@ -36,7 +36,7 @@ def _filter(kind: type, key: str, **options: Any) -> Any:
 
 
 class TasksView:
-    def __init__(self, api: SessionApi, nodes: list[str], on_change: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, api: ApiClient, nodes: list[str], on_change: Callable[[], Awaitable[None]]) -> None:
         self.api = api
         self.on_change = on_change  # after an action: refresh everything now
         self.cursors: list[str | None] = [None]
@@ -92,7 +92,7 @@ class TasksView:
         return urlencode(params)
 
     async def refresh(self) -> None:
-        page = await self.api.call("GET", f"/api/v1/tasks?{self.query()}")
+        page = await self.api.request("GET", f"/api/v1/tasks?{self.query()}")
         rows = [{"id": t["id"], "type": t["type"], "state": badge(t["state"]), "priority": t["priority"],
                  "node": t.get("node") or "", "owner": t["owner"], "submitted": clock(t["submitted_at"]),
                  "waited ms": t.get("waited_ms"), "ran ms": t.get("ran_ms"),
@@ -107,7 +107,7 @@ class TasksView:
 
     async def show_detail(self, task_id: str) -> str:
         try:
-            task = await self.api.call("GET", f"/api/v1/tasks/{quote(task_id)}")
+            task = await self.api.request("GET", f"/api/v1/tasks/{quote(task_id)}")
         except ApiError as exc:
             self.detail.object = html.escape(str(exc))
             return self.detail.object
@@ -142,7 +142,7 @@ class TasksView:
         messages = []
         for task_id in self.selected_ids():
             try:
-                task = await self.api.call(method, f"/api/v1/tasks/{quote(task_id)}{suffix}")
+                task = await self.api.request(method, f"/api/v1/tasks/{quote(task_id)}{suffix}")
                 stopping = task["state"] == "running" and task.get("abort_requested")
                 messages.append(f"{task_id}: {'abort requested; its node stops it' if stopping else task['state']}")
             except ApiError as exc:  # e.g. 409: the task started meanwhile

@@ -1,5 +1,5 @@
-"""An asyncio client of the ragraft REST API for the terminal UI, failing over
-between nodes.
+"""An asyncio client of the ragraft REST API, for the terminal UI (given every
+node, failing over between them) and the dashboard (given its own node).
 
 Every node serves the whole API and accepts writes, so when the node in use
 stops answering the client moves on to the next one and says so through
@@ -36,6 +36,7 @@ class ApiClient:
         self.urls = [u.rstrip("/") for u in urls]
         self.index = 0
         self.token = token
+        self.user: str | None = None  # who logged in through login()
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.on_switch: SwitchFn = lambda _message: None
         self._session: aiohttp.ClientSession | None = None
@@ -73,16 +74,19 @@ class ApiClient:
                         raise ApiError(response.status, error.get("code", "error"),
                                        error.get("message", f"HTTP {response.status}"))
                     return payload
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 self._fail_over(type(exc).__name__)
         raise Unreachable(self.urls)
 
     async def login(self, username: str, password: str) -> None:
         answer = await self.request("POST", "/api/v1/auth/token", {"username": username, "password": password})
-        self.token = answer["access_token"]
+        self.token, self.user = answer["access_token"], username
 
-    async def upload(self, filename: str, content: bytes) -> Any:
+    async def upload(self, filename: str, content: bytes, doc_id: str | None = None) -> Any:
+        """Upload one file; with `doc_id`, as the next version of that document."""
         form = aiohttp.FormData()
+        if doc_id is not None:
+            form.add_field("id", doc_id)
         form.add_field("file", content, filename=filename)
         return await self.request("POST", "/api/v1/kb/documents", data=form)
 
