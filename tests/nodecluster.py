@@ -162,6 +162,15 @@ class NodeCluster:
                                                  {"username": "admin", "password": password}, token="")
         return status == 200
 
+    def wait_applied(self, reader: str, writer: str, timeout: float = 10) -> None:
+        """Wait until `reader` has applied everything `writer` knew committed: a read
+        from a follower right after a write elsewhere may otherwise be a heartbeat behind."""
+        commit = self.request(writer, "GET", "/api/v1/cluster")[1]["commit_index"]
+        deadline = time.monotonic() + timeout
+        while self.request(reader, "GET", "/api/v1/cluster")[1]["applied_index"] < commit:
+            assert time.monotonic() < deadline, f"{reader} did not apply index {commit} within {timeout} s"
+            time.sleep(0.05)
+
     def wait_ready(self, nodes: list[str] | None = None, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

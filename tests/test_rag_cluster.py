@@ -334,8 +334,10 @@ def test_replace_disable_and_delete_a_document_at_run_time(cluster: NodeCluster,
 
     status, _ = cluster.request("n2", "PATCH", "/api/v1/kb/documents/zoo-notes", {"enabled": False})
     assert status == 200
+    cluster.wait_applied("n3", "n2")  # top_text reads on n3
     assert top_text("zoo+tapirs") == []
     cluster.request("n2", "PATCH", "/api/v1/kb/documents/zoo-notes", {"enabled": True})
+    cluster.wait_applied("n3", "n2")
     assert top_text("zoo+tapirs")
 
     status, _ = cluster.request("n3", "DELETE", "/api/v1/kb/documents/zoo-notes")
