@@ -1,11 +1,15 @@
 """Async client of consensus/kvserver.py: many requests in flight over one
-DEALER per server, failing over to another server (same request id, so a
-retried put applies once) when one does not answer."""
+DEALER per server, failing over to another server when one does not answer.
+Each client is a session of the servers' session table (consensus/session.py):
+a put keeps its sequence number on every retry and failover, so it applies at
+most once."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import time
 from typing import Any
 
 import msgpack
@@ -29,7 +33,10 @@ class KVClient:
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._readers: list[asyncio.Task] = []
-        self._client_tag = f"c{id(self):x}"
+        self._session = f"kv:{os.urandom(8).hex()}"
+        self._started_ms = int(time.time() * 1000)
+        self._seqs = itertools.count(1)
+        self._unanswered: set[int] = set()  # puts still waiting: ack_below is below all of them
         for address in self.addresses:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
@@ -52,7 +59,9 @@ class KVClient:
                 else:
                     fut.set_exception(KVError(payload))
 
-    async def call(self, server: int, op: str, args: dict[str, Any], timeout: float | None = None) -> Any:
+    async def call(
+        self, server: int, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any:
         """One request to one server; raises TimeoutError if it does not answer."""
         self._ensure_readers()
         request_id = next(self._ids)
@@ -64,23 +73,29 @@ class KVClient:
         finally:
             self._pending.pop(request_id, None)
 
-    async def put(self, key: str, value: bytes, server: int = 0, request_id: str | None = None,
-                  attempts: int = 3) -> dict:
+    async def put(self, key: str, value: bytes, server: int = 0, attempts: int = 3) -> dict:
         """Replicate key=value through `server`, failing over to the next one on
-        silence.  The same request id is reused so a put applies at most once."""
-        rid = request_id or f"{self._client_tag}-{key}-{next(self._ids)}"
+        silence.  The same request is reused so a put applies at most once."""
+        seq = next(self._seqs)
+        self._unanswered.add(seq)
         last: BaseException | None = None
-        for attempt in range(attempts):
-            target = (server + attempt) % len(self._socks)
-            try:
-                return await self.call(target, "put", {"key": key, "value": value, "request_id": rid})
-            except (TimeoutError, asyncio.TimeoutError) as exc:
-                last = exc
-            except KVError as exc:
-                if exc.code not in ("ProposalTimeout", "NodeStopped"):
-                    raise
-                last = exc
-        raise TimeoutError(f"put {key!r} failed on {attempts} servers: {last}")
+        try:
+            for attempt in range(attempts):
+                target = (server + attempt) % len(self._socks)
+                request = [self._session, self._started_ms, seq, min(self._unanswered)]
+                try:
+                    return await self.call(
+                        target, "put", {"key": key, "value": value, "request": request}
+                    )
+                except TimeoutError as exc:
+                    last = exc
+                except KVError as exc:
+                    if exc.code not in ("ProposalTimeout", "NodeStopped", "NoQuorum"):
+                        raise
+                    last = exc
+            raise TimeoutError(f"put {key!r} failed on {attempts} servers: {last}")
+        finally:
+            self._unanswered.discard(seq)
 
     async def get(self, key: str, server: int = 0) -> Any:
         return (await self.call(server, "get", {"key": key}))["value"]

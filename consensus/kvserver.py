@@ -29,6 +29,7 @@ from consensus.errors import NotLeader, RaftError
 from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
 from consensus.memstore import MemoryLogStore, MemorySnapshotStore, MemoryStableStore
 from consensus.node import NodeOptions, RaftNode
+from consensus.session import Request
 from consensus.tuning import tune_gc
 from consensus.zmq_transport import ZmqTransport
 
@@ -114,7 +115,8 @@ class KVServer:
         node = self.node
         if op == "put":
             command = msgpack.packb(["put", args["key"], args["value"]], use_bin_type=True)
-            applied = await node.propose(command, request_id=args.get("request_id"), timeout=args.get("timeout"))
+            request = Request(*args["request"]) if args.get("request") else None
+            applied = await node.propose(command, timeout=args.get("timeout"), request=request)
             return {"index": applied.index, "result": applied.result}
         if op == "get":
             if args.get("linearizable", True):

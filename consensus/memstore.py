@@ -3,7 +3,10 @@
 Each store keeps two views: what has been *written* (what the next read sees)
 and what has been *synced* (what would survive a power cut).  `crash()` throws
 the first away and restarts from the second, so the simulation can check that
-the core never acknowledges anything it could lose.  Operations the protocols
+the core never acknowledges anything it could lose.  `crash(rng)` models a disk
+that is less kind and less predictable: a random prefix of the writes made
+since the last sync survives, the last of them possibly cut short (a torn
+tail, which a checksummed store truncates on recovery).  Operations the protocols
 call durable on return (`LogStore.reset`, `StableStore.save(sync=True)`,
 `SnapshotStore.create` and `finish`) update both views at once.
 
@@ -13,6 +16,8 @@ disagree on what a legal append, range or compaction is.
 """
 
 from __future__ import annotations
+
+import random
 
 from consensus.types import Entry, HardState, SnapshotMeta
 
@@ -95,6 +100,7 @@ class MemoryLogStore:
     The synced view is a second list brought up to date by sync() in time
     proportional to what changed since the previous sync (the overwritten or
     appended tail, plus a compacted prefix), never to the length of the log.
+    The writes since the last sync are kept in order, for crash(rng).
     """
 
     def __init__(self) -> None:
@@ -103,6 +109,7 @@ class MemoryLogStore:
         # Lowest index written since the last sync: the synced list must be
         # cut there and refilled from the live one.  None when nothing was.
         self._dirty_from: int | None = None
+        self._unsynced: list[tuple[int, list[Entry]]] = []  # (start, entries); start 0: compact
 
     def bounds(self) -> tuple[int, int]:
         return self._live.bounds()
@@ -115,11 +122,13 @@ class MemoryLogStore:
             return
         start = self._live.check_append(entries)
         self._live.write(start, entries)
+        self._unsynced.append((start, list(entries)))
         if self._dirty_from is None or start < self._dirty_from:
             self._dirty_from = start
 
     def sync(self) -> None:
         live, synced = self._live, self._synced
+        self._unsynced.clear()
         # Compaction first: it only moves `first` up.  If it went past all of
         # the synced entries, the synced list restarts empty at live.first.
         if live.first > synced.first:
@@ -139,22 +148,44 @@ class MemoryLogStore:
     def compact(self, upto: int) -> None:
         self._live.check_compact(upto)
         self._live.compact(upto)
+        self._unsynced.append((0, [Entry(0, upto)]))
+
+    def durable_bounds(self) -> tuple[int, int]:
+        """bounds() of what a crash now would leave (at least)."""
+        return self._synced.bounds()
 
     def reset(self, snapshot_index: int) -> None:
         # Durable on return: both views restart empty.
         self._live.reset(snapshot_index)
         self._synced.reset(snapshot_index)
         self._dirty_from = None
+        self._unsynced.clear()
 
-    def crash(self) -> None:
-        """Lose everything not synced: unsynced appends, the truncations they
-        made (the old entries come back) and unsynced compactions."""
-        self._live = LogWindow(self._synced.first, list(self._synced.items))
+    def crash(self, rng: random.Random | None = None) -> None:
+        """Lose what was not synced: without `rng`, every unsynced append, the
+        truncations they made (the old entries come back) and unsynced
+        compactions; with it, all but a random prefix of those writes, the
+        last one surviving in part or whole."""
+        live = LogWindow(self._synced.first, list(self._synced.items))
+        if rng is not None and self._unsynced:
+            writes = self._unsynced[: rng.randint(0, len(self._unsynced))]
+            if writes and writes[-1][0] and rng.random() < 0.5:
+                start, entries = writes[-1]
+                writes[-1] = (start, entries[: rng.randint(1, len(entries))])  # torn
+            for start, entries in writes:
+                if start == 0:
+                    live.compact(entries[0].index)
+                else:
+                    live.write(start, entries)
+        self._live = live
+        self._synced = LogWindow(live.first, list(live.items))
         self._dirty_from = None
+        self._unsynced.clear()
 
 
 class MemoryStableStore:
-    """StableStore in memory; save(sync=False) is lost by crash()."""
+    """StableStore in memory; save(sync=False) is lost by crash(), or by
+    crash(rng) half of the time."""
 
     def __init__(self) -> None:
         self._live = HardState()
@@ -168,7 +199,13 @@ class MemoryStableStore:
         if sync:
             self._synced = state
 
-    def crash(self) -> None:
+    def durable(self) -> HardState:
+        """What a crash now would leave (at least)."""
+        return self._synced
+
+    def crash(self, rng: random.Random | None = None) -> None:
+        if rng is not None and rng.random() < 0.5:
+            self._synced = self._live  # the unsynced write reached the disk anyway
         self._live = self._synced
 
 
@@ -222,7 +259,7 @@ class MemorySnapshotStore:
         self._partial = None
         self._store(meta, bytes(partial[1]))
 
-    def crash(self) -> None:
+    def crash(self, rng: random.Random | None = None) -> None:
         self._partial = None
 
     def _store(self, meta: SnapshotMeta, data: bytes) -> None:

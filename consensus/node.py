@@ -7,10 +7,20 @@ acknowledgements, apply, advance.  On top it offers what the rest of ragraft
 uses:
 
 - `await propose(command)` from ANY node: resolves with (index, result) once
-  the entry is committed AND applied here (read-your-writes).  Retries under
-  the same request id are applied once (consensus/session.py).
+  the entry is committed AND applied here (read-your-writes).  Each proposal
+  is a request of a client session (the driver's own, or the caller's): copies
+  of it in the log are applied once (consensus/session.py).
 - `await read_barrier()`: ReadIndex; after it, local reads are linearizable.
 - introspection for the UI: `status()`.
+
+A node without a leader gives an election `leaderless_timeout` to produce one,
+then refuses writes and reads with NoQuorum, and fails the proposals it is
+holding, instead of making callers wait for the full proposal timeout: clients
+and load balancers move on to a node that can serve.
+
+Everything that is time or chance comes from the event loop's clock, the
+`clock` (wall time, carried in envelopes) and the `rng` given to the node, so
+tests/sim can run this driver on a virtual clock, reproducibly.
 """
 
 from __future__ import annotations
@@ -19,21 +29,34 @@ import asyncio
 import heapq
 import itertools
 import logging
-import os
 import random
-import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
 from consensus.cipher import Cipher
-from consensus.errors import NoLeader, NotLeader, RaftError, TransferInProgress
+from consensus.errors import (
+    ChangeLost,
+    NoLeader,
+    NoQuorum,
+    NotLeader,
+    RaftError,
+    StaleRequest,
+    TransferInProgress,
+)
 from consensus.fsm import StateMachine
 from consensus.raft import RaftConfig, RawNode, bootstrap
-from consensus.session import DEFAULT_WINDOW, SessionTable, pack_envelope
+from consensus.session import (
+    EXPIRED,
+    SESSION_TTL_MS,
+    Request,
+    SessionTable,
+    Stale,
+    pack_envelope,
+)
 from consensus.storage import LogStore, SnapshotStore, StableStore
 from consensus.transport import Transport
 from consensus.types import (
@@ -50,6 +73,10 @@ from consensus.types import (
 )
 
 log = logging.getLogger("ragraft.consensus")
+
+# A leader sending a snapshot defers its next one until the log is this many
+# times snapshot_entries long.
+SNAPSHOT_DEFER_FACTOR = 4
 
 
 class ProposalTimeout(RaftError):
@@ -72,7 +99,8 @@ class NodeOptions:
     # every node the cluster starts with (id -> transport address); a node not
     # listed here joins later through add_member() on the leader
     initial_members: Mapping[NodeId, str] = field(default_factory=dict)
-    # addresses known from configuration, used before the log says where peers are
+    # addresses known from configuration, used before the log says where peers
+    # are; may be a live mapping that grows (read again when a stranger writes)
     known_addresses: Mapping[NodeId, str] = field(default_factory=dict)
     tick_ms: int = 50
     election_ticks: int = 10
@@ -82,10 +110,21 @@ class NodeOptions:
     max_snapshot_chunk: int = 256 * 1024
     snapshot_entries: int = 10_000  # take a snapshot after this many applied entries
     proposal_timeout: float = 10.0
-    retry_interval: float = 1.5  # re-propose (same request id) if nothing happened by then
+    retry_interval: float = 1.5  # re-propose (same request) if nothing happened by then
+    # no leader for this long: refuse writes and fail held proposals (None: 1 election timeout)
+    leaderless_timeout: float | None = None
     durable: bool = True  # fsync in a worker thread (False for in-memory stores)
-    dedup_window: int = DEFAULT_WINDOW  # entries during which a retried request id is recognised
+    # an idle client session is forgotten after this long; the same on every node
+    session_ttl_ms: int = SESSION_TTL_MS
     cipher: Cipher | None = None  # seals proposals and snapshots (encryption at rest)
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+    @property
+    def leaderless_s(self) -> float:
+        if self.leaderless_timeout is not None:
+            return self.leaderless_timeout
+        return self.election_ticks * self.tick_ms / 1000
 
     def raft_config(self) -> RaftConfig:
         return RaftConfig(
@@ -95,6 +134,8 @@ class NodeOptions:
             max_msg_bytes=self.max_msg_bytes,
             max_inflight=self.max_inflight,
             max_snapshot_chunk=self.max_snapshot_chunk,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
         )
 
 
@@ -130,10 +171,15 @@ class RaftNode:
         stable_store: StableStore,
         snapshot_store: SnapshotStore,
         transport: Transport,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.options = options
         self.id = options.id
-        self.session = SessionTable(machine, options.dedup_window)
+        self.session = SessionTable(machine, options.session_ttl_ms)
+        self.rng = rng if rng is not None else random.Random()
+        self._clock = clock  # wall time in seconds: only for the times carried in envelopes
         self._cipher = options.cipher
         self._log = log_store
         self._stable = stable_store
@@ -143,15 +189,17 @@ class RaftNode:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
-        self._proposals: dict[str, asyncio.Future] = {}
-        # later callers of propose() with a request id that is already pending here
-        self._joiners: dict[str, list[asyncio.Future]] = {}
-        self._envelopes: dict[str, bytes] = {}  # what to re-propose when a new leader appears
+        # Pending proposals by request key (session, seq): the caller's future,
+        # later callers of the same request (a client retrying on this node), and
+        # the envelope to send again when a new leader appears.
+        self._proposals: dict[tuple[str, int], asyncio.Future] = {}
+        self._joiners: dict[tuple[str, int], list[asyncio.Future]] = {}
+        self._envelopes: dict[tuple[str, int], bytes] = {}
         # (term, leader) when each pending request was last handed to the core:
         # one already handed to the new leader is not proposed again
-        self._proposed_in: dict[str, tuple[int, NodeId | None]] = {}
+        self._proposed_in: dict[tuple[str, int], tuple[int, NodeId | None]] = {}
         # Proposal retry timers behind a single loop timer (see _try_proposal):
-        # (due, [seq,] request id, future, envelope, deadline, timeout), in a FIFO for the
+        # (due, [seq,] key, future, envelope, deadline, timeout), in a FIFO for the
         # common case, where due times only grow, and a heap for the rest.
         self._retry_fifo: deque[tuple] = deque()
         self._retry_heap: list[tuple] = []
@@ -160,45 +208,81 @@ class RaftNode:
         self._retry_timer_at = float("inf")
         self._reads: dict[bytes, asyncio.Future] = {}
         self._read_points: list[tuple[int, bytes]] = []
-        self._applied_waiters: list[tuple[int, asyncio.Future]] = []
+        # membership changes this leader appended: index -> (term, change, future)
+        self._conf_waits: dict[int, tuple[int, ConfChange, asyncio.Future]] = {}
         self._leader_known = asyncio.Event()
-        self._request_prefix = f"{self.id}:{secrets.token_hex(4)}:"
-        self._request_seq = itertools.count(1)
+        self._leaderless_since: float | None = None  # loop time the leader became unknown
+        self._heard: dict[NodeId, float] = {}  # peer -> loop time of its last message
+        self._probe: tuple[bytes, float] | None = None  # ReadIndex probe of a silent leader
+        self._contact_at = 0.0  # loop time the leader last showed it hears us
+        self._unreachable_since: float | None = None  # a probe went unanswered then
+        self._last_leader: NodeId | None = None
+        self._loop_time: Callable[[], float] = time.monotonic  # the loop's clock, once started
+        # The driver's own client session (see consensus/session.py); a new one
+        # at start and before the current one could expire.
+        self._own_session = ""
+        self._own_started_ms = 0
+        self._own_used_ms = -(1 << 62)
+        self._own_seq = itertools.count(1)
+        self._own_low: deque[int] = deque()  # own seqs in order, for ack_below
         self._peers: dict[NodeId, str] = {}
+        self._persisting: asyncio.Future | None = None  # the persist running in a worker thread
         self.fatal: BaseException | None = None
         self._saved_hs = HardState()
         self._hs_saved_at = 0.0
-        self.metrics = {"readies": 0, "fsyncs": 0, "entries_persisted": 0, "applied": 0, "snapshots_taken": 0}
+        self.metrics = {
+            "readies": 0,
+            "fsyncs": 0,
+            "entries_persisted": 0,
+            "applied": 0,
+            "snapshots_taken": 0,
+            "bad_entries": 0,
+            "log_repairs": 0,
+        }
 
     # ------------------------------------------------------------------ life
     async def start(self) -> None:
         restored = self._load()
-        self.raw = RawNode(self.options.raft_config(), restored, self._snaps, random.Random())
+        self.raw = RawNode(self.options.raft_config(), restored, self._snaps, self.rng)
         if restored.snapshot is not None:
             self._restore_snapshot(restored.snapshot)
         self._update_peers()
         await self._transport.start(self._on_message)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._ticker(), name=f"raft-tick-{self.id}"),
-                       loop.create_task(self._run(), name=f"raft-ready-{self.id}")]
+        self._loop_time = loop.time
+        self._leaderless_since = self._contact_at = loop.time()
+        self._tasks = [
+            loop.create_task(self._ticker(), name=f"raft-tick-{self.id}"),
+            loop.create_task(self._run(), name=f"raft-ready-{self.id}"),
+        ]
         self._wake.set()
 
     def _load(self) -> RestoredState:
-        first, last = self._log.bounds()
         hard_state = self._stable.load()
         self._saved_hs = hard_state
         snapshot = self._snaps.latest()
-        fresh = last == 0 and snapshot is None and hard_state.term == 0
-        if fresh and self.id in self.options.initial_members:
+        self._reconcile_log(snapshot)
+        first, last = self._log.bounds()
+        if snapshot is None and hard_state.term == 0 and self.id in self.options.initial_members:
+            # A new cluster, or a first start that lost power before its bootstrap
+            # was durable (the entry may be on disk, the hard state not): every
+            # initial member writes the same entry 1, so doing it again is safe.
             members = self.options.initial_members
             membership = Membership(frozenset(members), frozenset(), tuple(sorted(members.items())))
-            restored = bootstrap(membership)
-            self._log.append(restored.entries)
-            self._log.sync()
-            self._stable.save(restored.hard_state, sync=True)
-            self._saved_hs = restored.hard_state
+            boot = bootstrap(membership)
+            if last == 0:
+                self._log.append(boot.entries)
+                self._log.sync()
+                first, last = self._log.bounds()
+            elif self._log.entries(1, 2) != boot.entries:
+                raise RuntimeError(
+                    "the log in this data directory does not start with this cluster's bootstrap "
+                    f"entry (members {', '.join(sorted(members))}): it belongs to another cluster or "
+                    "another membership; point data_dir elsewhere or remove it"
+                )
+            self._stable.save(boot.hard_state, sync=True)
+            self._saved_hs = hard_state = boot.hard_state
             log.info("bootstrapped a new cluster with members %s", ", ".join(sorted(members)))
-            return restored
         entries = self._log.entries(first, last + 1) if last >= first else []
         log.info(
             "recovered term %d, %d log entries, snapshot at %s",
@@ -207,6 +291,40 @@ class RaftNode:
             snapshot.index if snapshot else "none",
         )
         return RestoredState(hard_state, snapshot, entries)
+
+    def _reconcile_log(self, snapshot: SnapshotMeta | None) -> None:
+        """Make the log store continue the latest snapshot.  Installing a snapshot
+        from the leader stores it, then resets the log (two durable writes); a
+        crash between them leaves a log that ends before the snapshot, or one
+        that disagrees with it at its index.  Either way the snapshot wins: the
+        log restarts empty after it (durably), before anything is appended."""
+        if snapshot is None:
+            return
+        first, last = self._log.bounds()
+        if first > snapshot.index + 1:
+            raise RuntimeError(
+                f"the log starts at index {first}, after the latest snapshot ({snapshot.index}): "
+                "entries in between are missing; restore this node's data directory or "
+                "remove it and re-add the node"
+            )
+        if first == snapshot.index + 1:
+            return  # compacted or reset exactly there: it continues the snapshot
+        if (
+            last >= snapshot.index
+            and self._log.entries(snapshot.index, snapshot.index + 1)[0].term == snapshot.term
+        ):
+            return  # it holds the snapshot's last entry: what follows extends it
+        why = "ends before it" if last < snapshot.index else "disagrees with it at that index"
+        log.warning(
+            "the log (%d..%d) %s; the snapshot at %d/%d from the leader wins: log reset",
+            first,
+            last,
+            why,
+            snapshot.index,
+            snapshot.term,
+        )
+        self._log.reset(snapshot.index)
+        self.metrics["log_repairs"] += 1
 
     async def stop(self) -> None:
         if self._stopped:
@@ -220,25 +338,42 @@ class RaftNode:
         for task in self._tasks:
             try:
                 await task
-            except (asyncio.CancelledError, Exception):
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - reported by _run
+                pass
+        # A persist may still be writing in its worker thread: the stores are
+        # closed only once it is done.
+        persisting = self._persisting
+        if persisting is not None and not persisting.done():
+            try:
+                await persisting
+            except Exception:  # noqa: BLE001, S110 - already reported by _run
                 pass
         await self._transport.close()
         for store in (self._log, self._stable, self._snaps):
             close = getattr(store, "close", None)  # optional, like hashicorp's WithClose
             if close is not None:
                 close()
-        for fut in self._pending_futures():
-            if not fut.done():
-                fut.set_exception(NodeStopped())
+        self._fail_pending(NodeStopped())
 
     def _pending_futures(self) -> list[asyncio.Future]:
         joined = [fut for futs in self._joiners.values() for fut in futs]
-        return [*self._proposals.values(), *joined, *self._reads.values()]
+        conf = [fut for _, _, fut in self._conf_waits.values()]
+        return [*self._proposals.values(), *joined, *self._reads.values(), *conf]
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        for fut in self._pending_futures():
+            if not fut.done():
+                fut.set_exception(exc)
 
     # ------------------------------------------------------------------ inputs
     def _on_message(self, msg) -> None:
         if self.raw is None or self._stopped:
             return
+        if msg.src not in self._peers:
+            # A peer we cannot answer yet (a leader elected after this node's
+            # configuration was written): its address may be known by now.
+            self._update_peers()
+        self._heard[msg.src] = self._loop_time()
         self.raw.step(msg)
         self._wake.set()
 
@@ -254,6 +389,94 @@ class RaftNode:
             assert self.raw is not None
             self.raw.tick()
             self._wake.set()
+            self._check_contact(loop)
+
+    # ------------------------------------------------------------------ contact with a quorum
+    # A node is cut off when it has no leader and hears from less than a
+    # majority of the voters (an election among peers it hears is given time),
+    # or when it has a leader that does not answer it: a ReadIndex probe, sent
+    # while requests wait on the leader, stays unanswered (a one-way cut: it
+    # hears the leader, its own messages are lost).  A node cut off refuses new
+    # requests and fails the ones it holds with NoQuorum.
+
+    def _hears_quorum(self, now: float, window: float) -> bool:
+        assert self.raw is not None
+        voters = self.raw.membership.voters
+        heard = self._heard
+        count = sum(1 for v in voters if v == self.id or now - heard.get(v, -1e18) < window)
+        return count >= len(voters) // 2 + 1
+
+    def _cut_off_for(self, now: float) -> float | None:
+        """How long this node has been cut off from the quorum, or None."""
+        limit = self.options.leaderless_s
+        since = self._leaderless_since
+        if since is not None and now - since >= limit and not self._hears_quorum(now, limit):
+            return now - since
+        if self._unreachable_since is not None:
+            return now - self._contact_at
+        return None
+
+    def _check_contact(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Every tick: probe a silent leader, and fail what is held when cut off."""
+        raw = self.raw
+        assert raw is not None
+        now = loop.time()
+        limit = self.options.leaderless_s
+        if raw.role == Role.LEADER or raw.leader is None:
+            self._probe = None
+            self._unreachable_since = None
+        else:
+            waiting = bool(self._proposed_in or self._reads)
+            probe = self._probe
+            if probe is not None and now - probe[1] >= limit:
+                if self._unreachable_since is None:
+                    self._unreachable_since = probe[1]
+                    log.warning(
+                        "the leader %s does not answer this node (no reply in %.1f s): refusing writes",
+                        raw.leader,
+                        now - probe[1],
+                    )
+                probe = self._probe = None
+            if (
+                probe is None
+                and (waiting or self._unreachable_since is not None)
+                and now - self._contact_at >= limit
+            ):
+                ctx = self.rng.randbytes(12)
+                self._probe = (ctx, now)
+                raw.read_index(ctx)
+                self._wake.set()
+        cut = (
+            self._cut_off_for(now)
+            if (self._proposals or self._joiners or self._reads or self._conf_waits)
+            else None
+        )
+        if cut is not None:
+            self._fail_held(cut)
+
+    def _contact(self, now: float) -> None:
+        """Proof that the leader hears us (our request applied, a probe answered)."""
+        self._contact_at = now
+        self._unreachable_since = None
+        self._probe = None
+
+    def _fail_held(self, cut_s: float) -> None:
+        """Cut off from the quorum: answer every held proposal, read and
+        membership change now (their outcome is unknown), so that callers
+        retry elsewhere instead of waiting for the proposal timeout."""
+        for key, fut in list(self._proposals.items()):
+            if not fut.done():
+                fut.set_exception(NoQuorum(cut_s, handed_on=key in self._proposed_in))
+        for key, futs in list(self._joiners.items()):
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(NoQuorum(cut_s, handed_on=key in self._proposed_in))
+        for fut in list(self._reads.values()):
+            if not fut.done():
+                fut.set_exception(NoQuorum(cut_s, handed_on=False))
+        for _, _, fut in list(self._conf_waits.values()):
+            if not fut.done():
+                fut.set_exception(NoQuorum(cut_s, handed_on=True))
 
     # ------------------------------------------------------------------ Ready cycle
     async def _run(self) -> None:
@@ -265,14 +488,12 @@ class RaftNode:
                 assert raw is not None
                 while raw.has_ready():
                     await self._handle_ready(raw, raw.ready())
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # stop(), or a loop torn down
             raise
         except BaseException as exc:  # a broken invariant or a failing disk: stop loudly
             self.fatal = exc
             log.critical("raft node %s stopped: %s", self.id, exc, exc_info=True)
-            for fut in self._pending_futures():
-                if not fut.done():
-                    fut.set_exception(NodeStopped())
+            self._fail_pending(NodeStopped())
             raise
 
     async def _handle_ready(self, raw: RawNode, rd: Ready) -> None:
@@ -280,14 +501,20 @@ class RaftNode:
         for msg in rd.messages:
             self._transport.send(msg)
         if rd.snapshot_chunks or rd.snapshot or rd.entries or rd.hard_state:
+            loop = asyncio.get_running_loop()
             if rd.must_sync and self.options.durable:
-                await asyncio.get_running_loop().run_in_executor(None, self._persist, rd)
+                # shielded: a stop() that cancels this task waits for the write
+                # to finish (see stop) instead of closing the stores under it
+                persisting = loop.run_in_executor(None, self._persist, rd, loop.time())
+                self._persisting = persisting
+                await asyncio.shield(persisting)
             else:
-                self._persist(rd)
+                self._persist(rd, loop.time())
         for msg in rd.messages_after_persist:
             self._transport.send(msg)
         if rd.snapshot is not None:
             self._restore_snapshot(rd.snapshot)
+            self._settle_conf_waits_by(rd.snapshot)
             log.info("installed snapshot at index %d from the leader", rd.snapshot.index)
         committed = rd.committed
         conf_committed = False
@@ -298,6 +525,7 @@ class RaftNode:
             proposals, envelopes, joiners = self._proposals, self._envelopes, self._joiners
             proposed_in = self._proposed_in
             applied = 0
+            answered = False
             for entry in committed:
                 kind = entry.kind
                 if kind != normal:
@@ -308,26 +536,47 @@ class RaftNode:
                     continue
                 if cipher is not None:
                     data = cipher.open(data)
-                request_id, index, result = apply(entry.index, data)
+                try:
+                    key, index, result = apply(entry.index, data)
+                except ValueError as exc:
+                    self._bad_entry(entry.index, exc)
+                    continue
                 applied += 1
-                fut = proposals.pop(request_id, None)
-                if envelopes.pop(request_id, None) is not None:
-                    proposed_in.pop(request_id, None)
+                fut = proposals.pop(key, None)
+                if envelopes.pop(key, None) is not None:
+                    proposed_in.pop(key, None)
+                if type(result) is Stale:
+                    self._not_applied(key, fut, result)
+                    continue
                 if fut is not None and not fut.done():
                     fut.set_result(_applied(index, result))
+                    answered = True
                 if joiners:
-                    for joined in joiners.pop(request_id, ()):
+                    for joined in joiners.pop(key, ()):
                         if not joined.done():
                             joined.set_result(_applied(index, result))
             self.metrics["applied"] += applied
+            if answered:
+                self._contact(self._loop_time())  # our requests reach the leader
+            if self._conf_waits:
+                self._settle_conf_waits(committed)
         for read in rd.read_states:
-            self._read_points.append((read.index, read.ctx))
+            if self._probe is not None and read.ctx == self._probe[0]:
+                self._contact(self._loop_time())
+            else:
+                self._read_points.append((read.index, read.ctx))
         raw.advance(rd)
         if rd.soft_state is not None:
             if rd.soft_state.leader is not None:
+                if self._leaderless_since is not None or rd.soft_state.leader != self._last_leader:
+                    self._contact(self._loop_time())  # a new leader gets a fresh chance
+                self._last_leader = rd.soft_state.leader
+                self._leaderless_since = None
                 self._leader_known.set()
                 self._repropose()
             else:
+                if self._leaderless_since is None:
+                    self._leaderless_since = asyncio.get_running_loop().time()
                 self._leader_known.clear()
         if conf_committed or rd.snapshot is not None:
             self._update_peers()
@@ -335,10 +584,29 @@ class RaftNode:
         if committed:
             self._maybe_snapshot(raw)
 
-    def _persist(self, rd: Ready) -> None:
+    def _bad_entry(self, index: int, exc: Exception) -> None:
+        # Every replica skips the same entry the same way: nothing in the log can
+        # stop a node.
+        self.metrics["bad_entries"] += 1
+        log.error("log entry %d is not a request envelope (%s): skipped", index, exc)
+
+    def _not_applied(self, key: tuple[str, int], fut: asyncio.Future | None, stale: Stale) -> None:
+        if stale is EXPIRED and key[0] == self._own_session:
+            self._own_used_ms = -(1 << 62)  # our session was forgotten: start a new one
+        waiting = [fut] if fut is not None else []
+        waiting.extend(self._joiners.pop(key, ()))
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_exception(
+                    StaleRequest(f"request {key[0]}/{key[1]} was not applied: {stale.reason}")
+                )
+
+    def _persist(self, rd: Ready, now: float) -> None:
         for chunk in rd.snapshot_chunks:
             self._snaps.write_chunk(chunk.meta, chunk.offset, chunk.data)
         if rd.snapshot is not None:
+            # Two durable writes: a crash between them is repaired at the next
+            # start (_reconcile_log).
             self._snaps.finish(rd.snapshot)
             self._log.reset(rd.snapshot.index)
         if rd.entries:
@@ -359,7 +627,6 @@ class RaftNode:
             must = (hs.term, hs.vote) != (self._saved_hs.term, self._saved_hs.vote) or (
                 EntryKind.CONF in map(_entry_kind, rd.committed)
             )
-            now = time.monotonic()
             if must or now - self._hs_saved_at >= 0.1:
                 self._stable.save(hs, sync=must)
                 self._saved_hs = hs
@@ -368,20 +635,22 @@ class RaftNode:
     def _repropose(self) -> None:
         """A new leader: proposals sent to the old one may be lost, so send them
         again now instead of waiting for their retry timer (the session table
-        applies each request id once)."""
+        applies each request once)."""
         assert self.raw is not None
         current = (self.raw.term, self.raw.leader)
-        for rid, envelope in list(self._envelopes.items()):
-            fut = self._proposals.get(rid)
-            if (fut is None or fut.done()) and not any(not f.done() for f in self._joiners.get(rid, ())):
+        for key, envelope in list(self._envelopes.items()):
+            fut = self._proposals.get(key)
+            if (fut is None or fut.done()) and not any(
+                not f.done() for f in self._joiners.get(key, ())
+            ):
                 continue
-            if self._proposed_in.get(rid) == current:
+            if self._proposed_in.get(key) == current:
                 continue  # proposed after this leader was known: it already went there
             try:
                 self.raw.propose(envelope)
             except RaftError:
                 return
-            self._proposed_in[rid] = current
+            self._proposed_in[key] = current
         self._wake.set()
 
     def _restore_snapshot(self, meta: SnapshotMeta) -> None:
@@ -391,7 +660,13 @@ class RaftNode:
     def _maybe_snapshot(self, raw: RawNode) -> None:
         applied = raw.applied_index
         base = raw.snapshot_meta.index if raw.snapshot_meta else 0
-        if applied - base < self.options.snapshot_entries:
+        every = self.options.snapshot_entries
+        if applied - base < every:
+            return
+        if raw.snapshot_transfers() and applied - base < SNAPSHOT_DEFER_FACTOR * every:
+            # A follower is receiving the current snapshot: a newer one would
+            # soon replace it in the store and restart the transfer, so that a
+            # slow transfer might never finish.  Wait (a bounded while).
             return
         term = raw.term_at(applied)
         if term is None:
@@ -415,7 +690,9 @@ class RaftNode:
         if members:
             # keep known addresses of nodes not (yet) in the log's membership only
             # while we know nothing else, e.g. a joining node's seed list
-            peers = {n: a for n, a in peers.items() if n in members or n in self.options.known_addresses}
+            peers = {
+                n: a for n, a in peers.items() if n in members or n in self.options.known_addresses
+            }
         peers.pop(self.id, None)
         if peers != self._peers:
             self._peers = peers
@@ -436,57 +713,104 @@ class RaftNode:
             self._read_points = pending
 
     # ------------------------------------------------------------------ API
-    def new_request_id(self) -> str:
-        return self._request_prefix + str(next(self._request_seq))
+    async def _await_leader(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        """Refuse at once when cut off; without a leader, give an election
+        among peers this node hears the time it takes (up to `timeout`)."""
+        deadline = loop.time() + timeout
+        while True:
+            raw = self.raw
+            if raw is None:
+                raise NodeStopped()
+            cut = self._cut_off_for(loop.time())
+            if cut is not None:
+                raise NoQuorum(cut, handed_on=False)
+            if raw.leader is not None:
+                return
+            if loop.time() >= deadline:
+                raise ProposalTimeout(timeout, None)
+            await asyncio.sleep(self.options.tick_ms / 1000)
 
-    async def propose(self, command: bytes, request_id: str | None = None, timeout: float | None = None) -> Applied:
-        """Replicate `command`; resolves once it is applied on this node."""
+    def _own_envelope(
+        self, command: bytes, now_ms: int, fut: asyncio.Future
+    ) -> tuple[tuple[str, int], bytes]:
+        """The next request of the driver's own session, registered as pending."""
+        if now_ms - self._own_used_ms > self.options.session_ttl_ms // 2:
+            # Idle for half the ttl (or never used): the replicas may forget this
+            # session before its next request commits, so start a new one.
+            self._own_session = f"{self.id}:{self.rng.getrandbits(64):016x}"
+            self._own_started_ms = now_ms
+            self._own_seq = itertools.count(1)
+            self._own_low = deque()
+        self._own_used_ms = now_ms
+        sid = self._own_session
+        seq = next(self._own_seq)
+        key = (sid, seq)
+        proposals = self._proposals
+        proposals[key] = fut
+        low = self._own_low
+        low.append(seq)
+        while (sid, low[0]) not in proposals:
+            low.popleft()
+        return key, pack_envelope(Request(sid, self._own_started_ms, seq, low[0]), now_ms, command)
+
+    async def propose(
+        self, command: bytes, timeout: float | None = None, request: Request | None = None
+    ) -> Applied:
+        """Replicate `command`; resolves once it is applied on this node.  Without
+        `request` it is the next request of the driver's own session; a client
+        that retries across nodes passes its own (the same one on every retry)."""
         if self._stopped or self.fatal is not None or self.raw is None:
             raise NodeStopped()
-        rid = request_id or self._request_prefix + str(next(self._request_seq))
-        envelope = pack_envelope(rid, command)
-        if self._cipher is not None:
-            envelope = self._cipher.seal(envelope)
         loop = asyncio.get_running_loop()
-        # Each caller owns one future, resolved when the entry is applied here,
-        # and one retry timer (see _try_proposal) that re-proposes under the
-        # same request id and finally times the proposal out: the hot path is a
-        # single await, with no wait_for()/shield() and no closure per proposal.
-        fut = loop.create_future()
-        proposals = self._proposals
-        owner = proposals.get(rid)
-        if owner is None or owner.done():
-            proposals[rid] = fut
-        else:  # the same request id is already pending here (a client retry)
-            self._joiners.setdefault(rid, []).append(fut)
-        self._envelopes[rid] = envelope
         if timeout is None:
             timeout = self.options.proposal_timeout
-        self._try_proposal(loop, rid, fut, envelope, loop.time() + timeout, timeout)
+        if self.raw.leader is None or self._unreachable_since is not None:
+            await self._await_leader(loop, timeout)
+        now_ms = int(self._clock() * 1000)
+        # Each caller owns one future, resolved when the entry is applied here,
+        # and one retry timer (see _try_proposal) that re-proposes the same
+        # request and finally times the proposal out: the hot path is a single
+        # await, with no wait_for()/shield() and no closure per proposal.
+        fut = loop.create_future()
+        proposals = self._proposals
+        if request is None:
+            key, envelope = self._own_envelope(command, now_ms, fut)
+        else:
+            key = request.key
+            envelope = pack_envelope(request, now_ms, command)
+            owner = proposals.get(key)
+            if owner is None or owner.done():
+                proposals[key] = fut
+            else:  # the same request is already pending here (a client retry)
+                self._joiners.setdefault(key, []).append(fut)
+        if self._cipher is not None:
+            envelope = self._cipher.seal(envelope)
+        self._envelopes.setdefault(key, envelope)
+        self._try_proposal(loop, key, fut, self._envelopes[key], loop.time() + timeout, timeout)
         try:
             return await fut
         finally:
             # An answer that arrives after we gave up is dropped; the command may
-            # still apply (once): the caller retries with the same request id.
-            if proposals.get(rid) is fut:
-                del proposals[rid]
+            # still apply (once): the caller retries with the same request.
+            if proposals.get(key) is fut:
+                del proposals[key]
             elif self._joiners:
-                joined = self._joiners.get(rid)
+                joined = self._joiners.get(key)
                 if joined is not None and fut in joined:
                     joined.remove(fut)
                     if not joined:
-                        del self._joiners[rid]
+                        del self._joiners[key]
             if (
-                rid not in proposals
-                and rid not in self._joiners
-                and self._envelopes.pop(rid, None) is not None
+                key not in proposals
+                and key not in self._joiners
+                and self._envelopes.pop(key, None) is not None
             ):
-                self._proposed_in.pop(rid, None)
+                self._proposed_in.pop(key, None)
 
     def _try_proposal(
         self,
         loop: asyncio.AbstractEventLoop,
-        rid: str,
+        key: tuple[str, int],
         fut: asyncio.Future,
         envelope: bytes,
         deadline: float,
@@ -501,10 +825,14 @@ class RaftNode:
             return
         try:
             raw.propose(envelope)
-            self._proposed_in[rid] = (raw.term, raw.leader)
+            self._proposed_in[key] = (raw.term, raw.leader)
             self._wake.set()
             wait = self.options.retry_interval
         except (NoLeader, NotLeader, TransferInProgress):
+            cut = self._cut_off_for(loop.time())
+            if cut is not None:
+                fut.set_exception(NoQuorum(cut, handed_on=key in self._proposed_in))
+                return
             wait = self.options.tick_ms / 1000 * 2
         except Exception as exc:  # noqa: BLE001 - not lost: the caller gets it
             fut.set_exception(exc)
@@ -514,7 +842,7 @@ class RaftNode:
         if remaining <= 0:
             fut.set_exception(ProposalTimeout(timeout, raw.leader))
             return
-        # Lost on the way, or no leader yet: the same request id again then.
+        # Lost on the way, or no leader yet: the same request again then.
         # Retry timers do not use loop.call_at(): asyncio keeps TimerHandles in
         # a heap ordered by Python-level comparisons, a cost every proposal
         # would pay although almost none is ever retried.  Nearly every
@@ -525,9 +853,12 @@ class RaftNode:
         due = now + min(wait, remaining)
         fifo = self._retry_fifo
         if not fifo or due >= fifo[-1][0]:
-            fifo.append((due, rid, fut, envelope, deadline, timeout))
+            fifo.append((due, key, fut, envelope, deadline, timeout))
         else:
-            heapq.heappush(self._retry_heap, (due, next(self._retry_seq), rid, fut, envelope, deadline, timeout))
+            heapq.heappush(
+                self._retry_heap,
+                (due, next(self._retry_seq), key, fut, envelope, deadline, timeout),
+            )
         if due < self._retry_timer_at and not self._stopped:
             if self._retry_timer is not None:
                 self._retry_timer.cancel()
@@ -542,13 +873,13 @@ class RaftNode:
         # An attempt may schedule its next try; that one is due after `now`.
         while True:
             if fifo and fifo[0][0] <= now:
-                _, rid, fut, envelope, deadline, timeout = fifo.popleft()
+                _, key, fut, envelope, deadline, timeout = fifo.popleft()
             elif heap and heap[0][0] <= now:
-                _, _, rid, fut, envelope, deadline, timeout = heapq.heappop(heap)
+                _, _, key, fut, envelope, deadline, timeout = heapq.heappop(heap)
             else:
                 break
             try:
-                self._try_proposal(loop, rid, fut, envelope, deadline, timeout)
+                self._try_proposal(loop, key, fut, envelope, deadline, timeout)
             except Exception:  # never lose the other timers to one bad attempt
                 log.exception("proposal retry failed")
         due = min(fifo[0][0] if fifo else float("inf"), heap[0][0] if heap else float("inf"))
@@ -565,8 +896,9 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         timeout = self.options.proposal_timeout if timeout is None else timeout
         deadline = loop.time() + timeout
+        await self._await_leader(loop, timeout)
         while True:
-            ctx = os.urandom(12)
+            ctx = self.rng.randbytes(12)
             fut = loop.create_future()
             self._reads[ctx] = fut
             assert self.raw is not None
@@ -574,11 +906,15 @@ class RaftNode:
             self._wake.set()
             remaining = deadline - loop.time()
             try:
-                return await asyncio.wait_for(fut, min(self.options.retry_interval, max(remaining, 0.001)))
-            except asyncio.TimeoutError:
+                return await asyncio.wait_for(
+                    fut, min(self.options.retry_interval, max(remaining, 0.001))
+                )
+            except TimeoutError:
                 self._reads.pop(ctx, None)
                 if loop.time() >= deadline:
                     raise ProposalTimeout(timeout, self.raw.leader) from None
+            finally:
+                self._reads.pop(ctx, None)
 
     async def wait_for_leader(self, timeout: float = 10.0) -> NodeId:
         await asyncio.wait_for(self._leader_known.wait(), timeout)
@@ -620,16 +956,48 @@ class RaftNode:
             await asyncio.sleep(self.options.tick_ms / 1000)
 
     async def _conf_change(self, change: ConfChange, timeout: float) -> None:
+        """Propose a membership change and return once THIS entry is applied
+        here; ChangeLost if another leader's entry took its index."""
         raw = self._require_leader()
         raw.propose_conf_change(change)
-        index = raw.last_index
-        self._wake.set()
+        index, term = raw.last_index, raw.term
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while raw.applied_index < index:
-            if loop.time() > deadline:
-                raise ProposalTimeout(timeout, raw.leader)
-            await asyncio.sleep(self.options.tick_ms / 1000)
+        fut = loop.create_future()
+        self._conf_waits[index] = (term, change, fut)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise ProposalTimeout(timeout, raw.leader) from None
+        finally:
+            waiting = self._conf_waits.get(index)
+            if waiting is not None and waiting[2] is fut:
+                del self._conf_waits[index]
+
+    def _settle_conf_waits(self, committed: tuple) -> None:
+        """Changes whose index was just applied: did OUR entry commit there (the
+        same term), or another leader's (whatever its kind)?"""
+        first, last = committed[0].index, committed[-1].index
+        for index in [i for i in self._conf_waits if first <= i <= last]:
+            term, change, fut = self._conf_waits.pop(index)
+            if fut.done():
+                continue
+            if committed[index - first].term == term:
+                fut.set_result(None)
+            else:
+                fut.set_exception(ChangeLost(_describe(change), index, term))
+
+    def _settle_conf_waits_by(self, snapshot: SnapshotMeta) -> None:
+        """A snapshot from the leader covered changes we were waiting for: which
+        entry sat at their index is gone, but whether they took effect is not."""
+        for index in [i for i in self._conf_waits if i <= snapshot.index]:
+            term, change, fut = self._conf_waits.pop(index)
+            if fut.done():
+                continue
+            if _took_effect(change, snapshot.membership):
+                fut.set_result(None)
+            else:
+                fut.set_exception(ChangeLost(_describe(change), index, term))
 
     def _require_leader(self) -> RawNode:
         self._check_running()
@@ -659,4 +1027,18 @@ class RaftNode:
         status["driver"] = dict(self.metrics)
         status["raft_stats"] = dict(self.raw.stats)
         status["duplicates_suppressed"] = self.session.duplicates
+        status["stale_suppressed"] = self.session.stale
+        status["sessions"] = len(self.session)
         return status
+
+
+def _describe(change: ConfChange) -> str:
+    return f"{change.op.name.lower().replace('_', ' ')} of {change.node}"
+
+
+def _took_effect(change: ConfChange, membership: Membership) -> bool:
+    if change.op == ConfOp.REMOVE:
+        return change.node not in membership.members()
+    if change.op in (ConfOp.PROMOTE, ConfOp.ADD_VOTER):
+        return change.node in membership.voters
+    return change.node in membership.members()

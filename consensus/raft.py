@@ -274,6 +274,10 @@ class RawNode:
         pr = self._progress.get(peer)
         return pr.match if pr else None
 
+    def snapshot_transfers(self) -> int:
+        """Followers this leader is sending a snapshot to."""
+        return sum(1 for pr in self._progress.values() if pr.state == ProgressState.SNAPSHOT)
+
     def status(self) -> dict:
         return {
             "id": self.id,
@@ -570,7 +574,7 @@ class RawNode:
         if self._tally() == quorum.VoteResult.WON:
             self._campaign(transfer=False)
             return
-        for peer in self.membership.voters:
+        for peer in sorted(self.membership.voters):  # sorted: the same order on every run
             if peer != self.id:
                 self._send(
                     VoteRequest(self.term + 1, self.id, peer, self.log.last_index(), self.log.last_term(), pre=True)
@@ -585,7 +589,7 @@ class RawNode:
         if self._tally() == quorum.VoteResult.WON:
             self._become_leader()
             return
-        for peer in self.membership.voters:
+        for peer in sorted(self.membership.voters):
             if peer != self.id:
                 # The vote for ourselves must be durable before others are asked.
                 self._send_after_persist(
@@ -607,7 +611,7 @@ class RawNode:
         self.leader = self.id
         last = self.log.last_index()
         self._progress = {}
-        for member in self.membership.members():
+        for member in sorted(self.membership.members()):  # progress (and send) order
             self._add_progress(member, last + 1)
         me = self._progress[self.id]
         me.match = self.log.persisted
@@ -1007,7 +1011,7 @@ class RawNode:
         for peer in list(self._progress):
             if peer not in members and peer != self.id:  # a removed leader still tracks itself
                 del self._progress[peer]
-        for member in members:
+        for member in sorted(members):
             if member not in self._progress:
                 self._add_progress(member, self.log.last_index() + 1)
             self._progress[member].is_learner = member not in self.membership.voters

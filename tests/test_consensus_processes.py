@@ -22,7 +22,7 @@ async def _load(cluster: KVCluster, client, live: list[str], stop: asyncio.Event
         node = live[(worker + seq) % len(live)]
         issued[key] = time.monotonic()
         try:
-            await client.put(key, b"x" * 100, server=cluster.index_of(node), request_id=key, attempts=4)
+            await client.put(key, b"x" * 100, server=cluster.index_of(node), attempts=4)
         except TimeoutError:
             continue
         acked[key] = time.monotonic()

@@ -5,15 +5,18 @@ failover, snapshots and restart.  Real processes: test_consensus_processes.py.""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import msgpack
 import pytest
 
+from consensus.errors import NoQuorum
 from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
 from consensus.kvserver import KVStateMachine
 from consensus.memtransport import MemoryNetwork
 from consensus.node import NodeOptions, ProposalTimeout, RaftNode
+from consensus.session import Request
 
 IDS = ["n1", "n2", "n3"]
 MEMBERS = {n: f"mem://{n}" for n in IDS}
@@ -99,15 +102,15 @@ def test_propose_on_any_node_reads_its_own_write(cluster_factory):
     run(main())
 
 
-def test_retried_request_id_applies_once(cluster_factory):
+def test_a_client_request_retried_on_another_node_applies_once(cluster_factory):
     async def main():
         c = cluster_factory()
         for n in IDS:
             await c.start(n)
         await c.leader()
-        node = c.nodes["n2"]
-        first = await node.propose(put("once"), request_id="req-1")
-        again = await node.propose(put("once"), request_id="req-1")
+        request = Request("client-1", int(time.time() * 1000), seq=1, ack_below=1)
+        first = await c.nodes["n2"].propose(put("once"), request=request)
+        again = await c.nodes["n3"].propose(put("once"), request=request)
         assert again == first
         await asyncio.sleep(0.1)
         assert all(n.session.duplicates == 1 for n in c.nodes.values())
@@ -131,7 +134,7 @@ def test_leader_isolation_fails_over(cluster_factory):
         assert loop.time() - t0 < 2.0
         assert survivor.leader != old.id
         # the isolated old leader cannot commit on its own
-        with pytest.raises(ProposalTimeout):
+        with pytest.raises((ProposalTimeout, NoQuorum)):
             await old.propose(put("lost?"), timeout=0.5)
         c.net.heal()
         await asyncio.sleep(0.5)
@@ -198,7 +201,9 @@ def test_encryption_at_rest_leaves_no_plaintext_on_disk(tmp_path):
 
     async def main():
         key = Cipher.generate_key()
-        c = Cluster(tmp_path, MemoryNetwork(seed=3), snapshot_entries=20, cipher=Cipher.from_base64(key))
+        c = Cluster(
+            tmp_path, MemoryNetwork(seed=3), snapshot_entries=20, cipher=Cipher.from_base64(key)
+        )
         for n in IDS:
             await c.start(n)
         await c.leader()
@@ -237,3 +242,114 @@ def test_without_a_cipher_the_marker_is_on_disk(tmp_path):
 
     run(main())
     assert any(marker in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------------- issue 12 regressions
+def _stores(root: Path):
+    return (
+        FileLogStore(root / "log"),
+        FileStableStore(root / "state"),
+        FileSnapshotStore(root / "snaps"),
+    )
+
+
+def _half_installed_snapshot(
+    root: Path, log_terms: list[int], snap_index: int, snap_term: int
+) -> None:
+    """What a power cut between SnapshotStore.finish() and LogStore.reset() leaves on
+    disk: the snapshot from the leader, and the old log beside it."""
+    from consensus.session import SessionTable
+    from consensus.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
+
+    log, stable, snaps = _stores(root)
+    log.append([Entry(t, i, EntryKind.NORMAL, b"") for i, t in enumerate(log_terms, start=1)])
+    log.sync()
+    stable.save(HardState(snap_term, None, 0), sync=True)
+    data = SessionTable(KVStateMachine()).snapshot()
+    membership = Membership(frozenset(IDS), frozenset(), tuple(sorted(MEMBERS.items())))
+    snaps.create(SnapshotMeta(snap_index, snap_term, membership, len(data)), data)
+    log.close()
+    snaps.close()
+
+
+@pytest.mark.parametrize("log_terms", [[1] * 6, [1] * 14], ids=["log-ends-before", "log-disagrees"])
+def test_a_half_installed_snapshot_is_repaired_and_loses_no_acknowledged_entry(tmp_path, log_terms):
+    """Defect 1 of issue 12, on the production file stores.  (a) a log that ends
+    before the snapshot made every restart fail on the next append ("append at
+    index 11 outside [1, 7]"); (b) a log that disagrees at the snapshot's index
+    accepted and acknowledged entries that the next restart dropped."""
+    from consensus.messages import AppendRequest
+    from consensus.types import Entry, EntryKind
+
+    root = tmp_path / "n3"
+    _half_installed_snapshot(root, log_terms, snap_index=10, snap_term=2)
+
+    async def start() -> RaftNode:
+        options = NodeOptions(id="n3", initial_members=MEMBERS, known_addresses=MEMBERS, tick_ms=10)
+        node = RaftNode(
+            options, KVStateMachine(), *_stores(root), MemoryNetwork(seed=1).transport("n3")
+        )
+        await node.start()
+        return node
+
+    async def main():
+        node = await start()
+        assert node._log.bounds() == (11, 10)  # reset to the snapshot, durably
+        entry = Entry(2, 11, EntryKind.NORMAL, b"")
+        node._on_message(AppendRequest(2, "n1", "n3", 10, 2, (entry,), 11))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if node.raw.last_index == 11 and node.raw.log.persisted == 11:
+                break
+        assert node.fatal is None, node.fatal
+        assert node.raw.last_index == 11
+        await node.stop()
+        again = await start()  # the acknowledged entry survives the next restart
+        assert again.raw.last_index == 11 and again.raw.term_at(11) == 2
+        await again.stop()
+
+    run(main())
+
+
+def test_stop_waits_for_a_persist_still_running_in_its_thread(tmp_path):
+    """Defect 5 of issue 12: stop() closed the stores while _persist was still
+    writing in its worker thread."""
+    import threading
+
+    events: list[str] = []
+
+    class SlowLog(FileLogStore):
+        def sync(self) -> None:
+            events.append("sync started")
+            threading.Event().wait(0.3)  # a slow disk
+            super().sync()
+            events.append("sync done")
+
+        def close(self) -> None:
+            events.append("close")
+            super().close()
+
+    async def main():
+        root = tmp_path / "n1"
+        options = NodeOptions(id="n1", initial_members={"n1": "mem://n1"}, tick_ms=10)
+        node = RaftNode(
+            options,
+            KVStateMachine(),
+            SlowLog(root / "log"),
+            FileStableStore(root / "state"),
+            FileSnapshotStore(root / "snaps"),
+            MemoryNetwork(seed=1).transport("n1"),
+        )
+        await node.start()
+        await node.wait_for_leader(5)
+        await node.propose(put("a"))
+        events.clear()
+        task = asyncio.ensure_future(node.propose(put("b")))
+        while "sync started" not in events:
+            await asyncio.sleep(0.005)
+        await node.stop()  # while the fsync of "b" is under way
+        with pytest.raises(Exception):  # noqa: B017 - NodeStopped, or it committed just before
+            await task
+        assert events.index("sync done") < events.index("close"), events
+
+    run(main())
