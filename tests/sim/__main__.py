@@ -11,6 +11,7 @@ python -m tests.sim --soak MINUTES      random seeds on every core until time is
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing
 import os
 import random
@@ -23,16 +24,25 @@ from tests.sim.world import PROFILES, Sim, knobs_dict, run_seed
 COVERAGE = (
     ("leader change", lambda s: s.get("leaders", 0) >= 2),
     ("crash", lambda s: s.get("crashes", 0) >= 1),
+    ("failpoint crash", lambda s: s.get("failpoint_crashes", 0) >= 1),
+    ("graceful stop", lambda s: s.get("graceful_stops", 0) >= 1),
     ("snapshot install", lambda s: s.get("snapshots_installed", 0) >= 1),
     ("membership change", lambda s: s.get("conf_committed", 0) >= 1),
     ("read checked", lambda s: s.get("reads_checked", 0) >= 1),
     ("write acked", lambda s: s.get("writes_acked", 0) >= 1),
+    (
+        "retry deduplicated",
+        lambda s: s.get("duplicates_suppressed", 0) + s.get("stale_refused", 0) >= 1,
+    ),
 )
 
 TOTALS = (
     "events",
     "leaders",
     "crashes",
+    "failpoint_crashes",
+    "graceful_stops",
+    "log_repairs",
     "snapshots_taken",
     "snapshot_chunks0_sent",
     "snapshots_installed",
@@ -41,6 +51,9 @@ TOTALS = (
     "swizzles",
     "reads_checked",
     "writes_acked",
+    "duplicates_suppressed",
+    "stale_refused",
+    "unknown_outcomes",
     "ticks_to_leader",
 )
 
@@ -54,13 +67,15 @@ def _run(args: tuple) -> tuple:
 def run_many(
     seeds, profile: str = "ci", overrides=None, jobs: int | None = None, chunksize: int = 8
 ):
-    """Yield (seed, ok, error, stats) for every seed, in a pool of `jobs` processes."""
+    """Yield (seed, ok, error, stats) for every seed, in a pool of `jobs` processes.
+    Each worker freezes what it inherits from the parent (gc.freeze): a forked
+    pytest process can hold a large heap, and every collection would scan it."""
     jobs = jobs or os.cpu_count() or 1
     work = [(s, profile, overrides or {}) for s in seeds]
     if jobs == 1:
         yield from map(_run, work)
         return
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+    with multiprocessing.get_context("fork").Pool(jobs, initializer=gc.freeze) as pool:
         yield from pool.imap_unordered(_run, work, chunksize=chunksize)
 
 
@@ -96,6 +111,7 @@ def summary_line(stats: dict) -> str:
         "transfers",
         "reads_checked",
         "writes_acked",
+        "duplicates_suppressed",
         "proposals",
         "max_committed",
         "ticks_to_leader",
@@ -173,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     all_stats: list[dict] = []
     last_progress = time.monotonic()
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+    with multiprocessing.get_context("fork").Pool(jobs, initializer=gc.freeze) as pool:
         while time.monotonic() < deadline:
             batch = [(seed_rng.getrandbits(48), profile, overrides) for _ in range(jobs * 8)]
             for seed, ok, error, stats in pool.imap_unordered(_run, batch):

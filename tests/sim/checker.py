@@ -1,28 +1,38 @@
-"""Raft's safety properties, checked incrementally after every event.
+"""Raft's safety properties and exactly-once, checked as the run goes.
 
 1. Election safety: at most one leader per term, over the whole history.
 2. Log matching: a global table (index, term) -> (kind, data, term of the entry
-   before it).  Every entry any node persists must agree with it; since each
-   entry also pins its predecessor's term, two logs that share an (index, term)
-   share the whole prefix (checked by induction, one entry at a time).
-3. Commit agreement and leader completeness: the term of every committed index
+   before it).  Every entry any node writes to its disk must agree with it;
+   since each entry also pins its predecessor's term, two logs that share an
+   (index, term) share the whole prefix (checked by induction, one entry at a
+   time).
+3. Commit agreement, the commit rule and leader completeness: a leader moves
+   its commit index only onto an entry of its own term; the term of every committed index
    is recorded the first time any node's commit index covers it; every node
    that commits it later must agree, and a node that becomes leader must hold
    every entry committed so far (or cover it with its snapshot).
-4. State machine safety: every node applies contiguous indices, only committed
-   ones, and the same entry at each index; its state machine's state after
-   index i (or restored from a snapshot at i) is the same everywhere.
-5. Reads: a ReadIndex read that started at t0 returns a state that includes
+4. One membership change at a time: a leader's log never holds two
+   uncommitted membership changes.
+5. State machine safety: every node applies commands at increasing, committed
+   indices only, and the same command at each index; its state after index i
+   (or restored from a snapshot at i) is the same everywhere.
+6. Exactly once: no command is applied at two indices, however often clients
+   and the driver retried it.
+7. Reads: a ReadIndex read that started at t0 returns a state that includes
    every entry known committed anywhere at t0 (which covers every write
    acknowledged and every read completed before t0).
 Acknowledged writes surviving to the end is checked by the world's final phase.
+
+A failure is recorded on the loop before it is raised, so that code under test
+that catches exceptions (the driver stops on anything its persist raises)
+cannot hide it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from consensus.types import Role
+from consensus.types import EntryKind, Role
 
 if TYPE_CHECKING:
     from tests.sim.node import SimNode
@@ -30,8 +40,8 @@ if TYPE_CHECKING:
 
 
 class SimFailure(AssertionError):
-    """An invariant was violated (or the core raised); the message has the seed,
-    the event number, the replay command and the trace's tail."""
+    """An invariant was violated (or the code under test raised); the message has
+    the seed, the event number, the replay command and the trace's tail."""
 
 
 class Checker:
@@ -40,43 +50,70 @@ class Checker:
         self.leaders: dict[int, str] = {}  # term -> the node that led it
         self.log_table: dict[tuple[int, int], tuple] = {}
         self.committed: list[int | None] = [0]  # committed[i]: term of committed entry i
-        self.applied: dict[int, tuple] = {}  # index -> (term, kind, data)
+        self.applied: dict[int, bytes] = {}  # index -> the command applied there
+        self.applied_at: dict[bytes, int] = {}  # command -> the index it was applied at
         self.states: dict[int, tuple[bytes, int]] = {0: (b"\0" * 8, 0)}
+        self.last_applied: dict[str, int] = {}  # node -> index of its last apply (this process)
         self.reads_checked = 0
 
     def fail(self, what: str) -> None:
-        raise SimFailure(self.sim.describe_failure(what))
+        failure = SimFailure(self.sim.describe_failure(what))
+        loop = self.sim.loop
+        if loop.failure is None:
+            loop.failure = failure
+        loop.stop()
+        raise failure
 
     @property
     def max_committed(self) -> int:
         return len(self.committed) - 1
 
     # ------------------------------------------------------------------
-    # after every event that touched a node
+    # after every callback of a node's process
     # ------------------------------------------------------------------
     def after(self, node: SimNode) -> None:
-        raw = node.raw
-        commit = raw.commit_index
-        if commit > node.commit_seen:
-            self._record_commit(node, node.commit_seen + 1, commit)
-        node.commit_seen = commit
+        raft = node.raft
+        raw = raft.raw
+        if raft.fatal is not None:
+            self.fail(f"{node.id}'s driver stopped: {type(raft.fatal).__name__}: {raft.fatal}")
+        before = node.commit_seen
+        self.observe_commit(node)
         if raw.role is Role.LEADER:
             term = raw.term
+            # It led this term before this callback too: the commit moved by
+            # counting, which only an entry of its own term may (Raft 5.4.2).
+            if (
+                raw.commit_index > before
+                and node.soft[:2] == (Role.LEADER, term)
+                and raw.term_at(raw.commit_index) != term
+            ):
+                self.fail(
+                    f"commit rule: leader {node.id} of term {term} committed index "
+                    f"{raw.commit_index} of term {raw.term_at(raw.commit_index)} by counting"
+                )
             who = self.leaders.get(term)
             if who is None:
                 self.leaders[term] = node.id
                 self._check_leader_completeness(node)
             elif who != node.id:
                 self.fail(f"election safety: {node.id} and {who} are both leaders of term {term}")
+            self._check_one_conf_change(node)
 
-    def on_start(self, node: SimNode, snap) -> None:
+    def observe_commit(self, node: SimNode) -> None:
+        commit = node.raw.commit_index
+        if commit > node.commit_seen:
+            self._record_commit(node, node.commit_seen + 1, commit)
+        node.commit_seen = commit
+
+    def on_start(self, node: SimNode) -> None:
         raw = node.raw
         # What the restarted node believes committed must be what was committed.
         self._record_commit(node, raw.first_index, raw.commit_index)
         node.commit_seen = raw.commit_index
+        snap = raw.snapshot_meta
+        self.last_applied[node.id] = snap.index if snap is not None else 0
         if snap is not None:
             self._check_term(node, snap.index, snap.term, "its snapshot")
-            self.on_state(node, "restart from snapshot")
 
     def _record_commit(self, node: SimNode, lo: int, hi: int) -> None:
         raw = node.raw
@@ -129,6 +166,20 @@ class Checker:
                 )
         self.sim.on_new_leader(node)
 
+    def _check_one_conf_change(self, node: SimNode) -> None:
+        raw = node.raw
+        span = (raw.commit_index, raw.last_index)
+        if span == node.conf_scanned:
+            return
+        node.conf_scanned = span
+        lo = max(raw.commit_index + 1, raw.first_index)
+        pending = [e.index for e in raw.entries(lo, raw.last_index + 1) if e.kind == EntryKind.CONF]
+        if len(pending) > 1:
+            self.fail(
+                f"one membership change at a time: leader {node.id} holds uncommitted changes at "
+                f"{pending} (commit index {raw.commit_index})"
+            )
+
     # ------------------------------------------------------------------
     # persistence and application
     # ------------------------------------------------------------------
@@ -155,51 +206,63 @@ class Checker:
                 )
             prev_term = e.term
 
-    def on_apply(self, node: SimNode, e) -> None:
-        expected = node.sm.index + 1
-        if e.index != expected:
-            self.fail(f"{node.id} applies index {e.index}, expected {expected}")
-        if e.index >= len(self.committed) or self.committed[e.index] is None:
+    def on_apply(self, node: SimNode, index: int, command: bytes) -> None:
+        last = self.last_applied.get(node.id, 0)
+        if index <= last:
+            self.fail(f"{node.id} applies index {index} after {last}")
+        self.last_applied[node.id] = index
+        raw = node.raw
+        if raw is not None:  # several Readies may pass in one callback: commits first
+            self.observe_commit(node)
+        if index >= len(self.committed) or self.committed[index] is None:
             self.fail(
-                f"{node.id} applies index {e.index}, not known committed (max {self.max_committed})"
+                f"{node.id} applies index {index}, not known committed (max {self.max_committed})"
             )
-        if self.committed[e.index] != e.term:
+        term = raw.term_at(index) if raw is not None else None
+        if term is not None and self.committed[index] != term:
             self.fail(
-                f"{node.id} applies {e.index}/{e.term} but term {self.committed[e.index]} is committed"
+                f"{node.id} applies {index}/{term} but term {self.committed[index]} is committed"
             )
-        rec = (e.term, e.kind, e.data)
-        known = self.applied.get(e.index)
+        known = self.applied.get(index)
         if known is None:
-            self.applied[e.index] = rec
-        elif known != rec:
+            self.applied[index] = command
+            first = self.applied_at.setdefault(command, index)
+            if first != index:
+                self.fail(
+                    f"exactly once: {command!r} is applied at index {index} and already was at "
+                    f"index {first} (a retried request applied twice)"
+                )
+        elif known != command:
             self.fail(
-                f"state machine safety: {node.id} applies {rec!r} at {e.index}, others applied {known!r}"
+                f"state machine safety: {node.id} applies {command!r} at {index}, others applied {known!r}"
             )
 
     def on_state(self, node: SimNode, how: str) -> None:
-        sm = node.sm
-        state = sm.state()
-        known = self.states.get(sm.index)
+        machine = node.machine
+        if how == "restore":
+            self.last_applied[node.id] = machine.index
+        state = machine.state()
+        known = self.states.get(machine.index)
         if known is None:
-            self.states[sm.index] = state
+            self.states[machine.index] = state
         elif known != state:
             self.fail(
-                f"state machine safety: {node.id}'s state after index {sm.index} ({how}) is "
+                f"state machine safety: {node.id}'s state after index {machine.index} ({how}) is "
                 f"{state!r}, others had {known!r}"
             )
 
     # ------------------------------------------------------------------
     # reads
     # ------------------------------------------------------------------
-    def on_read_complete(self, node: SimNode, read) -> None:
+    def on_read_complete(self, node_id: str, read, index: int, applied: int) -> None:
         self.reads_checked += 1
-        if read.index < read.floor:
+        if index < read.floor:
             self.fail(
-                f"linearizability: read {read.ctx!r} started at t={read.t0} on {node.id} got read index "
-                f"{read.index}, but index {read.floor} was already committed then "
+                f"linearizability: read {read.name} started at t={read.t0:.3f} got read index "
+                f"{index} from {node_id}, but index {read.floor} was already committed then "
                 f"(max acknowledged write index then: {read.acked_floor})"
             )
-        if node.sm.index < read.index:
+        if applied < index:
             self.fail(
-                f"read {read.ctx!r} served at applied {node.sm.index} < read index {read.index}"
+                f"read {read.name} served by {node_id} at applied {applied} < read index {index}"
             )

@@ -1,73 +1,88 @@
-"""Clients and operators of the simulated cluster.
+"""Clients and the operator of the simulated cluster.
 
-Clients propose unique commands (b"c<client>-<seq>.<attempt>") to random nodes
-and make ReadIndex reads.  Deduplication belongs to the driver, not the core,
-so every attempt is its own command: a write is acknowledged when the node it
-was proposed to (in the same incarnation) applies it; a proposal that is lost
-(a forward dropped, a leader deposed) times out and the client tries again
-with a new attempt, maybe elsewhere.
+Clients talk to nodes over their own links (delays, no partitions: they stand
+where Jepsen's control node stands) and use the nodes' client API
+(SimNode.serve_write / serve_read), which is what node/api.py does with HTTP.
 
-A read remembers the highest index known committed anywhere when it starts
-(which covers every write acknowledged and every read completed before);
-when its ReadState arrives and the node has applied up to the read index, the
-read completes and the checker compares the two.
+- A *session* client names every write with a request of its own client
+  session (consensus/session.py): it retries a write that timed out or was
+  refused on another node, with the same request, until it is answered, and
+  raises `ack_below` as answers arrive.  Exactly once is checked on every one.
+- A *plain* client leaves naming to the node (the driver's own session).  It
+  retries only what certainly was not written (NoQuorum before the write was
+  handed on); a write with an unknown outcome is recorded as such and not
+  retried, as a careful HTTP client without an idempotency key would do.
+- Reads go through read_barrier(); the checker compares the read index with
+  what was committed when the read started.
 
-The operator adds learners (brand-new empty nodes), promotes them once caught
-up, removes members (a removed node is stopped once its removal commits) and
-transfers leadership.
+The operator adds nodes (as learners, promoted once caught up: add_member),
+removes members (remove_member) and transfers leadership, through the
+leader's driver, one operation at a time, and checks what a success claims:
+a removed node is no longer a member, an added one is a voter.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from consensus.errors import RaftError
-from consensus.types import ConfChange, ConfOp, ReadState
+from consensus.session import Request
 from tests.sim.node import TICK
 
 if TYPE_CHECKING:
     from tests.sim.node import SimNode
     from tests.sim.world import Sim
 
+# Failures after which a write certainly was not applied (NoQuorum says so itself).
+NOT_APPLIED = ("StaleRequest",)
+
 
 @dataclass(slots=True)
 class Client:
     id: int
+    uses_session: bool
+    session: str = ""
+    started_ms: int = 0
+    last_ms: int = -(1 << 62)
     seq: int = 0
-    attempt: int = 0
+    unanswered: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True)
-class PendingWrite:
+class Write:
     client: Client
     cmd: bytes
-    node: SimNode
-    inc: int
-    t0: int
+    seq: int
+    t0: float
+    request: Request | None = None
+    attempt: int = 0
+    done: bool = False
 
 
 @dataclass(slots=True)
-class PendingRead:
+class Read:
     client: Client
-    ctx: bytes
-    node: SimNode
-    inc: int
-    t0: int
+    name: str
+    t0: float
     floor: int
     acked_floor: int
-    index: int | None = None
+    attempt: int = 0
+    done: bool = False
 
 
 class Workload:
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
         self.rng = sim.rng
-        self.pending_writes: dict[bytes, PendingWrite] = {}
-        self.pending_reads: dict[bytes, PendingRead] = {}
+        k = sim.knobs
         self.acked: dict[bytes, int] = {}  # command -> its log index
         self.max_acked_index = 0
-        self.clients = [Client(i + 1) for i in range(sim.knobs.clients)]
+        self.unknown = 0  # writes whose outcome a plain client could not learn
+        self.clients = [
+            Client(i + 1, uses_session=self.rng.random() < k.session_share)
+            for i in range(k.clients)
+        ]
 
     def start(self) -> None:
         for client in self.clients:
@@ -75,161 +90,167 @@ class Workload:
 
     # ------------------------------------------------------------------
     def _pick_node(self) -> SimNode | None:
-        nodes = self.sim.up_nodes()
+        nodes = [n for n in self.sim.up_nodes() if n.raw is not None]
         return self.rng.choice(nodes) if nodes else None
 
-    def _later(self, fn, *args, lo: int = 1, hi: int = 3) -> None:
-        self.sim.at(self.rng.randint(lo * TICK, hi * TICK), fn, *args)
-
-    def _timeout(self) -> int:
+    def _timeout_s(self) -> float:
         k = self.sim.knobs
-        return self.rng.randint(k.op_timeout_min, k.op_timeout_max) * TICK
+        return self.rng.randint(k.op_timeout_min, k.op_timeout_max) * self.sim.tick_s
 
     def next_op(self, client: Client) -> None:
         if not self.sim.chaos:
             return
-        client.seq += 1
-        client.attempt = 0
         if self.rng.random() < self.sim.knobs.read_ratio:
-            self._read(client)
+            self._read(Read(client, "", self.sim.loop.time(), 0, 0))
         else:
-            self._write(client)
+            self._write(self._new_write(client, b"c%d-" % client.id))
 
     def _done(self, client: Client) -> None:
         self.sim.at(self.rng.randint(0, self.sim.knobs.think_max), self.next_op, client)
 
+    def _new_write(self, client: Client, prefix: bytes) -> Write:
+        client.seq += 1
+        write = Write(client, prefix + b"%d" % client.seq, client.seq, self.sim.loop.time())
+        if client.uses_session:
+            now_ms = int(self.sim.epoch * 1000 + self.sim.loop.time() * 1000)
+            if now_ms - client.last_ms > self.sim.knobs.session_ttl_ms // 2:
+                # idle for half a ttl: the cluster may forget the session, so a new one
+                client.session = f"client{client.id}:{client.seq}"
+                client.started_ms = now_ms
+                client.unanswered.clear()
+            client.last_ms = now_ms
+            client.unanswered.add(client.seq)
+            write.request = Request(
+                client.session, client.started_ms, client.seq, min(client.unanswered)
+            )
+        return write
+
     # ------------------------------------------------------------------
     # writes
     # ------------------------------------------------------------------
-    def _write(self, client: Client) -> None:
+    def _write(self, write: Write) -> None:
         sim = self.sim
-        if not sim.chaos:
-            return
         node = self._pick_node()
         if node is None:
-            self._later(self._write, client)
+            sim.at(self.rng.randint(TICK, 3 * TICK), self._write, write)
             return
-        client.attempt += 1
-        cmd = f"c{client.id}-{client.seq}.{client.attempt}".encode()
-        try:
-            node.raw.propose(cmd)
-        except RaftError as exc:
-            sim.note("propose", node.id, f"{cmd.decode()} refused: {type(exc).__name__}")
-            sim.stats["proposals_refused"] += 1
-            self._later(self._write, client)
-            return
-        sim.note("propose", node.id, cmd.decode())
+        write.attempt += 1
+        attempt = write.attempt
         sim.stats["proposals"] += 1
-        pending = PendingWrite(client, cmd, node, node.incarnation, sim.now)
-        self.pending_writes[cmd] = pending
-        sim.at(self._timeout(), self._write_timeout, pending)
-        node.kick()
+        sim.note("write", node.id, f"{write.cmd.decode()} attempt {attempt}")
+        timeout = self._timeout_s()
+        sim.rpc(
+            node,
+            lambda: node.serve_write(write.cmd, write.request, timeout),
+            self._write_answer,
+            write,
+            attempt,
+        )
+        # the client's own patience: a little longer than the node's
+        sim.at(int(timeout / sim.tick_s * TICK) + 2 * TICK, self._write_silence, write, attempt)
 
-    def _write_timeout(self, pending: PendingWrite) -> None:
-        if self.pending_writes.get(pending.cmd) is pending:
-            del self.pending_writes[pending.cmd]
-            self.sim.stats["write_timeouts"] += 1
-            self._write(pending.client)
-
-    def on_applied(self, node: SimNode, entry) -> None:
-        pending = self.pending_writes.get(entry.data)
-        if pending is None and entry.data.startswith(b"final-"):
-            self.sim.final_applied(entry)
-        if pending is None or pending.node is not node or pending.inc != node.incarnation:
+    def _write_answer(self, write: Write, attempt: int, node_id: str, answer: tuple) -> None:
+        if write.done or attempt != write.attempt:
             return
-        del self.pending_writes[entry.data]
-        self.acked[entry.data] = entry.index
-        self.max_acked_index = max(self.max_acked_index, entry.index)
-        self.sim.stats["writes_acked"] += 1
-        self._done(pending.client)
+        outcome, detail = answer
+        if outcome == "ok":
+            index, result = detail
+            if result != index:
+                self.sim.checker.fail(
+                    f"{write.cmd!r} acknowledged with index {index} but result {result}: "
+                    "a retry was answered with another copy's result"
+                )
+            self._finish(write)
+            self.acked[write.cmd] = index
+            self.max_acked_index = max(self.max_acked_index, index)
+            self.sim.stats["writes_acked"] += 1
+            self.sim.note("write-ok", node_id, f"{write.cmd.decode()} at {index}")
+            return
+        self.sim.note("write-err", node_id, f"{write.cmd.decode()}: {outcome}")
+        self.sim.stats["write_refusals"] += 1
+        written = outcome not in NOT_APPLIED and not (outcome == "NoQuorum" and detail is False)
+        self._retry_or_give_up(write, maybe_written=written)
+
+    def _write_silence(self, write: Write, attempt: int) -> None:
+        if write.done or attempt != write.attempt:
+            return
+        self.sim.stats["write_timeouts"] += 1
+        self._retry_or_give_up(write, maybe_written=True)
+
+    def _retry_or_give_up(self, write: Write, maybe_written: bool) -> None:
+        if not self.sim.chaos and not write.cmd.startswith(b"final"):
+            return
+        if write.request is not None or not maybe_written:
+            self.sim.at(self.rng.randint(0, TICK), self._write, write)
+            return
+        self.unknown += 1
+        self._finish(write)
+
+    def _finish(self, write: Write) -> None:
+        write.done = True
+        write.client.unanswered.discard(write.seq)
+        if write.cmd.startswith(b"final"):
+            return
+        self._done(write.client)
 
     # ------------------------------------------------------------------
     # reads
     # ------------------------------------------------------------------
-    def _read(self, client: Client) -> None:
+    def _read(self, read: Read) -> None:
         sim = self.sim
-        if not sim.chaos:
-            return
         node = self._pick_node()
         if node is None:
-            self._later(self._read, client)
+            sim.at(self.rng.randint(TICK, 3 * TICK), self._read, read)
             return
-        client.attempt += 1
-        ctx = f"r{client.id}-{client.seq}.{client.attempt}".encode()
-        read = PendingRead(
-            client,
-            ctx,
-            node,
-            node.incarnation,
-            sim.now,
-            sim.checker.max_committed,
-            self.max_acked_index,
-        )
-        self.pending_reads[ctx] = read
-        node.raw.read_index(ctx)
-        sim.note("read", node.id, f"{ctx.decode()} floor={read.floor}")
+        read.attempt += 1
+        read.name = f"r{read.client.id}-{read.client.seq}.{read.attempt}"
+        read.t0 = sim.loop.time()
+        read.floor = sim.checker.max_committed
+        read.acked_floor = self.max_acked_index
         sim.stats["reads"] += 1
-        sim.at(self._timeout(), self._read_timeout, read)
-        node.kick()
+        timeout = self._timeout_s()
+        sim.rpc(node, lambda: node.serve_read(timeout), self._read_answer, read, read.attempt)
+        sim.at(int(timeout / sim.tick_s * TICK) + 2 * TICK, self._read_silence, read, read.attempt)
 
-    def _read_timeout(self, read: PendingRead) -> None:
-        if self.pending_reads.get(read.ctx) is read:
-            del self.pending_reads[read.ctx]
-            node = read.node
-            node.waiting_reads = [r for r in node.waiting_reads if r is not read]
-            self.sim.stats["read_timeouts"] += 1
-            self._read(read.client)
-
-    def on_read_state(self, node: SimNode, rs: ReadState) -> None:
-        read = self.pending_reads.get(rs.ctx)
-        if (
-            read is None
-            or read.node is not node
-            or read.inc != node.incarnation
-            or read.index is not None
-        ):
+    def _read_answer(self, read: Read, attempt: int, node_id: str, answer: tuple) -> None:
+        if read.done or attempt != read.attempt:
             return
-        read.index = rs.index
-        if node.sm.index >= rs.index:
-            self._complete(node, read)
-        else:
-            node.waiting_reads.append(read)
-
-    def on_node_applied(self, node: SimNode) -> None:
-        applied = node.sm.index
-        waiting = node.waiting_reads
-        ready = [r for r in waiting if r.index <= applied]
-        if ready:
-            node.waiting_reads = [r for r in waiting if r.index > applied]
-            for read in ready:
-                self._complete(node, read)
-
-    def _complete(self, node: SimNode, read: PendingRead) -> None:
-        del self.pending_reads[read.ctx]
-        self.sim.checker.on_read_complete(node, read)
-        self.sim.note(
-            "read-ok", node.id, f"{read.ctx.decode()} index={read.index} floor={read.floor}"
-        )
+        outcome, detail = answer
+        if outcome != "ok":
+            self._read_silence(read, attempt)
+            return
+        index, applied, _ = detail
+        read.done = True
+        self.sim.checker.on_read_complete(node_id, read, index, applied)
+        self.sim.note("read-ok", node_id, f"{read.name} index={index} floor={read.floor}")
         self._done(read.client)
 
+    def _read_silence(self, read: Read, attempt: int) -> None:
+        if read.done or attempt != read.attempt:
+            return
+        if self.sim.chaos:
+            self.sim.at(self.rng.randint(0, TICK), self._read, read)
+
     # ------------------------------------------------------------------
+    def final_write(self) -> Write:
+        """The quiet phase's command, through a session so it can be retried."""
+        client = Client(0, uses_session=True)
+        write = self._new_write(client, b"final-")
+        self._write(write)
+        return write
+
     def on_crash(self, node: SimNode) -> None:
-        for cmd, pending in list(self.pending_writes.items()):
-            if pending.node is node:
-                del self.pending_writes[cmd]
-                self._later(self._write, pending.client, lo=0, hi=2)
-        for ctx, read in list(self.pending_reads.items()):
-            if read.node is node:
-                del self.pending_reads[ctx]
-                self._later(self._read, read.client, lo=0, hi=2)
+        """Requests in that process die with it; their clients time out."""
 
 
 class Operator:
-    """Membership changes and leadership transfers, at random moments."""
+    """Membership changes and leadership transfers, one at a time, through the
+    leader's driver; what a success claims is checked."""
 
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
         self.rng = sim.rng
+        self.busy_until = 0.0  # the operation under way, if its leader dies, is given up then
 
     def start(self) -> None:
         self._schedule()
@@ -244,27 +265,22 @@ class Operator:
             return
         self._schedule()
         leader = sim.current_leader()
-        if leader is None:
+        if leader is None or sim.loop.time() < self.busy_until:
             return
-        m = sim.membership
+        raw = leader.raw
+        m = raw.membership
         members = m.members()
         voters = sorted(m.voters)
         learners = sorted(m.learners)
         joining = [n.id for n in sim.live_nodes() if n.id not in members]
-        raw = leader.raw
-        caught_up = [
-            lid
-            for lid in learners
-            if (raw.match_index(lid) or 0) >= raw.commit_index and lid in sim.nodes
-        ]
         k = sim.knobs
         options: list[tuple[str, float]] = []
         if len(members) + len(joining) < k.max_members:
             options.append(("add", 3.0))
         if joining:
             options.append(("re-add", 1.0))
-        if caught_up:
-            options.append(("promote", 4.0))
+        if learners:
+            options.append(("promote", 2.0))
         if len(voters) > k.min_voters:
             options.append(("remove-voter", 1.5))
         if learners:
@@ -279,30 +295,60 @@ class Operator:
             x -= w
             if x < 0:
                 break
-        try:
-            if op == "add":
-                node = sim.new_node()
-                change = ConfChange(ConfOp.ADD_LEARNER, node.id, sim.address(node.id))
-                self._propose(leader, change)
-            elif op == "re-add":
-                nid = self.rng.choice(joining)
-                self._propose(leader, ConfChange(ConfOp.ADD_LEARNER, nid, sim.address(nid)))
-            elif op == "promote":
-                self._propose(leader, ConfChange(ConfOp.PROMOTE, self.rng.choice(caught_up)))
-            elif op == "remove-voter":
-                self._propose(leader, ConfChange(ConfOp.REMOVE, self.rng.choice(voters)))
-            elif op == "remove-learner":
-                self._propose(leader, ConfChange(ConfOp.REMOVE, self.rng.choice(learners)))
-            elif op == "transfer":
-                target = self.rng.choice([v for v in voters if v != leader.id] or voters)
-                sim.note("transfer", leader.id, f"to {target}")
-                sim.stats["transfers"] += 1
-                raw.transfer_leadership(target)
-        except RaftError as exc:
-            sim.note("operator", leader.id, f"{op} refused: {type(exc).__name__}: {exc}")
-        leader.kick()
+        timeout = k.op_timeout_max * sim.tick_s * 2
+        self.busy_until = sim.loop.time() + 2 * timeout
+        if op == "add":
+            node = sim.new_node()
+            self._run(
+                leader, op, node.id, leader.raft.add_member(node.id, sim.address(node.id), timeout)
+            )
+        elif op in ("re-add", "promote"):
+            nid = self.rng.choice(joining if op == "re-add" else learners)
+            self._run(leader, op, nid, leader.raft.add_member(nid, sim.address(nid), timeout))
+        elif op in ("remove-voter", "remove-learner"):
+            nid = self.rng.choice(voters if op == "remove-voter" else learners)
+            self._run(leader, "remove", nid, leader.raft.remove_member(nid, timeout))
+        elif op == "transfer":
+            target = self.rng.choice([v for v in voters if v != leader.id] or voters)
+            sim.stats["transfers"] += 1
+            self._run(leader, op, target, leader.raft.transfer_leadership(target, timeout))
 
-    def _propose(self, leader: SimNode, change: ConfChange) -> None:
-        self.sim.note("conf", leader.id, f"propose {change.op.name} {change.node}")
-        self.sim.stats["conf_proposed"] += 1
-        leader.raw.propose_conf_change(change)
+    def _run(self, leader: SimNode, op: str, target: str, coro) -> None:
+        sim = self.sim
+        sim.note("operator", leader.id, f"{op} {target}")
+        sim.stats["conf_proposed"] += op != "transfer"
+
+        async def run() -> None:
+            # (no `finally`: a coroutine of a dead process is closed by the
+            # garbage collector, at no reproducible moment)
+            try:
+                await coro
+            except RaftError as exc:
+                self.busy_until = 0.0
+                sim.note(
+                    "operator", leader.id, f"{op} {target} refused: {type(exc).__name__}: {exc}"
+                )
+                return
+            self.busy_until = 0.0
+            self._check_success(leader, op, target)
+
+        leader.proc.context.run(sim.loop.create_task, run())
+
+    def _check_success(self, leader: SimNode, op: str, target: str) -> None:
+        sim = self.sim
+        membership = leader.raw.membership
+        sim.note("operator", leader.id, f"{op} {target} done: voters={sorted(membership.voters)}")
+        if op == "remove":
+            sim.stats["conf_committed"] += 1
+            if target in membership.members():
+                sim.checker.fail(
+                    f"remove_member({target}) on {leader.id} reported success, but {target} is "
+                    f"still a member: {membership}"
+                )
+        elif op in ("add", "re-add", "promote"):
+            sim.stats["conf_committed"] += 1
+            if target not in membership.voters:
+                sim.checker.fail(
+                    f"add_member({target}) on {leader.id} reported success, but {target} is not "
+                    f"a voter: {membership}"
+                )
