@@ -242,22 +242,25 @@ async def initialise_accounts(raft: RaftNode, accounts: Accounts, settings: Secu
                               node_id: str, interval: float = 0.5) -> None:
     """On the leader of a cluster that has no admin yet: set its password (from
     RAGRAFT_ADMIN_PASSWORD, or generated and printed once) and, when none is
-    configured, a token secret, in one committed entry."""
+    configured, a token secret, in one committed entry.
+
+    The command is made once and re-sent unchanged until the accounts are set
+    up: a copy that committed although its proposal timed out is recognised by
+    its hash, and only the node whose hash won prints its password."""
+    cmd: dict | None = None
+    password = settings.admin_password or secrets.token_urlsafe(12)
     while not accounts.initialized:
         await asyncio.sleep(interval)
         if not raft.is_leader or accounts.initialized:
             continue
-        generated = settings.admin_password is None
-        password = settings.admin_password or secrets.token_urlsafe(12)
-        loop = asyncio.get_running_loop()
-        hashed = await loop.run_in_executor(None, hash_password, password)
-        cmd = {"op": "auth.init", "admin_hash": hashed, "at": now_ms(),
-               "token_secret": None if settings.token_secret else secrets.token_urlsafe(32)}
+        if cmd is None:
+            hashed = await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
+            cmd = {"op": "auth.init", "admin_hash": hashed, "at": now_ms(),
+                   "token_secret": None if settings.token_secret else secrets.token_urlsafe(32)}
         try:
-            applied = await raft.propose(msgpack.packb(cmd, use_bin_type=True), request_id=f"auth-init:{node_id}")
+            await raft.propose(msgpack.packb(cmd, use_bin_type=True))
         except RaftError as exc:
             log.warning("could not initialise the admin account yet: %s", exc)
-            continue
-        if applied.result.get("initialized") and generated:
-            print(f"node {node_id}: the admin password is {password} (shown once, only its hash is kept; "
-                  "set RAGRAFT_ADMIN_PASSWORD to choose it)", flush=True)
+    if cmd is not None and accounts.admin_hash == cmd["admin_hash"] and settings.admin_password is None:
+        print(f"node {node_id}: the admin password is {password} (shown once, only its hash is kept; "
+              "set RAGRAFT_ADMIN_PASSWORD to choose it)", flush=True)

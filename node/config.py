@@ -67,7 +67,6 @@ class RaftSettings:
     heartbeat_ticks: int = 1
     snapshot_entries: int = 10_000
     segment_bytes: int = 64 * 1024 * 1024  # log segment size: compaction frees whole segments
-    dedup_entries: int = 20_000  # a retried request is recognised within this many entries
 
 
 @dataclass(frozen=True)
@@ -246,12 +245,14 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
     defaults = RaftSettings()
     settings = {}
     for name_, low, high in (("tick_ms", 1, 10_000), ("election_ticks", 2, 1000), ("heartbeat_ticks", 1, 1000),
-                             ("snapshot_entries", 10, 10**9), ("segment_bytes", 64 * 1024, 2**34),
-                             ("dedup_entries", 100, 10**8)):
+                             ("snapshot_entries", 10, 10**9), ("segment_bytes", 64 * 1024, 2**34)):
         value = raft_raw.pop(name_, getattr(defaults, name_))
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise fail(f"raft.{name_}", f"{value!r} is out of range", f"use a whole number from {low} to {high}")
         settings[name_] = value
+    if "dedup_entries" in raft_raw:
+        raise fail("raft.dedup_entries", "no longer exists: retried requests are recognised by client "
+                   "session, for as long as their client waits", "remove it")
     if raft_raw:
         raise fail(f"raft.{sorted(raft_raw)[0]}", "unknown key", f"use only {', '.join(settings)}")
     raft = RaftSettings(**settings)

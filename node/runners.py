@@ -23,9 +23,11 @@ from node.tasks import refused
 
 log = logging.getLogger("ragraft.runners")
 
-# commit(command, request_id) -> the command's result once applied on this node;
-# blocking (called from a worker thread); raises only when the node is stopping.
-CommitFn = Callable[[dict, str], Any]
+# commit(command) -> the command's result once applied on this node; blocking
+# (called from a worker thread), retrying until it commits; raises only when the
+# node is stopping.  A retry may apply after an earlier copy: commands sent this
+# way must be idempotent.
+CommitFn = Callable[[dict], Any]
 
 
 class RagRunner:
@@ -75,13 +77,13 @@ class IngestRunner:
                 raise TaskAborted()
             cmd = {"op": "kb.put_chunks", "doc_id": doc_id, "version": version, "batch_no": batch_no,
                    "n_batches": len(batches), "chunks": batch["chunks"], "vectors": batch["vectors"]}
-            self._expect_ok(self.commit(cmd, f"ingest:{doc_id}:{version}:{batch_no}"), doc_id, version)
+            self._expect_ok(self.commit(cmd), doc_id, version)
             chunks += len(batch["chunks"])
             progress(0.95 + 0.05 * (batch_no + 1) / len(batches),
                      f"{chunks} chunks committed ({batch_no + 1}/{len(batches)} batches)")
         finish = {"op": "kb.finish_ingest", "doc_id": doc_id, "version": version, "node": self.node_id,
                   "at": now_ms()}
-        done = self._expect_ok(self.commit(finish, f"ingest:{doc_id}:{version}:finish"), doc_id, version)
+        done = self._expect_ok(self.commit(finish), doc_id, version)
         return {
             "doc_id": doc_id,
             "version": version,

@@ -61,7 +61,6 @@ def build_raft(config: ClusterConfig, node_id: str, state: NodeState, joining: b
         election_ticks=config.raft.election_ticks,
         heartbeat_ticks=config.raft.heartbeat_ticks,
         snapshot_entries=config.raft.snapshot_entries,
-        dedup_window=config.raft.dedup_entries,
         cipher=Cipher.from_base64(config.encryption_key) if config.encryption_key else None,
     )
     curve = CurveKeys.cluster(config.curve_public, config.curve_secret) if config.curve_enabled else None
@@ -203,11 +202,13 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     await executor.start()
     loop = asyncio.get_running_loop()
 
-    def commit(cmd: dict, request_id: str) -> object:
-        """For worker threads: commit `cmd`, retrying while there is no quorum."""
+    def commit(cmd: dict) -> object:
+        """For worker threads: commit `cmd`, retrying while there is no quorum.
+        A retry is a new request: the commands sent this way are idempotent
+        (a chunk batch by its number, an ingest's finish by its version)."""
         packed = msgpack.packb(cmd, use_bin_type=True)
         while True:
-            future = asyncio.run_coroutine_threadsafe(raft.propose(packed, request_id=request_id), loop)
+            future = asyncio.run_coroutine_threadsafe(raft.propose(packed), loop)
             try:
                 return future.result().result
             except NodeStopped:

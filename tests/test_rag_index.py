@@ -452,7 +452,7 @@ def test_rejected_commands_leave_no_trace(kb: KnowledgeBase) -> None:
         {**good, "batch_no": 1, "chunks": [{"ordinal": 2, "page": 1, "text": ""},
                                            {"ordinal": 3, "page": 1, "text": "ok"}]},
         {"op": "kb.finish_ingest", "doc_id": "faiss", "version": 2, "node": "n1", "at": 5},
-        {"op": "kb.finish_ingest", "doc_id": "raft", "version": 1, "node": "n1", "at": 5},
+        {"op": "kb.finish_ingest", "doc_id": "raft", "version": 1, "node": "n2", "at": 5},
         {"op": "kb.set_enabled", "doc_id": "raft", "enabled": "no", "at": 5},
         {"op": "kb.put_upload", "doc_id": " padded", "title": "", "source": "", "media_type": "",
          "tags": [], "data": b"x", "at": 1},
@@ -468,6 +468,10 @@ def test_rejected_commands_leave_no_trace(kb: KnowledgeBase) -> None:
     duplicate = next(chunk_commands("faiss", 2, FAISS * 2))
     assert kb.execute(duplicate)["duplicate"] is True
     assert kb.digest() == digest
+    # So is a retried finish by the node that finished the version: same answer.
+    again = kb.execute({"op": "kb.finish_ingest", "doc_id": "raft", "version": 1, "node": "n1", "at": 9})
+    assert again["state"] == "ready" and again["duplicate"] is True
+    assert kb.digest() == digest and kb.snapshot() == snapshot
     with pytest.raises(KBError):
         kb.search(None, "x", mode="vector")
     with pytest.raises(KBError):

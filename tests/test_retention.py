@@ -18,7 +18,7 @@ def dir_size(path) -> int:
 
 def test_data_directory_levels_off_under_steady_load(tmp_path):
     cluster = NodeCluster(tmp_path, extra_toml=(
-        "[raft]\nsnapshot_entries = 300\nsegment_bytes = 65536\ndedup_entries = 600\n"
+        "[raft]\nsnapshot_entries = 300\nsegment_bytes = 65536\n"
         "[tasks]\nslots = 2\nretention_seconds = 2\nsweep_seconds = 1\n"))
     cluster.start_all()
     try:

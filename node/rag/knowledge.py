@@ -371,6 +371,9 @@ class KnowledgeBase:
         _check_text("node", node, MAX_ID_CHARS, allow_empty=False)
         _check_time(at)
         with self._lock:
+            finished = self._finished_by(doc_id, version, node)
+            if finished is not None:
+                return finished  # a retry of a finish that applied: same answer, nothing changes
             doc = self._pending_version(doc_id, version)
             staging = self._staging.get(doc_id)
             if staging is None:
@@ -475,6 +478,17 @@ class KnowledgeBase:
         if doc is None:
             raise KBError("not_found", f"no document {doc_id!r}")
         return doc
+
+    def _finished_by(self, doc_id: Any, version: Any, node: str) -> dict | None:
+        """The answer of `finish_ingest` when `node` already finished this version."""
+        doc = self._documents.get(doc_id) if isinstance(doc_id, str) else None
+        serving = doc["serving"] if doc is not None else None
+        if serving is None or doc["version"] != version or serving["version"] != version \
+                or serving["ingested_by"] != node:
+            return None
+        return {"doc_id": doc_id, "version": version, "state": "ready",
+                "chunk_count": serving["chunk_count"], "replaced_version": None,
+                "removed_chunks": 0, "duplicate": True}
 
     def _pending_version(self, doc_id: Any, version: Any) -> dict:
         """The document whose latest version `version` is still being ingested."""
