@@ -3,19 +3,24 @@
 Any node accepts writes: they go through the Raft log (a follower forwards to
 the leader) and are applied on this node before the answer is sent.  Reads come
 from the local replica.  Errors are JSON: {"error": {"code", "message", "details"}}.
+
+A submission may carry an `Idempotency-Key` header (node/idempotency.py): a repeat
+with the same key, by the same user, within 24 hours answers 201 with the task
+the first one created and `Idempotent-Replayed: true`, on any node.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import msgpack
 from aiohttp import web
 
-from consensus.errors import RaftError
+from consensus.errors import NoQuorum, RaftError
 from consensus.node import RaftNode
-from node import task_history, task_query
+from node import idempotency, task_history, task_query
 from node.ids import new_task_id, now_ms
 from node.task_query import QueryError, TaskQuery
 from node.tasks import TaskQueue, refused
@@ -25,7 +30,14 @@ log = logging.getLogger("ragraft.api")
 TASK_TYPES = ("qa", "generate", "retrieve", "ingest", "noop")
 MAX_TEXT_CHARS = 8000  # the engine's own limit on a query or prompt
 
-_STATUS = {"not_found": 404, "conflict": 409, "invalid": 422, "bad_command": 400, "stale_attempt": 409}
+_STATUS = {
+    "not_found": 404,
+    "conflict": 409,
+    "invalid": 422,
+    "bad_command": 400,
+    "stale_attempt": 409,
+    "idempotency_mismatch": 422,
+}
 
 
 def error(status: int, code: str, message: str, **details: Any) -> web.Response:
@@ -83,9 +95,10 @@ def _validate_submission(body: Any) -> dict:
     if task_type in ("qa", "retrieve"):
         if not isinstance(task_input.get("query"), str) or not task_input["query"].strip():
             raise InvalidField("input.query", f"a {task_type} task needs a non-empty input.query")
-    elif task_type == "generate":
-        if not isinstance(task_input.get("prompt"), str) or not task_input["prompt"].strip():
-            raise InvalidField("input.prompt", "a generate task needs a non-empty input.prompt")
+    elif task_type == "generate" and (
+        not isinstance(task_input.get("prompt"), str) or not task_input["prompt"].strip()
+    ):
+        raise InvalidField("input.prompt", "a generate task needs a non-empty input.prompt")
     priority = body.get("priority", 5)
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
         raise InvalidField("priority", "priority must be a whole number from 0 (lowest) to 9 (most urgent)")
@@ -122,9 +135,9 @@ def _validate_params(params: dict) -> None:
         raise InvalidField("params.mode", f"params.mode must be one of {', '.join(_MODES)}")
     for name in ("doc_ids", "tags", "stop"):
         value = params.get(name)
-        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            if not (name == "stop" and isinstance(value, str)):
-                raise InvalidField(f"params.{name}", f"params.{name} must be a list of strings")
+        strings = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if value is not None and not strings and not (name == "stop" and isinstance(value, str)):
+            raise InvalidField(f"params.{name}", f"params.{name} must be a list of strings")
 
 
 class TaskAPI:
@@ -162,23 +175,27 @@ class TaskAPI:
         return applied.result
 
     async def write(self, cmd: dict, ok_status: int = 200) -> web.Response:
-        # Fail fast without a leader (a majority down): an election takes about a
-        # second, so wait that long, then say so instead of hanging.
-        try:
-            await self.raft.wait_for_leader(timeout=2.5)
-        except TimeoutError:
-            return error(503, "no_quorum", "no leader: a majority of the cluster is unreachable, so writes are "
-                         "refused; reads still work from this node's replica (possibly stale)")
+        # A node cut off from the quorum refuses at once (the driver gives an
+        # election among peers it hears its time, no more): clients and load
+        # balancers move on to a node that can serve.
         try:
             result = await self._propose(cmd)
+        except NoQuorum as exc:
+            return error(503, "no_quorum", f"{exc}; reads still work from this node's replica "
+                         "(possibly stale)", written="maybe" if exc.handed_on else "no")
         except RaftError as exc:
-            return error(503, "no_quorum", f"the cluster cannot accept writes right now: {exc}")
+            return error(503, "no_quorum", f"the cluster cannot accept writes right now: {exc}",
+                         written="maybe")
         if refused(result):
             err = result["error"]
             return error(_STATUS.get(err["code"], 400), err["code"], err["message"], **err.get("details", {}))
         return web.json_response(result, status=ok_status)
 
     async def submit(self, request: web.Request) -> web.Response:
+        try:
+            key = idempotency.from_request(request)
+        except idempotency.BadKey as exc:
+            return error(400, "bad_idempotency_key", str(exc), header=idempotency.HEADER)
         try:
             body = await request.json()
         except ValueError:
@@ -188,7 +205,12 @@ class TaskAPI:
         except InvalidField as exc:
             return error(422, "invalid", str(exc), field=exc.field)
         cmd = {"op": "submit", "id": new_task_id(), "owner": request.get("user", "anonymous"), "at": now_ms(), **fields}
-        return await self.write(cmd, ok_status=201)
+        if key is None:
+            return await self.write(cmd, ok_status=201)
+        cmd.update(idem_key=key, fingerprint=idempotency.task_fingerprint(fields))
+        response = await self.write(cmd, ok_status=201)
+        replayed = response.status == 201 and _json_body(response).get("replayed") is True
+        return idempotency.mark_replayed(response, replayed)
 
     @staticmethod
     def _scope(request: web.Request) -> str | None:
@@ -259,3 +281,8 @@ class TaskAPI:
             cached = (now, task_history.history(self.queue.tasks, now, minutes * 60_000, points))
             self._history_cache = {(minutes, points): cached}
         return web.json_response(cached[1])
+
+
+def _json_body(response: web.Response) -> Any:
+    assert isinstance(response.body, bytes)
+    return json.loads(response.body)

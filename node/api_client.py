@@ -2,8 +2,11 @@
 node, failing over between them) and the dashboard (given its own node).
 
 Every node serves the whole API and accepts writes, so when the node in use
-stops answering the client moves on to the next one and says so through
-`on_switch`; a token from any node is valid on all of them.
+stops answering, or answers 503 no_quorum (it is cut off from the majority), the
+client moves on to the next one and says so through `on_switch`; a token from
+any node is valid on all of them.  A submission (`submit`, `upload`) carries one
+Idempotency-Key for all its tries, so a write that was applied by a node that
+then failed to answer is not applied a second time by the next one.
 """
 
 from __future__ import annotations
@@ -15,7 +18,18 @@ from typing import Any
 
 import aiohttp
 
+from node.idempotency import HEADER as IDEMPOTENCY_HEADER
+from node.idempotency import new_key
+
 SwitchFn = Callable[[str], None]
+# Builds a request body afresh for each try (aiohttp sends a FormData only once).
+DataFn = Callable[[], Any]
+
+
+def _fresh(data: Any) -> Any:
+    """The body for one try: a DataFn's new product (FormData is callable itself,
+    but it is a body, not a DataFn)."""
+    return data() if callable(data) and not isinstance(data, aiohttp.FormData) else data
 
 
 class ApiError(Exception):
@@ -62,33 +76,74 @@ class ApiClient:
         self.index = (self.index + 1) % len(self.urls)
         self.on_switch(f"{failed} is unreachable ({reason}); now using {self.url}")
 
-    async def request(self, method: str, path: str, body: Any = None, data: Any = None) -> Any:
-        """The JSON answer; raises ApiError for an error answer, Unreachable when no node answers."""
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """The JSON answer; raises ApiError for an error answer, Unreachable when no node
+        answers.  `data` may be a DataFn, called for each try.  Every try (one per node)
+        sends the same `headers`, so an Idempotency-Key among them covers the fail-overs."""
+        no_quorum: ApiError | None = None
         for _ in range(len(self.urls)):
             try:
-                async with self._http().request(method, self.url + path, json=body, data=data,
-                                                headers=self._headers()) as response:
+                async with self._http().request(
+                    method,
+                    self.url + path,
+                    json=body,
+                    data=_fresh(data),
+                    headers={**self._headers(), **(headers or {})},
+                ) as response:
                     payload = await response.json(content_type=None)
                     if response.status >= 400:
                         error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
                         raise ApiError(response.status, error.get("code", "error"),
                                        error.get("message", f"HTTP {response.status}"))
                     return payload
+            except ApiError as exc:
+                if exc.status != 503 or exc.code != "no_quorum":
+                    raise
+                # This node cannot reach a majority; another one may.
+                no_quorum = exc
+                self._fail_over("no quorum")
             except (TimeoutError, aiohttp.ClientError) as exc:
                 self._fail_over(type(exc).__name__)
+        if no_quorum is not None:
+            raise no_quorum
         raise Unreachable(self.urls)
+
+    async def submit(self, body: dict, key: str | None = None) -> Any:
+        """Submit one task (POST /api/v1/tasks) under one idempotency key for all tries."""
+        return await self.request(
+            "POST", "/api/v1/tasks", body, headers={IDEMPOTENCY_HEADER: key or new_key()}
+        )
 
     async def login(self, username: str, password: str) -> None:
         answer = await self.request("POST", "/api/v1/auth/token", {"username": username, "password": password})
         self.token, self.user = answer["access_token"], username
 
-    async def upload(self, filename: str, content: bytes, doc_id: str | None = None) -> Any:
-        """Upload one file; with `doc_id`, as the next version of that document."""
-        form = aiohttp.FormData()
-        if doc_id is not None:
-            form.add_field("id", doc_id)
-        form.add_field("file", content, filename=filename)
-        return await self.request("POST", "/api/v1/kb/documents", data=form)
+    async def upload(
+        self, filename: str, content: bytes, doc_id: str | None = None, key: str | None = None
+    ) -> Any:
+        """Upload one file; with `doc_id`, as the next version of that document.  One
+        idempotency key for all tries: a retried upload makes no second version."""
+
+        def form() -> aiohttp.FormData:
+            data = aiohttp.FormData()
+            if doc_id is not None:
+                data.add_field("id", doc_id)
+            data.add_field("file", content, filename=filename)
+            return data
+
+        return await self.request(
+            "POST",
+            "/api/v1/kb/documents",
+            data=form,
+            headers={IDEMPOTENCY_HEADER: key or new_key()},
+        )
 
     async def events(self, types: str = "task,node,cluster") -> AsyncIterator[tuple[str, dict]]:
         """Server-sent events from the node in use; reconnects (failing over) when the

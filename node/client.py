@@ -5,6 +5,9 @@ node serves the whole API and accepts writes, so the client tries the nodes in
 order and moves on when one does not answer (refused, timed out, dropped) or
 answers 502/503/504 (no leader, no quorum, models still loading); the node that
 answered goes first for the rest of the command, so a dead node costs one try.
+A submission is sent with one Idempotency-Key (`idempotency_key=`) on every try,
+so a write a node applied before it stopped answering is not applied again by
+the next node: the next node answers with what the first one created.
 
 Credentials: RAGRAFT_TOKEN, else RAGRAFT_API_KEY (sent as the bearer), else the
 token `ragraft login` kept in `credentials.json` under RAGRAFT_CONFIG_DIR
@@ -27,6 +30,8 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
+
+from node.idempotency import HEADER as IDEMPOTENCY_HEADER
 
 ProgressFn = Callable[[int, int], None]  # (bytes sent, bytes in all)
 
@@ -187,11 +192,32 @@ class Client:
     def delete(self, path: str, **kwargs: Any) -> Any:
         return self.request("DELETE", path, **kwargs)
 
-    def upload(self, body: Upload, timeout: float = 300.0) -> Any:
-        return self.request("POST", "/api/v1/kb/documents", payload=body, timeout=timeout)
+    def upload(
+        self, body: Upload, timeout: float = 300.0, idempotency_key: str | None = None
+    ) -> Any:
+        return self.request(
+            "POST",
+            "/api/v1/kb/documents",
+            payload=body,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+        )
 
-    def request(self, method: str, path: str, body: Any = None, *, query: Mapping[str, Any] | None = None,
-                payload: Upload | None = None, auth: bool = True, timeout: float | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: Mapping[str, Any] | None = None,
+        payload: Upload | None = None,
+        auth: bool = True,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """The decoded answer of the first node that can serve it.  With
+        `idempotency_key`, every try carries it, so a write is applied once however
+        many nodes it reaches."""
         encoded = urllib.parse.urlencode({k: v for k, v in (query or {}).items() if v not in (None, "")})
         if encoded:
             path += "?" + encoded
@@ -199,11 +225,19 @@ class Client:
         refusal: ClientError | None = None  # the last 5xx, reported if every node gives one
         for url in list(self.urls):
             try:
-                answer = self._send(url, method, path, body, payload, auth, timeout or self.timeout)
+                answer = self._send(
+                    url, method, path, body, payload, auth, timeout or self.timeout, idempotency_key
+                )
             except _Unanswered as exc:
                 # A write that timed out after it was sent may have been applied all the same.
                 tried.append((url, exc.reason))
-                maybe = " (the request may have been applied there)" if exc.sent and method in _WRITES else ""
+                maybe = ""
+                if exc.sent and method in _WRITES:
+                    maybe = (
+                        " (it may have been applied there; the next node sees the same idempotency key)"
+                        if idempotency_key
+                        else " (the request may have been applied there)"
+                    )
                 self._say_moving_on(url, f"does not answer: {exc.reason}{maybe}")
                 continue
             except ClientError as exc:
@@ -221,8 +255,10 @@ class Client:
         raise Unreachable(tried)
 
     def _send(self, url: str, method: str, path: str, body: Any, payload: Upload | None, auth: bool,
-              timeout: float) -> Any:
+              timeout: float, idempotency_key: str | None = None) -> Any:
         headers = {"Accept": "application/json"}
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
         data: Any = None
         if payload is not None:
             data = payload

@@ -30,7 +30,7 @@ QUEUE_LIMIT = 2000
 KEEPALIVE_S = 15.0
 EVENT_TYPES = ("task", "kb", "node", "cluster")
 # Ops whose entries change the task named by cmd["id"].
-_TASK_OPS = ("submit", "progress", "complete", "fail", "cancel", "abort")
+_TASK_OPS = ("submit", "progress", "complete", "fail", "cancel", "abort", "release")
 
 
 @dataclass(eq=False)  # identity: each connection is its own subscriber

@@ -8,12 +8,25 @@ the attempt so that a superseded attempt's late report is refused.
 Cancellation is cooperative: the runner polls `cancelled()` at its checkpoints,
 which turns true when an abort was committed or the task was taken away from
 this node (requeued after this node was declared dead).
+
+Reconciliation: a claim can commit after its proposer gave up on it (a timeout,
+a leader change), granting tasks that this executor never started.  About every
+second, and soon after each claim, the executor compares the tasks the replicated
+state shows running here with the attempts it runs; an attempt it does not run
+is handed back (a fenced `release`) once it has been seen that way for
+ORPHAN_GRACE_S, so a task granted a moment ago and still being started is left
+alone.
+
+Test hook: RAGRAFT_FAILPOINTS="executor.lose_claim=N" makes this executor drop
+the answers of its first N claims that grant tasks, as if they had timed out
+after committing: the defect reconciliation repairs, on a real cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,9 +38,24 @@ import msgpack
 from consensus.errors import RaftError
 from consensus.node import RaftNode
 from node.ids import now_ms
-from node.tasks import RUNNING, TaskQueue
+from node.tasks import RUNNING, TaskQueue, refused
 
 log = logging.getLogger("ragraft.executor")
+
+RECONCILE_INTERVAL_S = 1.0  # how often the replicated state is compared with what runs here
+RECONCILE_SOON_S = 0.2  # after a claim's answer (or its failure), check this soon
+ORPHAN_GRACE_S = 1.5  # how long an attempt must look orphaned before it is handed back
+
+
+def _failpoint(name: str, environ: dict[str, str] | None = None) -> int:
+    """The count RAGRAFT_FAILPOINTS gives `name` ("a=2,b" -> a: 2, b: 1), else 0."""
+    for item in (
+        (environ if environ is not None else os.environ).get("RAGRAFT_FAILPOINTS", "").split(",")
+    ):
+        key, _, count = item.strip().partition("=")
+        if key == name:
+            return int(count or 1)
+    return 0
 
 
 class TaskFailure(Exception):
@@ -91,6 +119,8 @@ class Executor:
         runners: dict[str, TaskRunner],
         poll_interval: float = 0.1,
         progress_interval: float = 0.5,
+        orphan_grace: float = ORPHAN_GRACE_S,
+        reconcile_interval: float = RECONCILE_INTERVAL_S,
     ) -> None:
         self.raft = raft
         self.queue = queue
@@ -106,6 +136,15 @@ class Executor:
         self._workers: set[asyncio.Task] = set()
         self.claims = {"granted": 0, "empty": 0}
         self._stopping = False
+        self.orphan_grace = orphan_grace
+        self.reconcile_interval = reconcile_interval
+        self.released = 0  # attempts handed back by reconciliation
+        self._next_reconcile = 0.0  # time.monotonic() of the next comparison
+        self._orphans: dict[
+            str, tuple[int, float]
+        ] = {}  # task id -> (attempt, first seen orphaned)
+        self._releasing: set[str] = set()
+        self._lose_claims = _failpoint("executor.lose_claim")
 
     # ------------------------------------------------------------ life
     async def start(self) -> None:
@@ -124,7 +163,7 @@ class Executor:
                 await asyncio.wait_for(self._propose({"op": "requeue_node", "node": self.node_id, "at": now_ms(),
                                                     "reason": "stopped"}), handback_timeout)
                 log.info("stopping: handed %d running tasks back to the queue", count)
-            except (RaftError, asyncio.TimeoutError) as exc:
+            except (RaftError, TimeoutError) as exc:
                 log.warning("stopping: could not hand %d running tasks back (%s); the cluster will requeue "
                             "them once this node is seen dead", count, exc)
         for worker in list(self._workers):
@@ -148,9 +187,11 @@ class Executor:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
+            if time.monotonic() >= self._next_reconcile:
+                self._reconcile()
             while len(self.running) < self.slots and self.queue.counts()["queued"] > 0:
                 if not await self._claim_one():
                     break
@@ -173,21 +214,117 @@ class Executor:
         try:
             answer = await self._propose(cmd)
         except RaftError as exc:
+            # It may still commit later and grant tasks nobody here knows of: look soon.
+            self._reconcile_soon()
             log.debug("claim not committed: %s", exc)
             await asyncio.sleep(self.poll_interval)
             return False
+        self._reconcile_soon()
         tasks = answer.get("tasks") if isinstance(answer, dict) else None
         if not tasks:
             self.claims["empty"] += 1
             return False
+        if self._lose_claims > 0:  # failpoint: as if this answer never came back
+            self._lose_claims -= 1
+            log.warning(
+                "failpoint executor.lose_claim: dropping the grant of %s", [t["id"] for t in tasks]
+            )
+            return False
         for task in tasks:
             self.claims["granted"] += 1
+            if not self._still_granted(task["id"], task["attempt"]):
+                continue  # released or requeued before this answer came back: not ours any more
             run = Running(task["id"], task["attempt"], task["type"], time.monotonic())
             self.running[task["id"]] = run
             worker = asyncio.create_task(self._execute(task, run), name=f"run-{task['id']}")
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
         return True
+
+    def _still_granted(self, task_id: str, attempt: int) -> bool:
+        current = self.queue.get(task_id)
+        return (
+            current is not None
+            and current.state == RUNNING
+            and current.node == self.node_id
+            and current.attempt == attempt
+        )
+
+    # ------------------------------------------------------------ reconciling
+    def _reconcile_soon(self) -> None:
+        self._next_reconcile = min(self._next_reconcile, time.monotonic() + RECONCILE_SOON_S)
+
+    def orphans(self, now: float | None = None) -> list[tuple[str, int]]:
+        """(task id, attempt) the replicated state shows running on this node that this
+        executor does not run, for at least `orphan_grace` seconds now; remembers when
+        each was first seen that way, so that a grant being started is left alone."""
+        now = time.monotonic() if now is None else now
+        seen: dict[str, tuple[int, float]] = {}
+        for task_id in self.queue.running_on(self.node_id):
+            task = self.queue.get(task_id)
+            run = self.running.get(task_id)
+            if task is None or (run is not None and run.attempt == task.attempt):
+                continue
+            first = self._orphans.get(task_id)
+            seen[task_id] = (
+                first if first is not None and first[0] == task.attempt else (task.attempt, now)
+            )
+        self._orphans = seen
+        return [
+            (task_id, attempt)
+            for task_id, (attempt, since) in seen.items()
+            if now - since >= self.orphan_grace and task_id not in self._releasing
+        ]
+
+    def _reconcile(self) -> None:
+        self._next_reconcile = time.monotonic() + self.reconcile_interval
+        if self._stopping:
+            return
+        for task_id, attempt in self.orphans():
+            self._releasing.add(task_id)
+            worker = asyncio.create_task(self._release(task_id, attempt), name=f"release-{task_id}")
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+
+    async def _release(self, task_id: str, attempt: int) -> None:
+        """Hand one orphaned attempt back to the queue; fenced, so harmless if it moved on."""
+        cmd = {
+            "op": "release",
+            "id": task_id,
+            "attempt": attempt,
+            "node": self.node_id,
+            "at": now_ms(),
+            "reason": "granted to this node, which is not running it (its claim committed after the "
+            "claimer gave up)",
+        }
+        try:
+            answer = await self._propose(cmd)
+        except RaftError as exc:
+            log.warning(
+                "could not hand back task %s (attempt %d) yet: %s; retrying", task_id, attempt, exc
+            )
+            return  # still orphaned at the next comparison, so tried again then
+        finally:
+            self._releasing.discard(task_id)
+            self._wake.set()
+        if refused(answer):
+            log.debug(
+                "task %s attempt %d moved on before its hand-back: %s",
+                task_id,
+                attempt,
+                answer["error"]["message"],
+            )
+            return
+        self.released += 1
+        self._orphans.pop(task_id, None)
+        log.warning(
+            "task %s (attempt %d) was running on this node only in the replicated state: handed back "
+            "to the queue (%s)",
+            task_id,
+            attempt,
+            answer.get("state"),
+            extra={"event": "task_released", "task_id": task_id, "attempt": attempt},
+        )
 
     # ------------------------------------------------------------ running
     async def _execute(self, task: dict, run: Running) -> None:
@@ -244,17 +381,34 @@ class Executor:
         task.add_done_callback(lambda t: t.exception())  # progress is best effort
 
     async def _report(self, cmd: dict) -> None:
-        """Completion must reach the log: retry until committed (or refused as stale)."""
+        """Completion must reach the log: retry until committed.  No request id is
+        needed: the attempt fences it, so a copy that applies after an earlier copy
+        did is refused as stale_attempt, which means done here, not a failure."""
         while True:
             cmd["at"] = now_ms()
             try:
-                await self._propose(cmd, request_id=f"{cmd['op']}:{cmd['id']}:{cmd['attempt']}")
-                return
+                answer = await self._propose(cmd)
             except RaftError as exc:
-                log.warning("report for task %s not committed yet (%s); retrying", cmd["id"], exc,
-                            extra={"event": "report_retry", "task_id": cmd["id"]})
+                log.warning(
+                    "report for task %s not committed yet (%s); retrying",
+                    cmd["id"],
+                    exc,
+                    extra={"event": "report_retry", "task_id": cmd["id"]},
+                )
                 await asyncio.sleep(0.5)
+                continue
+            if refused(answer):
+                # An earlier copy applied, or the attempt was taken away (requeued,
+                # released): either way there is nothing left to report.
+                log.debug(
+                    "report %s for task %s attempt %d not applied: %s",
+                    cmd["op"],
+                    cmd["id"],
+                    cmd["attempt"],
+                    answer["error"]["message"],
+                )
+            return
 
-    async def _propose(self, cmd: dict, request_id: str | None = None) -> Any:
-        applied = await self.raft.propose(msgpack.packb(cmd, use_bin_type=True), request_id=request_id)
+    async def _propose(self, cmd: dict) -> Any:
+        applied = await self.raft.propose(msgpack.packb(cmd, use_bin_type=True))
         return applied.result

@@ -4,6 +4,13 @@ An upload is one log entry holding the file's bytes and the `ingest` task that
 will index it (node/state.py `kb.upload`); the answer is 202 because indexing
 happens afterwards, on whichever node claims that task.  Deletes and
 enable/disable are log entries too.  Listing and search read this node's replica.
+
+An upload may carry an `Idempotency-Key` header (node/idempotency.py): file i of
+the request is submitted under that key (i = 0) or "<key>#<i>", with a print of
+the file and its place in the request, so a retried upload (to any node) makes
+no second version and no second ingest task; it answers 202 with what the first
+copy created, each entry marked "replayed", and `Idempotent-Replayed: true` when
+every file was a replay.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from node import idempotency
 from node.ids import new_task_id, now_ms
 
 Write = Callable[[dict, int], Awaitable[web.Response]]
@@ -52,6 +60,10 @@ class KnowledgeAPI:
     # ------------------------------------------------------------ uploads
     async def upload(self, request: web.Request) -> web.Response:
         try:
+            key = idempotency.from_request(request)
+        except idempotency.BadKey as exc:
+            return self.error(400, "bad_idempotency_key", str(exc), header=idempotency.HEADER)
+        try:
             if request.content_type.startswith("multipart/"):
                 try:
                     files = await self._multipart(request)
@@ -64,23 +76,38 @@ class KnowledgeAPI:
                 files = [await self._json_document(request)]
         except UploadError as exc:
             return self.error(exc.status, exc.code, str(exc), **exc.details)
-        if request.get("role", "admin") != "admin" and any(self.state.kb.get(d["doc_id"]) for d in files):
+        owner = request.get("user", "anonymous")
+        keys = [_file_key(key, index) for index in range(len(files))]
+        # A user's retry of their own first upload of a named document is a replay,
+        # not a replacement (the document exists now because the first copy applied).
+        if request.get("role", "admin") != "admin" and any(
+            self.state.kb.get(d["doc_id"]) and not (k and self.state.tasks.known_key(owner, k))
+            for d, k in zip(files, keys)
+        ):
             return self.error(403, "forbidden", "only an admin can replace a document; upload without an id")
         documents, tasks = [], []
-        owner = request.get("user", "anonymous")
-        for doc in files:
-            cmd = {"op": "kb.upload", "doc": doc, "at": now_ms(),
-                   "task": {"id": new_task_id(), "priority": 5, "owner": owner}}
+        replays = 0
+        for index, doc in enumerate(files):
+            given_id = doc.pop("given_id")
+            task = {"id": new_task_id(), "priority": 5, "owner": owner}
+            if keys[index] is not None:
+                task.update(
+                    idem_key=keys[index],
+                    fingerprint=_upload_fingerprint(doc, given_id, index, len(files)),
+                )
+            cmd = {"op": "kb.upload", "doc": doc, "at": now_ms(), "task": task}
             response = await self.write(cmd, 202)
             if response.status != 202:
                 # Earlier files of this request were accepted; say which.
                 if documents:
-                    response.headers["X-Ragraft-Accepted-Documents"] = ",".join(d["doc_id"] for d in documents)
+                    response.headers["X-Ragraft-Accepted-Documents"] = ",".join(d["doc_id"] for d in documents if d)
                 return response
             body = _json_body(response)
             documents.append(body["document"])
             tasks.append(body["task"])
-        return web.json_response({"documents": documents, "tasks": tasks}, status=202)
+            replays += body["task"].get("replayed") is True
+        answer = web.json_response({"documents": documents, "tasks": tasks}, status=202)
+        return idempotency.mark_replayed(answer, replays == len(files))
 
     async def _json_document(self, request: web.Request) -> dict:
         try:
@@ -103,8 +130,15 @@ class KnowledgeAPI:
         data = text.encode("utf-8")
         self._check_size(len(data), title or "text")
         suffix = {"text/plain": ".txt", "text/markdown": ".md", "text/html": ".html"}[media_type]
-        return {"doc_id": self._doc_id(body.get("id")), "title": title, "source": (title or "text") + suffix,
-                "media_type": media_type, "tags": _tags(body.get("tags", [])), "data": data}
+        return {
+            "doc_id": self._doc_id(body.get("id")),
+            "title": title,
+            "source": (title or "text") + suffix,
+            "media_type": media_type,
+            "tags": _tags(body.get("tags", [])),
+            "data": data,
+            "given_id": body.get("id") or None,
+        }
 
     async def _multipart(self, request: web.Request) -> list[dict]:
         reader = await request.multipart()
@@ -130,8 +164,17 @@ class KnowledgeAPI:
         for filename, content_type, data in files:
             if not data:
                 raise UploadError(422, "empty_file", f"{filename}: the file is empty", field="file")
-            docs.append({"doc_id": self._doc_id(fields.get("id")), "title": fields.get("title") or filename,
-                         "source": filename, "media_type": content_type or "", "tags": tags, "data": data})
+            docs.append(
+                {
+                    "doc_id": self._doc_id(fields.get("id")),
+                    "title": fields.get("title") or filename,
+                    "source": filename,
+                    "media_type": content_type or "",
+                    "tags": tags,
+                    "data": data,
+                    "given_id": fields.get("id") or None,
+                }
+            )
         return docs
 
     async def _read_limited(self, part: BodyPartReader) -> bytes:
@@ -232,6 +275,30 @@ def _tags(tags: Any) -> list[str]:
         raise UploadError(422, "invalid", f"tags must be a list of at most {MAX_TAGS} non-empty strings",
                           field="tags")
     return tags
+
+
+def _file_key(key: str | None, index: int) -> str | None:
+    """The idempotency key of a request's index-th file: the first file takes the
+    request's key itself, so reusing a task's key for an upload is a mismatch."""
+    if key is None:
+        return None
+    return key if index == 0 else f"{key}#{index}"
+
+
+def _upload_fingerprint(doc: dict, given_id: str | None, index: int, count: int) -> str:
+    """What makes two uploads the same: the file and its metadata, the document id
+    the client named (not one this node drew), and its place in the request."""
+    return idempotency.fingerprint(
+        "upload",
+        count,
+        index,
+        given_id,
+        doc["title"],
+        doc["source"],
+        doc["media_type"],
+        doc["tags"],
+        doc["data"],
+    )
 
 
 def _json_body(response: web.Response) -> Any:

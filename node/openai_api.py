@@ -7,7 +7,10 @@ for "ragraft-generate" — and is answered when that task finishes, in OpenAI's
 format.  The last user message is the query; earlier turns are not used (the
 engine answers single questions).  The engine does not stream tokens, so a
 streamed answer sends its role at once, keep-alive comments while the task waits
-and runs, then the answer.  A client that disconnects cancels its task.
+and runs, then the answer.  A client that disconnects cancels its task, unless
+the request carried an `Idempotency-Key`: then the task goes on, and a retry
+with the same key (on any node, within 24 hours) waits for that same task
+instead of submitting another; such an answer carries `Idempotent-Replayed: true`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import msgpack
 from aiohttp import web
 
 from consensus.errors import RaftError
+from node import idempotency
 from node.ids import new_task_id, now_ms
 
 MODELS = {"ragraft-qa": "qa", "ragraft-generate": "generate"}
@@ -50,6 +54,10 @@ class OpenAIRoutes:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         try:
+            key = idempotency.from_request(request)
+        except idempotency.BadKey as exc:
+            return _error(400, str(exc), param=idempotency.HEADER, code="bad_idempotency_key")
+        try:
             body = await request.json()
         except ValueError:
             return _error(400, "the body is not valid JSON")
@@ -59,29 +67,65 @@ class OpenAIRoutes:
             param = exc.args[1] if len(exc.args) > 1 else None
             status = 404 if param == "model" else 400
             return _error(status, str(exc.args[0]), param=param, code="model_not_found" if status == 404 else None)
-        cmd = {"op": "submit", "id": new_task_id(), "type": task_type, "owner": request.get("user", "anonymous"),
-               "at": now_ms(), "priority": 5, "params": params,
-               "input": {"query" if task_type == "qa" else "prompt": query}}
+        fields = {
+            "type": task_type,
+            "priority": 5,
+            "params": params,
+            "input": {"query" if task_type == "qa" else "prompt": query},
+        }
+        cmd = {
+            "op": "submit",
+            "id": new_task_id(),
+            "owner": request.get("user", "anonymous"),
+            "at": now_ms(),
+            **fields,
+        }
+        if key is not None:
+            cmd.update(idem_key=key, fingerprint=idempotency.task_fingerprint(fields))
         try:
             applied = await self.raft.propose(msgpack.packb(cmd, use_bin_type=True))
         except RaftError as exc:
             return _error(503, f"the cluster cannot accept tasks right now: {exc}", kind="server_error")
-        if isinstance(applied.result, dict) and isinstance(applied.result.get("error"), dict):
-            return _error(400, applied.result["error"]["message"])
-        task_id, model = cmd["id"], body["model"]
+        result = applied.result
+        if isinstance(result, dict) and isinstance(result.get("error"), dict):
+            code = result["error"].get("code")
+            status = 422 if code == "idempotency_mismatch" else 400
+            return _error(
+                status,
+                result["error"]["message"],
+                param=idempotency.HEADER if status == 422 else None,
+                code=code if status == 422 else None,
+            )
+        replayed = isinstance(result, dict) and result.get("replayed") is True
+        if replayed and result.get("expired"):
+            return _error(
+                409,
+                f"the task this {idempotency.HEADER} submitted ({result['id']}) has expired: its "
+                "answer is no longer kept; send the request with a new key",
+                param=idempotency.HEADER,
+                code="idempotency_key_expired",
+            )
+        # A replay follows the task the first request created, whoever proposed it.
+        task_id, model = result["id"] if replayed else cmd["id"], body["model"]
+        keep = key is not None  # a retry with the key may come back for this task
         if body.get("stream"):
             return await self._stream(request, task_id, model, bool((body.get("stream_options") or {})
-                                                                    .get("include_usage")))
+                                                                    .get("include_usage")), replayed, keep)
         task = await self._wait(task_id, request)
-        if task is _GONE:  # the client went away: so does its task
-            await self._cancel(task_id, request)
+        if task is _GONE:  # the client went away: so does its task, unless it may retry
+            if not keep:
+                await self._cancel(task_id, request)
             return web.Response(status=499)
         if task is None:
-            await self._cancel(task_id, request)
+            if not keep:
+                await self._cancel(task_id, request)
             return _error(504, f"task {task_id} did not finish within {WAIT_LIMIT_S:.0f} s", kind="server_error")
         if task.state != "completed":
-            return _error(502, f"task {task_id} {task.state}: {task.error}", kind="server_error")
-        return web.json_response(_completion(task, model))
+            return idempotency.mark_replayed(
+                _error(502, f"task {task_id} {task.state}: {task.error}", kind="server_error"),
+                replayed,
+            )
+        return idempotency.mark_replayed(web.json_response(_completion(task, model)), replayed)
 
     async def _wait(self, task_id: str, request: web.Request, on_tick: Any = None) -> Any:
         """The finished task, None after WAIT_LIMIT_S, or _GONE when the client hung up
@@ -110,8 +154,18 @@ class OpenAIRoutes:
         except RaftError:
             pass  # best effort: the task finishes and its answer is simply not read
 
-    async def _stream(self, request: web.Request, task_id: str, model: str, usage: bool) -> web.StreamResponse:
+    async def _stream(
+        self,
+        request: web.Request,
+        task_id: str,
+        model: str,
+        usage: bool,
+        replayed: bool = False,
+        keep: bool = False,
+    ) -> web.StreamResponse:
+        """`keep`: a client that hangs up does not cancel the task (it sent an idempotency key)."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        idempotency.mark_replayed(response, replayed)
         await response.prepare(request)
         created = int(time.time())
 
@@ -128,7 +182,8 @@ class OpenAIRoutes:
             await send({"role": "assistant", "content": ""})
             task = await self._wait(task_id, request, tick)
             if task is _GONE:
-                await self._cancel(task_id, request)
+                if not keep:
+                    await self._cancel(task_id, request)
                 return response
             if task is None or task.state != "completed":
                 message = "timed out" if task is None else f"{task.state}: {task.error}"
@@ -145,14 +200,15 @@ class OpenAIRoutes:
                     await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
-            await self._cancel(task_id, request)
+            if not keep:
+                await self._cancel(task_id, request)
             raise
         return response
 
 
 def _parse(body: Any) -> tuple[str, str, dict]:
     if not isinstance(body, dict):
-        raise ValueError("the body must be a JSON object", None)
+        raise ValueError("the body must be a JSON object", None)  # noqa: TRY004 - chat() maps ValueError to a 400
     model = body.get("model")
     if model not in MODELS:
         raise ValueError(f"the model {model!r} does not exist; use one of {', '.join(MODELS)}", "model")

@@ -40,6 +40,25 @@ def _query(name: str, schema: dict, description: str) -> dict:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+# The client's name for one logical submission, the same on every retry.
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"},
+    "description": "1-255 printable ASCII characters (e.g. a uuid4 hex), chosen by the client for one logical "
+                   "submission and sent again on every retry, to any node: a repeat by the same user within 24 "
+                   "hours answers with what the first request created (same task id, same status) instead of "
+                   "creating it again. The same key with a different request is refused (422 "
+                   "idempotency_mismatch); a malformed key is a 400 (bad_idempotency_key).",
+}
+_REPLAYED = {"Idempotent-Replayed": {
+    "description": "\"true\" when this answer replays an earlier request with the same Idempotency-Key",
+    "schema": {"const": "true"}}}
+
+
+def _replayable(response: dict) -> dict:
+    return {**response, "headers": _REPLAYED}
+
+
 def _path_id(description: str) -> dict:
     return {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
 
@@ -72,7 +91,14 @@ SCHEMAS: dict[str, Any] = {
         started_at=_NULL_INT, finished_at=_NULL_INT, not_before={"type": "integer"},
         progress={"type": "number"}, progress_note={"type": "string"},
         result={"description": "qa: answer, citations, passages, timings, models"}, error=_NULL_STR,
-        abort_requested={"type": "boolean"}, history={"type": "array", "items": _ref("HistoryEntry")}),
+        abort_requested={"type": "boolean"}, history={"type": "array", "items": _ref("HistoryEntry")},
+        replayed={"type": "boolean", "description": "present (true) when a submission with a known "
+                                                    "Idempotency-Key answers with the task it created before"}),
+    "ExpiredReplay": _obj(
+        ["id", "replayed", "expired"], id={"type": "string", "description": "the task the key created"},
+        owner={"type": "string"}, submitted_at={"type": "integer"}, replayed={"const": True},
+        expired={"const": True, "description": "the task record was removed by retention; the key outlives it "
+                                               "(24 hours)"}),
     "TaskSummary": _obj(
         ["id", "type", "state", "priority", "owner", "submitted_at"],
         id={"type": "string"}, type={"type": "string"}, state={"enum": list(STATES)}, priority={"type": "integer"},
@@ -201,9 +227,17 @@ def _paths() -> dict:
             "503": _error("no quorum")}, tag="auth", parameters=[_path_id("key id")])},
         "/api/v1/tasks": {
             "post": _op("submit a task", {
-                "201": task, "400": _error("not JSON"), "413": _error("body too large"),
-                "422": _error("invalid field (details.field names it)"), "503": _error("no quorum")},
-                tag="tasks", body={"required": True, "content": {JSON: {"schema": _ref("Submission")}}}),
+                "201": _replayable(_json({"anyOf": [_ref("Task"), _ref("ExpiredReplay")]},
+                                         "the task (with Idempotent-Replayed: true, the one an earlier request "
+                                         "with the same Idempotency-Key created; ExpiredReplay once that "
+                                         "task's record has expired)")),
+                "400": _error("not JSON, or a malformed Idempotency-Key (bad_idempotency_key)"),
+                "413": _error("body too large"),
+                "422": _error("invalid field (details.field names it), or idempotency_mismatch: the "
+                              "Idempotency-Key was used for a different request (details.task_id)"),
+                "503": _error("no quorum")},
+                tag="tasks", body={"required": True, "content": {JSON: {"schema": _ref("Submission")}}},
+                parameters=[_IDEMPOTENCY_KEY]),
             "get": _op("list tasks", {"200": _json(_ref("TaskList"), "a page"),
                                       "422": _error("bad parameter")}, tag="tasks", parameters=list_params)},
         "/api/v1/tasks/{id}": {
@@ -255,10 +289,16 @@ def _paths() -> dict:
             tag="cluster", parameters=[_path_id("node id")])},
         "/api/v1/kb/documents": {
             "post": _op("upload documents (multipart files, or JSON {title, text})", {
-                "202": _json(_obj(["documents", "tasks"], documents={"type": "array", "items": {"type": "object"}},
-                                  tasks={"type": "array", "items": _ref("Task")}), "accepted; ingest tasks queued"),
-                "400": _error("not JSON"), "403": _error("replacing needs an admin"),
-                "413": _error("file too large"), "422": _error("invalid or empty"), "503": _error("no quorum")},
+                "202": _replayable(_json(_obj(
+                    ["documents", "tasks"], documents={"type": "array", "items": {"type": ["object", "null"]}},
+                    tasks={"type": "array", "items": {"anyOf": [_ref("Task"), _ref("ExpiredReplay")]}}),
+                    "accepted; ingest tasks queued (with an Idempotency-Key, file i is keyed by the key, i = "
+                    "0, or \"<key>#<i>\"; a replayed file's entries say \"replayed\", and "
+                    "Idempotent-Replayed: true when every file was a replay)")),
+                "400": _error("not JSON, or a malformed Idempotency-Key"), "403": _error("replacing needs an admin"),
+                "413": _error("file too large"),
+                "422": _error("invalid or empty, or idempotency_mismatch (the key was used for another request)"),
+                "503": _error("no quorum")},
                 tag="knowledge base", body={"required": True, "content": {
                     JSON: {"schema": _obj(["text"], text={"type": "string", "minLength": 1},
                                           title={"type": "string"}, id={"type": "string"},
@@ -266,7 +306,8 @@ def _paths() -> dict:
                                           tags={"type": "array", "items": {"type": "string"}})},
                     "multipart/form-data": {"schema": {"type": "object", "properties": {
                         "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "tags": {"type": "string"}, "title": {"type": "string"}, "id": {"type": "string"}}}}}}),
+                        "tags": {"type": "string"}, "title": {"type": "string"}, "id": {"type": "string"}}}}}},
+                parameters=[_IDEMPOTENCY_KEY]),
             "get": _op("documents", {"200": _json(_obj(["items", "total"], items={"type": "array",
                                                                                   "items": _ref("Document")},
                                                       total={"type": "integer"}), "documents")},
@@ -306,15 +347,24 @@ def _paths() -> dict:
                               data={"type": "array", "items": _obj(["id"], id={"type": "string"})}), "models")},
             tag="openai")},
         "/v1/chat/completions": {"post": _op(
-            "OpenAI-compatible chat: the last user message becomes a qa (or generate) task", {
-                "200": {"description": "a chat.completion, or a text/event-stream of chunks with stream: true",
-                        "content": {JSON: {"schema": _obj(["id", "object", "choices"], id={"type": "string"},
-                                                          object={"type": "string"},
-                                                          choices={"type": "array"}, usage={"type": "object"})},
-                                    "text/event-stream": {"schema": {"type": "string"}}}},
-                "400": {"description": "bad request (OpenAI error format)", "content": {JSON: {"schema": {
-                    "type": "object"}}}},
+            "OpenAI-compatible chat: the last user message becomes a qa (or generate) task; with an "
+            "Idempotency-Key, a retry follows the task the first request submitted, and a client that hangs "
+            "up does not cancel it", {
+                "200": _replayable({
+                    "description": "a chat.completion, or a text/event-stream of chunks with stream: true",
+                    "content": {JSON: {"schema": _obj(["id", "object", "choices"], id={"type": "string"},
+                                                      object={"type": "string"},
+                                                      choices={"type": "array"}, usage={"type": "object"})},
+                                "text/event-stream": {"schema": {"type": "string"}}}}),
+                "400": {"description": "bad request, or a malformed Idempotency-Key (OpenAI error format)",
+                        "content": {JSON: {"schema": {"type": "object"}}}},
                 "404": {"description": "unknown model", "content": {JSON: {"schema": {"type": "object"}}}},
+                "409": {"description": "the task this Idempotency-Key submitted has expired "
+                                       "(code idempotency_key_expired)",
+                        "content": {JSON: {"schema": {"type": "object"}}}},
+                "422": {"description": "the Idempotency-Key was used for a different request "
+                                       "(code idempotency_mismatch)",
+                        "content": {JSON: {"schema": {"type": "object"}}}},
                 "502": {"description": "the task failed", "content": {JSON: {"schema": {"type": "object"}}}},
                 "503": {"description": "no quorum", "content": {JSON: {"schema": {"type": "object"}}}},
                 "504": {"description": "timed out", "content": {JSON: {"schema": {"type": "object"}}}}},
@@ -327,7 +377,7 @@ def _paths() -> dict:
                 temperature={"type": "number", "minimum": 0, "maximum": 2},
                 top_p={"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                 stream={"type": "boolean"}, stop={"type": "array", "items": {"type": "string"}, "maxItems": 4},
-                seed={"type": "integer", "minimum": 0})}}})},
+                seed={"type": "integer", "minimum": 0})}}}, parameters=[_IDEMPOTENCY_KEY])},
         "/api/v1/events": {"get": _op("server-sent events: task, kb, node and cluster changes", {
             "200": {"description": "an endless event stream",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}}},

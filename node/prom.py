@@ -49,10 +49,15 @@ class MetricsExporter:
         if refused(result):
             return
         op = cmd.get("op")
-        if op == "submit":
+        replayed = isinstance(result, dict) and (
+            result.get("replayed") is True or (result.get("task") or {}).get("replayed") is True
+        )
+        if op == "submit" and not replayed:
             self.events.labels("submitted", str(cmd.get("type"))).inc()
-        elif op == "kb.upload":
+        elif op == "kb.upload" and not replayed:
             self.events.labels("submitted", "ingest").inc()
+        elif op == "release" and isinstance(result, dict):
+            self.events.labels("requeued", str(result.get("type", "?"))).inc()
         elif op == "claim" and isinstance(result, dict):
             for task in result.get("tasks") or ():
                 self.events.labels("claimed", task.get("type", "?")).inc()

@@ -10,6 +10,9 @@ replica can see half of them:
   will index it, so an accepted upload always has a task and vice versa.
 - When an `ingest` task ends failed or cancelled, its document version is marked
   failed (the previous version, if any, keeps serving) and the raw bytes dropped.
+- A `kb.upload` whose ingest task carries an idempotency key already known for
+  its owner stores nothing: it answers with the version and task the first copy
+  created (a retried upload makes neither a second version nor a second task).
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class NodeState:
                 result = self.kb.execute(cmd)
         elif isinstance(cmd, dict):
             result = self.tasks.execute(cmd)
-            if self.kb is not None and op in ("cancel", "fail", "abort") and isinstance(cmd.get("id"), str):
+            if self.kb is not None and op in ("cancel", "fail", "abort", "release") and isinstance(cmd.get("id"), str):
                 self._close_failed_ingest(cmd["id"], cmd.get("at", 0))
         else:
             result = TaskError("bad_command", "a command is a map with an 'op'").to_dict()
@@ -85,12 +88,21 @@ class NodeState:
 
     def _upload(self, cmd: dict) -> dict:
         """{"op": "kb.upload", "doc": {doc_id, title, source, media_type, tags, data},
-        "task": {id, priority, owner}, "at": ms}"""
+        "task": {id, priority, owner[, idem_key, fingerprint]}, "at": ms}"""
         assert self.kb is not None
         doc, task, at = cmd.get("doc"), cmd.get("task"), cmd.get("at")
         if not isinstance(doc, dict) or not isinstance(task, dict) or not isinstance(task.get("id"), str) \
                 or not isinstance(at, int):
             return TaskError("bad_command", "kb.upload needs doc, task and at").to_dict()
+        key, fingerprint = task.get("idem_key"), task.get("fingerprint", "")
+        if key is not None:
+            if not isinstance(key, str) or not key or not isinstance(fingerprint, str):
+                return TaskError(
+                    "bad_command", "idem_key must be a non-empty string and fingerprint a string"
+                ).to_dict()
+            replayed = self.tasks.replay(task.get("owner", ""), key, fingerprint, at)
+            if replayed is not None:
+                return replayed if refused(replayed) else {"document": self._uploaded(replayed), "task": replayed}
         document = self.kb.execute({"op": "kb.put_upload", **doc, "at": at})
         if refused(document):
             return document
@@ -99,12 +111,38 @@ class NodeState:
             "priority": task.get("priority", 5), "owner": task.get("owner", ""),
             "input": {"doc_id": document["doc_id"], "version": document["version"],
                       "filename": doc.get("source") or document["doc_id"], "media_type": doc.get("media_type")},
+            **({"idem_key": key, "fingerprint": fingerprint} if key is not None else {}),
         })
         if refused(submitted):
             self.kb.execute({"op": "kb.fail_ingest", "doc_id": document["doc_id"], "version": document["version"],
                              "error": "its ingest task was refused: " + submitted["error"]["message"], "at": at})
             return submitted
         return {"document": document, "task": submitted}
+
+    def _uploaded(self, replayed: dict) -> dict | None:
+        """The document part of a replayed upload's answer: the version its ingest
+        task indexes, in that version's state now ("replaced" once a newer version
+        exists, "deleted" once the document is gone); None if the task has expired."""
+        assert self.kb is not None
+        task_input = replayed.get("input")
+        if replayed.get("expired") or not isinstance(task_input, dict):
+            return None
+        doc_id, version = task_input.get("doc_id"), task_input.get("version")
+        current = self.kb.get(doc_id) if isinstance(doc_id, str) else None
+        if current is None:
+            state, size = "deleted", None
+        elif current["version"] != version:
+            state, size = "replaced", None
+        else:
+            state, size = current["state"], current["size"]
+        return {
+            "doc_id": doc_id,
+            "version": version,
+            "state": state,
+            "size": size,
+            "superseded_version": None,
+            "replayed": True,
+        }
 
     def _close_failed_ingest(self, task_id: str, at: Any) -> None:
         assert self.kb is not None

@@ -10,7 +10,15 @@ Lifecycle: queued -> running -> completed | failed | cancelled, with retries
 tasks.  Claims are the only way a task starts: a node with a free slot commits
 a claim, and applying it grants the highest-priority, oldest eligible task, or
 nothing.  Every report from an executor names the attempt it belongs to, so a
-late report from a superseded attempt is refused (fencing).
+late report from a superseded attempt is refused (fencing); an executor that
+finds the log granted it an attempt it is not running (its claim committed after
+the proposer gave up) hands that attempt back with a fenced `release`.
+
+Idempotency: a submit may carry `idem_key` and `fingerprint` (node/idempotency.py).
+The queue remembers (owner, idem_key) -> (task id, fingerprint, at) for at least
+IDEMPOTENCY_TTL_MS of command time after the original submission, also after the
+task itself was expired by retention, and answers a repeat with the existing task
+instead of creating one.  Times come from the commands (`at`), never a clock.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import msgpack
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED)
 FINISHED = (COMPLETED, FAILED, CANCELLED)
+# How long a submission's idempotency key is remembered, in command time (ms).
+IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 
 
 class TaskError(Exception):
@@ -128,8 +138,9 @@ class RetryPolicy:
 class TaskQueue:
     """consensus.fsm.StateMachine for the task log."""
 
-    def __init__(self, policy: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(self, policy: RetryPolicy = RetryPolicy(), idempotency_ttl_ms: int = IDEMPOTENCY_TTL_MS) -> None:
         self.policy = policy
+        self.idempotency_ttl_ms = idempotency_ttl_ms
         self.tasks: dict[str, Task] = {}
         self._seq = 0
         # queued tasks by (-priority, seq); entries of tasks that left the queue
@@ -138,6 +149,12 @@ class TaskQueue:
         self._running: dict[str, set[str]] = {}  # node -> ids
         self._counts = dict.fromkeys(STATES, 0)
         self.nodes: dict[str, dict] = {}  # node -> {"slots", "alive", "since"}
+        # (owner, idempotency key) -> (task id, fingerprint, at), in apply order, so
+        # the oldest keys are at the front and pruning stops at the first young one.
+        self._keys: dict[tuple[str, str], tuple[str, str, int]] = {}
+        # The latest command time applied: "now" for pruning keys in commands that
+        # carry no time of their own (expire).  Derived from the log, so deterministic.
+        self._clock = 0
 
     # ------------------------------------------------------------ StateMachine
     def apply(self, index: int, command: bytes) -> Any:
@@ -149,6 +166,9 @@ class TaskQueue:
         handler = getattr(self, f"_op_{op}", None) if isinstance(op, str) else None
         if handler is None:
             return TaskError("bad_command", f"unknown operation {op!r}").to_dict()
+        at = cmd.get("at")
+        if isinstance(at, (int, float)) and not isinstance(at, bool) and at > self._clock:
+            self._clock = int(at)
         try:
             return handler(cmd)
         except TaskError as exc:
@@ -159,15 +179,26 @@ class TaskQueue:
 
     def snapshot(self) -> bytes:
         return msgpack.packb(
-            {"seq": self._seq, "tasks": [t._row() for t in self.tasks.values()], "nodes": self.nodes},
+            {
+                "seq": self._seq,
+                "tasks": [t._row() for t in self.tasks.values()],
+                "nodes": self.nodes,
+                "keys": [[owner, key, *entry] for (owner, key), entry in self._keys.items()],
+                "clock": self._clock,
+            },
             use_bin_type=True,
         )
 
     def restore(self, data: bytes) -> None:
         state = msgpack.unpackb(data, raw=False)
-        self.__init__(self.policy)
+        self.__init__(self.policy, self.idempotency_ttl_ms)
         self._seq = state["seq"]
         self.nodes = state["nodes"]
+        # Snapshots from before idempotency keys have neither field.
+        self._keys = {
+            (owner, key): (task_id, fp, at) for owner, key, task_id, fp, at in state.get("keys", ())
+        }
+        self._clock = state.get("clock", 0)
         for row in state["tasks"]:
             task = Task._from_row(row)
             self.tasks[task.id] = task
@@ -186,6 +217,12 @@ class TaskQueue:
 
     def running_on(self, node: str) -> list[str]:
         return sorted(self._running.get(node, ()))
+
+    def known_key(self, owner: str, key: str) -> str | None:
+        """The task id an idempotency key stands for on this replica (read-only:
+        the API's permission checks use it; only apply decides replays)."""
+        known = self._keys.get((owner, key))
+        return known[0] if known is not None else None
 
     # ------------------------------------------------------------ helpers
     def _task(self, task_id: str) -> Task:
@@ -222,8 +259,68 @@ class TaskQueue:
         return task
 
     # ------------------------------------------------------------ operations
+    def replay(self, owner: str, key: str, fingerprint: str, at: int) -> dict | None:
+        """The answer to a repeated submission of (owner, key) at command time `at`:
+        the existing task marked `replayed`, a refusal if the key came with another
+        request, or None when the key is new (or forgotten: older than the TTL).
+        node/state.py asks before a `kb.upload` stores a second copy of its file."""
+        self._forget_keys(at)
+        known = self._keys.get((owner, key))
+        if known is None:
+            return None
+        task_id, known_print, submitted_at = known
+        if known_print != fingerprint:
+            return TaskError(
+                "idempotency_mismatch",
+                f"the idempotency key was already used for a different request (task {task_id}); "
+                "use a new key for a new request",
+                task_id=task_id,
+            ).to_dict()
+        task = self.tasks.get(task_id)
+        if task is None:
+            # Retention removed the record, the key outlives it: name the task, say so.
+            return {
+                "id": task_id,
+                "owner": owner,
+                "submitted_at": submitted_at,
+                "replayed": True,
+                "expired": True,
+            }
+        return {**task.to_dict(), "replayed": True}
+
+    def _forget_keys(self, now: int) -> int:
+        """Drop keys older than the TTL at command time `now`.  Keys are in apply
+        order, so this stops at the first young one; a proposer's clock running
+        behind only keeps a key a little longer, never shorter."""
+        cutoff = now - self.idempotency_ttl_ms
+        old = []
+        for owner_key, (_, _, at) in self._keys.items():
+            if at >= cutoff:
+                break
+            old.append(owner_key)
+        for owner_key in old:
+            del self._keys[owner_key]
+        return len(old)
+
+    @staticmethod
+    def _idempotency(cmd: dict) -> tuple[str, str] | None:
+        key = cmd.get("idem_key")
+        if key is None:
+            return None
+        fingerprint = cmd.get("fingerprint", "")
+        if not isinstance(key, str) or not key or not isinstance(fingerprint, str):
+            raise TaskError(
+                "bad_command", "idem_key must be a non-empty string and fingerprint a string"
+            )
+        return key, fingerprint
+
     def _op_submit(self, cmd: dict) -> dict:
         task_id = cmd["id"]
+        idempotency = self._idempotency(cmd)
+        if idempotency is not None:
+            answer = self.replay(cmd.get("owner", ""), *idempotency, cmd["at"])
+            if answer is not None:
+                return answer
         if task_id in self.tasks:
             raise TaskError("conflict", f"task {task_id} already exists")
         priority = int(cmd.get("priority", 5))
@@ -245,6 +342,8 @@ class TaskQueue:
         self._counts[QUEUED] += 1
         heapq.heappush(self._queue, (-priority, task.seq, task_id))
         task.history.append([QUEUED, None, 0, task.submitted_at, "submitted"])
+        if idempotency is not None:
+            self._keys[(task.owner, idempotency[0])] = (task_id, idempotency[1], task.submitted_at)
         return task.to_dict()
 
     def _op_node(self, cmd: dict) -> dict:
@@ -398,4 +497,26 @@ class TaskQueue:
         for task_id in gone:
             task = self.tasks.pop(task_id)
             self._counts[task.state] -= 1
-        return {"expired": len(gone)}
+        # Idempotency keys outlive their tasks (a late retry still finds the id) but
+        # not the TTL; the sweep prunes them too when no submissions come.
+        return {"expired": len(gone), "forgotten_keys": self._forget_keys(self._clock)}
+
+    def _op_release(self, cmd: dict) -> dict:
+        """{"op": "release", "id", "attempt", "node", "at", "reason"}: the executor of
+        `node` hands back an attempt the log granted it but it is not running (the
+        claim committed after its proposer gave up).  Fenced like a report, so a
+        release that arrives after the attempt moved on is refused as stale."""
+        task = self._fenced(cmd)
+        at, node = cmd["at"], task.node
+        reason = str(cmd.get("reason", "not running"))
+        if task.abort_requested:  # nobody runs it, and its owner wanted it stopped
+            self._move(task, CANCELLED, at, f"aborted; released by {node}: {reason}")
+            return task.to_dict()
+        # That attempt never ran, so it does not count against the task's retries;
+        # the attempt number itself must still grow (it is the fencing token).
+        task.max_attempts += 1
+        self._move(task, QUEUED, at, f"released by {node}: {reason}; requeued")
+        task.node = None
+        task.not_before = at
+        task.progress, task.progress_note = 0.0, ""
+        return task.to_dict()

@@ -154,10 +154,17 @@ def test_fairness_equal_nodes_differ_by_at_most_one():
 def test_replicas_fed_the_same_log_are_identical_and_snapshots_round_trip():
     a, b = Q(), Q()
     rng = random.Random(9)
+    replays = 0
     for i in range(300):
         op = rng.random()
         if op < 0.4:
-            cmds = [dict(op="submit", id=f"t{i}", type="noop", priority=rng.randrange(10), at=i)]
+            # some with idempotency keys from a small pool, so that repeats replay
+            key = (
+                {"idem_key": f"k{rng.randrange(20)}", "fingerprint": "f"}
+                if rng.random() < 0.5
+                else {}
+            )
+            cmds = [dict(op="submit", id=f"t{i}", type="noop", priority=rng.randrange(10), at=i, **key)]
         elif op < 0.7:
             cmds = [dict(op="claim", node=rng.choice(["n1", "n2"]), slots=3, at=i)]
         elif op < 0.85:
@@ -165,12 +172,17 @@ def test_replicas_fed_the_same_log_are_identical_and_snapshots_round_trip():
             if not running:
                 continue
             t = rng.choice(running)
-            cmds = [dict(op=rng.choice(["complete", "fail"]), id=t.id, attempt=t.attempt, node=t.node, at=i)]
+            report = rng.choice(["complete", "fail", "release"])
+            cmds = [{"op": report, "id": t.id, "attempt": t.attempt, "node": t.node, "at": i}]
         else:
             cmds = [dict(op="cancel", id=f"t{rng.randrange(i + 1)}", at=i)]
         for cmd in cmds:
-            assert a(**cmd) == b(**cmd)
+            answer = a(**cmd)
+            assert answer == b(**cmd)
+            replays += isinstance(answer, dict) and answer.get("replayed") is True
     assert a.sm.snapshot() == b.sm.snapshot()
+    assert any(h[4].startswith("released by") for t in a.sm.tasks.values() for h in t.history)
+    assert replays > 0
     c = TaskQueue()
     c.restore(a.sm.snapshot())
     assert c.snapshot() == a.sm.snapshot()

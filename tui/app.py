@@ -175,7 +175,7 @@ class RagraftApp(App[None]):
     @on(SubmitForm.Submitted)
     async def submit(self, message: SubmitForm.Submitted) -> None:
         try:
-            task = await self.api.request("POST", "/api/v1/tasks", message.body)
+            task = await self.api.submit(message.body)  # one idempotency key for all its tries
         except ApiError as exc:
             self.query_one("#submit-status", Static).update(f"[red]{exc}[/]")
             return

@@ -10,6 +10,7 @@ from urllib.parse import quote
 from node.cli_commands.output import Output, Progress, clock, one_line, size
 from node.cli_commands.tasks import follow, result_lines
 from node.client import Client, ClientError, Unreachable, Upload
+from node.idempotency import new_key
 
 
 def add(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -37,7 +38,8 @@ def add(client: Client, args: argparse.Namespace, out: Output) -> int:
                     continue
                 body = Upload(label, content, fields, _upload_progress(progress, key, label))
                 try:
-                    answer = client.upload(body)
+                    # One key per file: a retry on the next node makes no second version.
+                    answer = client.upload(body, idempotency_key=new_key())
                 except Unreachable:
                     raise
                 except ClientError as exc:

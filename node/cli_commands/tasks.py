@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from node.cli_commands.output import Output, Progress, clock, duration, one_line, precise_clock
 from node.client import Client, ClientError
+from node.idempotency import new_key
 
 FINISHED = ("completed", "failed", "cancelled")
 POLL_SECONDS = 0.3  # progress reports are committed entries: a few per second at most
@@ -136,8 +137,9 @@ def submit(client: Client, args: argparse.Namespace, out: Output) -> int:
     params = {name: value for name, value in (("top_k", args.top_k), ("mode", args.mode),
                                               ("max_new_tokens", args.max_tokens), ("temperature", args.temperature))
               if value is not None}
+    # One key for this submission, on every node the client tries: at most one task.
     task = client.post("/api/v1/tasks", {"type": args.type, "input": task_input, "priority": args.priority,
-                                         "params": params})
+                                         "params": params}, idempotency_key=new_key())
     if not args.wait:
         if out.json_mode:
             out.json(task)

@@ -51,7 +51,7 @@ class SubmitView:
         body = {"type": kind, "priority": self.s_priority.value, "params": params,
                 "input": {("prompt" if kind == "generate" else "query"): self.s_query.value}}
         try:
-            task = await self.api.request("POST", "/api/v1/tasks", body)
+            task = await self.api.submit(body)  # one idempotency key per click, for all its tries
         except ApiError as exc:
             self.result.object = f'<b style="color:#c53030">{html.escape(str(exc))}</b>'
             return
