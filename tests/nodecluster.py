@@ -171,6 +171,29 @@ class NodeCluster:
             assert time.monotonic() < deadline, f"{reader} did not apply index {commit} within {timeout} s"
             time.sleep(0.05)
 
+    def read_barrier(self, reader: str, timeout: float = 10, token: str | None = None) -> int:
+        """Wait until `reader` has applied everything committed before this call: the
+        highest commit index any running node reports (the leader's, or more when a
+        new leader has yet to learn it) bounds every write acknowledged so far.  After
+        it, a read from `reader` that finds something absent means it is absent, not
+        that `reader` lags.  Returns that index.  `token` as for request()."""
+        commits = []
+        for node in self.procs:
+            with contextlib.suppress(OSError):
+                status, view = self.request(node, "GET", "/api/v1/cluster", timeout=2, token=token)
+                if status == 200:
+                    commits.append(view["commit_index"])
+        assert commits, "no node answered /api/v1/cluster"
+        commit = max(commits)
+        deadline = time.monotonic() + timeout
+        while self._applied_index(reader, token) < commit:
+            assert time.monotonic() < deadline, f"{reader} did not apply {commit} in {timeout} s"
+            time.sleep(0.02)
+        return commit
+
+    def _applied_index(self, node: str, token: str | None = None) -> int:
+        return self.request(node, "GET", "/api/v1/cluster", token=token)[1]["applied_index"]
+
     def wait_ready(self, nodes: list[str] | None = None, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

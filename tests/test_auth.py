@@ -30,35 +30,52 @@ def test_password_hashes_are_salted_and_verified() -> None:
 def test_tokens_and_api_keys_identify_their_user() -> None:
     accounts = Accounts()
     key, digest = new_api_key()
-    settings = SecuritySettings(users=(UserSpec("alice", "user", hash_password(ALICE_PW)),),
-                                token_secret="t" * 32, token_ttl_seconds=60, api_keys=(("alice", digest),))
+    settings = SecuritySettings(
+        users=(UserSpec("alice", "user", hash_password(ALICE_PW)),),
+        token_secret="t" * 32,
+        token_ttl_seconds=60,
+        api_keys=(("alice", digest),),
+    )
     auth = Authenticator(settings, accounts, "c")
     assert auth.check_password("alice", ALICE_PW) == "user"
-    assert auth.check_password("alice", BOB_PW) is None and auth.check_password("mallory", "x") is None
-    assert auth.check_password("admin", "anything") is None  # no admin before the cluster sets it up
+    assert (
+        auth.check_password("alice", BOB_PW) is None and auth.check_password("mallory", "x") is None
+    )
+    assert (
+        auth.check_password("admin", "anything") is None
+    )  # no admin before the cluster sets it up
     token = auth.issue("alice", "user")["access_token"]
     assert auth.identify(token) == ("alice", "user")
     assert auth.identify(key) == ("alice", "user")
     assert auth.identify(key + "x") is None
-    expired = jwt.encode({"sub": "alice", "iss": "ragraft:c", "exp": int(time.time()) - 5}, "t" * 32, "HS256")
+    expired = jwt.encode(
+        {"sub": "alice", "iss": "ragraft:c", "exp": int(time.time()) - 5}, "t" * 32, "HS256"
+    )
     assert auth.identify(expired) is None
-    forged = jwt.encode({"sub": "admin", "iss": "ragraft:c", "exp": int(time.time()) + 60}, "wrong" * 8, "HS256")
+    forged = jwt.encode(
+        {"sub": "admin", "iss": "ragraft:c", "exp": int(time.time()) + 60}, "wrong" * 8, "HS256"
+    )
     assert auth.identify(forged) is None
-    other_cluster = jwt.encode({"sub": "alice", "iss": "ragraft:d", "exp": int(time.time()) + 60}, "t" * 32, "HS256")
+    other_cluster = jwt.encode(
+        {"sub": "alice", "iss": "ragraft:d", "exp": int(time.time()) + 60}, "t" * 32, "HS256"
+    )
     assert auth.identify(other_cluster) is None
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
-    with running_cluster(tmp_path_factory.mktemp("auth"), extra_toml=users_toml(alice=ALICE_PW, bob=BOB_PW)) as cluster:
+    with running_cluster(
+        tmp_path_factory.mktemp("auth"), extra_toml=users_toml(alice=ALICE_PW, bob=BOB_PW)
+    ) as cluster:
         yield cluster
 
 
 def login(cluster: NodeCluster, node: str, user: str, password: str) -> str:
     deadline = time.monotonic() + 15
     while True:  # the admin account appears a moment after the first election
-        status, body = cluster.request(node, "POST", "/api/v1/auth/token",
-                                       {"username": user, "password": password}, token="")
+        status, body = cluster.request(
+            node, "POST", "/api/v1/auth/token", {"username": user, "password": password}, token=""
+        )
         if status != 503 or time.monotonic() > deadline:
             assert status == 200, body
             return body["access_token"]
@@ -66,17 +83,28 @@ def login(cluster: NodeCluster, node: str, user: str, password: str) -> str:
 
 
 def test_every_route_but_health_and_login_needs_a_token(cluster: NodeCluster) -> None:
-    for path in ("/api/v1/tasks", "/api/v1/cluster", "/api/v1/nodes", "/api/v1/kb/documents", "/api/v1/stats"):
+    for path in (
+        "/api/v1/tasks",
+        "/api/v1/cluster",
+        "/api/v1/nodes",
+        "/api/v1/kb/documents",
+        "/api/v1/stats",
+    ):
         status, body, headers = cluster.request_with_headers("n1", "GET", path, token="")
         assert status == 401, path
-        assert "POST /api/v1/auth/token" in body["error"]["message"] and headers["WWW-Authenticate"].startswith("Bearer")
+        assert "POST /api/v1/auth/token" in body["error"]["message"] and headers[
+            "WWW-Authenticate"
+        ].startswith("Bearer")
     status, body = cluster.request("n2", "GET", "/api/v1/tasks", token="garbage")
     assert status == 401 and "invalid or expired" in body["error"]["message"]
     assert cluster.request("n1", "GET", "/healthz", token="")[0] == 200
-    status, body = cluster.request("n1", "POST", "/api/v1/auth/token", {"username": "alice", "password": "nope"},
-                                   token="")
+    status, body = cluster.request(
+        "n1", "POST", "/api/v1/auth/token", {"username": "alice", "password": "nope"}, token=""
+    )
     assert status == 401 and body["error"]["code"] == "bad_credentials"
-    status, body = cluster.request("n1", "POST", "/api/v1/auth/token", {"username": "alice"}, token="")
+    status, body = cluster.request(
+        "n1", "POST", "/api/v1/auth/token", {"username": "alice"}, token=""
+    )
     assert status == 422
 
 
@@ -89,47 +117,69 @@ def test_a_token_from_one_node_works_on_every_node(cluster: NodeCluster) -> None
 
 def test_users_see_and_manage_only_their_own_tasks(cluster: NodeCluster) -> None:
     alice, bob = login(cluster, "n1", "alice", ALICE_PW), login(cluster, "n2", "bob", BOB_PW)
-    status, task = cluster.request("n1", "POST", "/api/v1/tasks",
-                                   {"type": "noop", "input": {"duration_ms": 60_000}, "priority": 0}, token=alice)
+    status, task = cluster.request(
+        "n1",
+        "POST",
+        "/api/v1/tasks",
+        {"type": "noop", "input": {"duration_ms": 60_000}, "priority": 0},
+        token=alice,
+    )
     assert status == 201 and task["owner"] == "alice"
     tid = task["id"]
-    time.sleep(0.3)
+    # A follower that has not applied the submission yet would answer bob 404 too:
+    # read barrier first, then the admin sees the task on that very node, so bob's
+    # 404 and empty list are the ownership check.
+    for node in ("n2", "n3"):
+        cluster.read_barrier(node)
+        assert cluster.request(node, "GET", f"/api/v1/tasks/{tid}")[0] == 200, node
     assert cluster.request("n2", "GET", f"/api/v1/tasks/{tid}", token=bob)[0] == 404
-    assert tid not in [t["id"] for t in cluster.request("n2", "GET", "/api/v1/tasks", token=bob)[1]["items"]]
+    assert tid not in [
+        t["id"] for t in cluster.request("n2", "GET", "/api/v1/tasks", token=bob)[1]["items"]
+    ]
     status, body = cluster.request("n3", "DELETE", f"/api/v1/tasks/{tid}", token=bob)
-    assert status == 404
+    assert status == 404, body
     status, body = cluster.request("n3", "POST", f"/api/v1/tasks/{tid}/abort", token=bob)
-    assert status == 404
-    assert cluster.request("n1", "GET", f"/api/v1/tasks/{tid}", token=alice)[0] == 200
+    assert status == 404, body
+    cluster.read_barrier("n1")  # bob's refused cancel and abort changed nothing
+    status, mine = cluster.request("n1", "GET", f"/api/v1/tasks/{tid}", token=alice)
+    assert status == 200 and mine["state"] in ("queued", "running"), mine
     admin_items = cluster.request("n1", "GET", "/api/v1/tasks?limit=500")[1]["items"]
     assert tid in [t["id"] for t in admin_items]  # admins see all
     status, body = cluster.request("n2", "POST", f"/api/v1/tasks/{tid}/abort", token=alice)
-    assert status == 200
+    assert status == 200, body
     # admin-only operations
     status, body = cluster.request("n1", "DELETE", "/api/v1/cluster/members/n3", token=bob)
-    assert status == 403
+    assert status == 403, body
     status, body = cluster.request("n1", "DELETE", "/api/v1/kb/documents/whatever", token=bob)
-    assert status == 403
+    assert status == 403, body
 
 
 def test_api_keys_are_shown_once_work_everywhere_and_can_be_revoked(cluster: NodeCluster) -> None:
     alice = login(cluster, "n1", "alice", ALICE_PW)
-    status, created = cluster.request("n1", "POST", "/api/v1/auth/keys", {"label": "nightly"}, token=alice)
+    status, created = cluster.request(
+        "n1", "POST", "/api/v1/auth/keys", {"label": "nightly"}, token=alice
+    )
     assert status == 201 and created["key"].startswith("rgk_") and created["user"] == "alice"
     key = created["key"]
-    time.sleep(0.3)
     for node in cluster.ids:
+        cluster.read_barrier(node)
         assert cluster.request(node, "GET", "/api/v1/auth/me", token=key)[1]["user"] == "alice"
     listed = cluster.request("n2", "GET", "/api/v1/auth/keys", token=alice)[1]["items"]
     assert [k["id"] for k in listed] == [created["id"]] and "sha256" not in listed[0]
     bob = login(cluster, "n1", "bob", BOB_PW)
-    assert cluster.request("n1", "DELETE", f"/api/v1/auth/keys/{created['id']}", token=bob)[0] == 404
-    assert cluster.request("n1", "DELETE", f"/api/v1/auth/keys/{created['id']}", token=alice)[0] == 200
-    time.sleep(0.3)
+    assert (
+        cluster.request("n1", "DELETE", f"/api/v1/auth/keys/{created['id']}", token=bob)[0] == 404
+    )
+    assert (
+        cluster.request("n1", "DELETE", f"/api/v1/auth/keys/{created['id']}", token=alice)[0] == 200
+    )
+    cluster.read_barrier("n3")  # n3 has applied the revocation: the 401 is not luck of timing
     assert cluster.request("n3", "GET", "/api/v1/auth/me", token=key)[0] == 401
 
 
-def test_without_a_configured_password_the_admin_password_is_generated_and_printed_once(tmp_path: Path) -> None:
+def test_without_a_configured_password_the_admin_password_is_generated_and_printed_once(
+    tmp_path: Path,
+) -> None:
     cluster = NodeCluster(tmp_path, env={"RAGRAFT_ADMIN_PASSWORD": "", "RAGRAFT_TOKEN_SECRET": ""})
     cluster.start_all()
     try:
@@ -141,15 +191,24 @@ def test_without_a_configured_password_the_admin_password_is_generated_and_print
             printed = re.findall(r"the admin password is (\S+) \(shown once", logs)
             time.sleep(0.2)
         assert len(printed) == 1, printed
-        token = login(cluster, "n2", "admin", printed[0])  # generated token secret, shared via the log
+        token = login(
+            cluster, "n2", "admin", printed[0]
+        )  # generated token secret, shared via the log
         assert cluster.request("n3", "GET", "/api/v1/auth/me", token=token)[1]["role"] == "admin"
         assert cluster.request("n1", "GET", "/api/v1/auth/me", token=mint_token("test"))[0] == 401
         cluster.stop_all()
         cluster.start_all()
         cluster.wait_ready()
-        time.sleep(2)
+        # Every node still takes the first password and has replayed the log up to
+        # the highest commit index (read barrier); a node that would set up, and
+        # print, a second admin account has done so by now, but for the last poll of
+        # initialise_accounts (every 0.5 s), which the short wait covers.
+        for node in cluster.ids:
+            token = login(cluster, node, "admin", printed[0])
+            cluster.read_barrier(node, token=token)
+        time.sleep(1.0)
         logs = "".join((tmp_path / f"{n}.log").read_text() for n in cluster.ids)
         assert len(re.findall(r"the admin password is", logs)) == 1  # never again
-        assert login(cluster, "n1", "admin", printed[0])
+        assert login(cluster, "n1", "admin", printed[0])  # and the first one still holds
     finally:
         cluster.stop_all()

@@ -28,8 +28,11 @@ class Stream:
             headers["Authorization"] = f"Bearer {token}"
         elif token:
             url += ("&" if "?" in url else "?") + f"access_token={token}"
-        self.response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60)
+        self.response = urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=60
+        )
         self.events: queue.Queue[tuple[str, dict]] = queue.Queue()
+        self.received: list[tuple[str, dict]] = []  # every event, in order, wait_for or not
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -40,11 +43,13 @@ class Stream:
                 if line.startswith("event: "):
                     kind = line[7:]
                 elif line.startswith("data: ") and kind:
-                    self.events.put((kind, json.loads(line[6:])))
-        except Exception:  # noqa: BLE001 - closing the response mid-read ends the thread
+                    event = (kind, json.loads(line[6:]))
+                    self.received.append(event)
+                    self.events.put(event)
+        except Exception:  # noqa: BLE001, S110 - closing the response mid-read ends the thread
             pass
 
-    def wait_for(self, predicate, timeout: float = 20) -> dict:  # noqa: ANN001
+    def wait_for(self, predicate, timeout: float = 20) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -70,12 +75,17 @@ def test_a_tasks_life_is_streamed_by_every_node(cluster: NodeCluster) -> None:
     stream = Stream(cluster.api["n3"] + "/api/v1/events?types=task", cluster.admin_token())
     try:
         stream.wait_for(lambda k, d: k == "hello")
-        status, task = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 300}})
+        status, task = cluster.request(
+            "n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 300}}
+        )
         assert status == 201
         ops = []
         for op in ("submit", "claim", "complete"):
-            data = stream.wait_for(lambda k, d, op=op: k == "task" and d.get("op") == op
-                                   and d["task"]["id"] == task["id"])
+            data = stream.wait_for(
+                lambda k, d, op=op: (
+                    k == "task" and d.get("op") == op and d["task"]["id"] == task["id"]
+                )
+            )
             ops.append((data["op"], data["task"]["state"]))
         assert ops == [("submit", "queued"), ("claim", "running"), ("complete", "completed")]
     finally:
@@ -84,17 +94,46 @@ def test_a_tasks_life_is_streamed_by_every_node(cluster: NodeCluster) -> None:
 
 def test_users_stream_only_their_own_tasks(cluster: NodeCluster) -> None:
     alice, bob = cluster.login("n1", "alice", "alice-pw"), cluster.login("n1", "bob", "bob-pw")
-    stream = Stream(cluster.api["n2"] + "/api/v1/events?types=task", alice, in_url=True)  # as EventSource does
+    # the token in the URL, as EventSource does
+    stream = Stream(cluster.api["n2"] + "/api/v1/events?types=task", alice, in_url=True)
     try:
         stream.wait_for(lambda k, d: k == "hello")
-        _, theirs = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {}}, token=bob)
-        _, mine = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {}}, token=alice)
-        seen = stream.wait_for(lambda k, d: k == "task" and d.get("task", {}).get("id") == mine["id"])
+        _, theirs = cluster.request(
+            "n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {}}, token=bob
+        )
+        _, mine = cluster.request(
+            "n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {}}, token=alice
+        )
+        seen = stream.wait_for(
+            lambda k, d: k == "task" and d.get("task", {}).get("id") == mine["id"]
+        )
         assert seen["task"]["owner"] == "alice"
-        time.sleep(1.0)
-        while not stream.events.empty():
-            _, data = stream.events.get()
-            assert data.get("task", {}).get("id") != theirs["id"]
+        # bob's task runs to its end: all its events are in the log
+        deadline = time.monotonic() + 20
+        while (
+            cluster.request("n1", "GET", f"/api/v1/tasks/{theirs['id']}")[1].get("state")
+            != "completed"
+        ):
+            assert time.monotonic() < deadline, "bob's task never completed"
+            time.sleep(0.1)
+        # Read barrier on the stream itself: alice's next task comes after every entry
+        # of bob's in the log, and n2 streams what it applies in log order, so once its
+        # submission arrives n2 has applied (and streamed or withheld) all of bob's.
+        _, marker = cluster.request(
+            "n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {}}, token=alice
+        )
+        stream.wait_for(
+            lambda k, d: (
+                k == "task"
+                and d.get("op") == "submit"
+                and d.get("task", {}).get("id") == marker["id"]
+            )
+        )
+        tasks = [d for k, d in list(stream.received) if k == "task" and "task" in d]
+        assert not [d for d in tasks if d["task"]["id"] == theirs["id"]], (
+            "bob's task on alice's stream"
+        )
+        assert {d["task"]["owner"] for d in tasks} == {"alice"}
     finally:
         stream.close()
 
@@ -113,7 +152,9 @@ def test_a_killed_node_is_reported_dead_on_the_others_streams(cluster: NodeClust
         stream.wait_for(lambda k, d: k == "hello")
         cluster.kill("n3")
         started = time.monotonic()
-        stream.wait_for(lambda k, d: k == "node" and d["id"] == "n3" and d["status"] == "dead", timeout=15)
+        stream.wait_for(
+            lambda k, d: k == "node" and d["id"] == "n3" and d["status"] == "dead", timeout=15
+        )
         assert time.monotonic() - started < 8
     finally:
         stream.close()

@@ -5,6 +5,7 @@ are requeued, and the queue drains."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 
@@ -35,8 +36,13 @@ def test_kill_a_node_under_load(tmp_path, victim_role):
                 i += 1
                 issued = time.monotonic()
                 try:
-                    status, task = cluster.request(node, "POST", "/api/v1/tasks",
-                                                   {"type": "noop", "input": {"duration_ms": 300}}, timeout=5)
+                    status, task = cluster.request(
+                        node,
+                        "POST",
+                        "/api/v1/tasks",
+                        {"type": "noop", "input": {"duration_ms": 300}},
+                        timeout=5,
+                    )
                 except OSError:
                     continue
                 if status == 201:
@@ -51,7 +57,9 @@ def test_kill_a_node_under_load(tmp_path, victim_role):
         # kill the victim while it is running something: its tasks must be requeued
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            status, page = cluster.request(survivors[0], "GET", f"/api/v1/tasks?state=running&node={victim}")
+            status, page = cluster.request(
+                survivors[0], "GET", f"/api/v1/tasks?state=running&node={victim}"
+            )
             # both of its slots busy if possible, so that not all can finish before the kill
             if page["total"] >= (2 if time.monotonic() < deadline - 10 else 1):
                 break
@@ -60,9 +68,13 @@ def test_kill_a_node_under_load(tmp_path, victim_role):
         cluster.kill(victim)
         killed = time.monotonic()
         # what the survivors still see running there was lost with the process
-        status, page = cluster.request(survivors[0], "GET", f"/api/v1/tasks?state=running&node={victim}")
+        status, page = cluster.request(
+            survivors[0], "GET", f"/api/v1/tasks?state=running&node={victim}"
+        )
         victims_tasks = [t["id"] for t in page["items"]]
-        assert victims_tasks, "the victim's tasks all finished just before the kill; nothing to requeue"
+        assert victims_tasks, (
+            "the victim's tasks all finished just before the kill; nothing to requeue"
+        )
         live[:] = survivors
         time.sleep(5)
         stop.set()
@@ -86,14 +98,18 @@ def test_kill_a_node_under_load(tmp_path, victim_role):
             status, task = cluster.request(survivors[1], "GET", f"/api/v1/tasks/{task_id}")
             assert status == 200, f"acknowledged task {task_id} lost"
             assert task["state"] == "completed", task
-            finals = [h for h in task["history"] if h["state"] in ("completed", "failed", "cancelled")]
+            finals = [
+                h for h in task["history"] if h["state"] in ("completed", "failed", "cancelled")
+            ]
             assert len(finals) == 1, task["history"]
         for task_id in victims_tasks:
             task = cluster.request(survivors[1], "GET", f"/api/v1/tasks/{task_id}")[1]
             assert task["attempt"] >= 2 and task["node"] != victim, task
             requeue = next(h for h in task["history"] if "died" in (h["note"] or ""))
-            print(f"\n{victim_role} {victim} killed; task {task_id} requeued "
-                  f"{(requeue['at'] / 1000 - time.time() + time.monotonic()) - killed:.2f} s after the kill")
+            print(
+                f"\n{victim_role} {victim} killed; task {task_id} requeued "
+                f"{(requeue['at'] / 1000 - time.time() + time.monotonic()) - killed:.2f} s after the kill"
+            )
         status, nodes = cluster.request(survivors[0], "GET", "/api/v1/nodes")
         assert {n["id"]: n["status"] for n in nodes["items"]}[victim] == "dead"
     finally:
@@ -109,8 +125,12 @@ def test_a_stopping_node_hands_its_running_tasks_back_at_once(tmp_path):
     cluster.start_all()
     try:
         cluster.wait_ready()
-        ids = [cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 4000}})[1]["id"]
-               for _ in range(3)]
+        ids = [
+            cluster.request(
+                "n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 4000}}
+            )[1]["id"]
+            for _ in range(3)
+        ]
         deadline = time.monotonic() + 10
         victim_task = None
         while time.monotonic() < deadline and victim_task is None:
@@ -123,13 +143,23 @@ def test_a_stopping_node_hands_its_running_tasks_back_at_once(tmp_path):
         stopped = time.monotonic()
         proc = cluster.procs.pop("n3")
         proc.terminate()
-        assert proc.wait(10) == 0 or proc.returncode is not None
+        try:
+            code = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # popped from cluster.procs: stop_all would not reap it
+            proc.wait()
+            pytest.fail(f"n3 still running 10 s after SIGTERM; log in {tmp_path / 'n3.log'}")
+        # a clean shutdown, not a crash (1), a traceback or a death by signal (< 0)
+        assert code == 0, f"n3 exited with {code} on SIGTERM; log in {tmp_path / 'n3.log'}"
         assert time.monotonic() - stopped < 6  # no wait for a long task to finish
         task = cluster.request("n1", "GET", f"/api/v1/tasks/{victim_task}")[1]
         assert task["state"] in ("queued", "running") and task["node"] != "n3"
         assert any("requeued" in (h["note"] or "") for h in task["history"])
         deadline = time.monotonic() + 30
-        while cluster.request("n1", "GET", f"/api/v1/tasks/{victim_task}")[1].get("state") != "completed":
+        while (
+            cluster.request("n1", "GET", f"/api/v1/tasks/{victim_task}")[1].get("state")
+            != "completed"
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.2)
     finally:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -252,11 +253,79 @@ def test_curve_members_gossip_and_outsiders_are_shut_out() -> None:
     asyncio.run(main())
 
 
-def test_no_gpu_degrades_gracefully() -> None:
+class _FakeNvml(types.ModuleType):
+    """Stands in for pynvml: `devices` GPUs, `init_error` raised by nvmlInit, and
+    every query failing once `gone` is set (a GPU that fell off the bus)."""
+
+    def __init__(self, devices: int = 1, init_error: Exception | None = None) -> None:
+        super().__init__("pynvml")
+        self.devices, self.init_error, self.gone = devices, init_error, False
+
+    def nvmlInit(self) -> None:
+        if self.init_error is not None:
+            raise self.init_error
+
+    def nvmlDeviceGetCount(self) -> int:
+        return self.devices
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def _query(self, value: Any) -> Any:
+        if self.gone:
+            raise RuntimeError("GPU is lost")
+        return value
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        return self._query(types.SimpleNamespace(gpu=40))
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
+        return self._query(types.SimpleNamespace(used=1 << 30, total=8 << 30))
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:
+        return self._query(b"Fake GPU")
+
+
+GPU_FIELDS = {"gpus", "gpu_util_percent", "gpu_mem_used", "gpu_mem_total"}
+
+
+def test_no_gpu_degrades_gracefully(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every way of having no GPU (switched off, no nvidia-ml-py, no driver, no
+    device, a GPU lost while running) gives a full sample without the GPU fields,
+    whatever GPU this machine has; a GPU that is there does give them."""
     from node.gossip.metrics import NodeMetrics
 
-    sample = NodeMetrics(lambda: {"slots_used": 1, "running": [{"id": "t", "progress": 0.5}]})()
-    assert sample["mem_total"] > 0 and 0 <= sample["cpu_percent"] <= 100 * os.cpu_count()
-    assert sample["running"] == [{"id": "t", "progress": 0.5}] and sample["slots_used"] == 1
-    if not NodeMetrics().has_gpu:
-        assert "gpus" not in sample and "gpu_util_percent" not in sample
+    def runtime() -> dict[str, Any]:
+        return {"slots_used": 1, "running": [{"id": "t", "progress": 0.5}]}
+
+    def check_sample(sample: dict[str, Any]) -> None:
+        assert sample["mem_total"] > 0 and 0 <= sample["cpu_percent"] <= 100 * os.cpu_count()
+        assert sample["running"] == [{"id": "t", "progress": 0.5}] and sample["slots_used"] == 1
+
+    no_gpu: dict[str, tuple[types.ModuleType | None, bool]] = {
+        "switched off": (_FakeNvml(), False),
+        "no nvidia-ml-py": (None, True),  # None in sys.modules: `import pynvml` raises ImportError
+        "no driver": (_FakeNvml(init_error=RuntimeError("NVML Shared Library Not Found")), True),
+        "no device": (_FakeNvml(devices=0), True),
+    }
+    for case, (module, gpu) in no_gpu.items():
+        monkeypatch.setitem(sys.modules, "pynvml", module)
+        metrics = NodeMetrics(runtime, gpu=gpu)
+        assert not metrics.has_gpu, case
+        sample = metrics()
+        check_sample(sample)
+        assert not GPU_FIELDS & sample.keys(), (case, sample)
+
+    nvml = _FakeNvml(devices=2)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    metrics = NodeMetrics(runtime)
+    assert metrics.has_gpu
+    sample = metrics()
+    check_sample(sample)
+    assert [g["name"] for g in sample["gpus"]] == ["Fake GPU", "Fake GPU"]
+    assert sample["gpu_util_percent"] == 40.0 and sample["gpu_mem_total"] == 16 << 30
+    nvml.gone = True
+    for _ in range(2):  # the first failure turns GPU sampling off for good, quietly
+        sample = metrics()
+        check_sample(sample)
+        assert not GPU_FIELDS & sample.keys() and not metrics.has_gpu, sample

@@ -8,7 +8,13 @@ import pathlib
 import pytest
 
 from consensus.errors import ConfChangeInProgress, InvalidConfChange, NoLeader, TransferInProgress
-from consensus.messages import AppendRequest, HeartbeatRequest, SnapshotRequest, TimeoutNow, VoteRequest
+from consensus.messages import (
+    AppendRequest,
+    HeartbeatRequest,
+    SnapshotRequest,
+    TimeoutNow,
+    VoteRequest,
+)
 from consensus.raft import RaftConfig, RawNode
 from consensus.types import ConfChange, ConfOp, Role
 from tests.raft_harness import Net
@@ -23,9 +29,28 @@ def committed_everywhere(net: Net, data: bytes) -> bool:
 # ---------------------------------------------------------------- purity
 def test_core_does_no_io():
     """The core must stay pure: no asyncio, sockets, clocks, threads or files."""
-    forbidden = {"asyncio", "zmq", "socket", "time", "os", "threading", "select", "io", "pathlib", "datetime"}
+    forbidden = {
+        "asyncio",
+        "zmq",
+        "socket",
+        "time",
+        "os",
+        "threading",
+        "select",
+        "io",
+        "pathlib",
+        "datetime",
+    }
     core = pathlib.Path(__file__).parent.parent / "consensus"
-    for name in ["raft.py", "log.py", "progress.py", "quorum.py", "types.py", "messages.py", "errors.py"]:
+    for name in [
+        "raft.py",
+        "log.py",
+        "progress.py",
+        "quorum.py",
+        "types.py",
+        "messages.py",
+        "errors.py",
+    ]:
         tree = ast.parse((core / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -213,9 +238,15 @@ def test_fast_backtracking_skips_divergent_terms():
     net.heal()
     net.sent.clear()
     net.tick(3)
-    rejections = [m for m in net.sent if type(m).__name__ == "AppendResponse" and m.src == "n1" and not m.success]
+    rejections = [
+        m
+        for m in net.sent
+        if type(m).__name__ == "AppendResponse" and m.src == "n1" and not m.success
+    ]
     assert len(rejections) <= 3, "conflict hints should skip the divergent term in one step"
-    assert [d for _, d in net.peers["n1"].applied if d.startswith(b"kept")] == [b"kept%d" % i for i in range(5)]
+    assert [d for _, d in net.peers["n1"].applied if d.startswith(b"kept")] == [
+        b"kept%d" % i for i in range(5)
+    ]
     assert not any(d.startswith(b"lost") for _, d in net.peers["n1"].applied)
 
 
@@ -368,16 +399,33 @@ def test_add_learner_catch_up_promote_then_remove():
 
 
 def test_one_conf_change_at_a_time():
+    """A second membership change is refused while the first is uncommitted, and
+    accepted (and committed) as soon as the first has committed."""
     net = Net(IDS)
     net.elect("n1")
+    raw1 = net.raw("n1")
     net.cut |= {("n1", "n2"), ("n1", "n3")}
-    net.raw("n1").propose_conf_change(ConfChange(ConfOp.ADD_LEARNER, "n4", "a"))
+    raw1.propose_conf_change(ConfChange(ConfOp.ADD_LEARNER, "n4", "a"))
+    first = raw1.last_index
+    second = ConfChange(ConfOp.ADD_LEARNER, "n5", "b")
+    # persisted and sent, but neither follower hears of it: the change is in flight
+    net.deliver()
+    net.tick(2, nodes=["n1"])
+    assert raw1.role == Role.LEADER and raw1.commit_index < first
     with pytest.raises(ConfChangeInProgress):
-        net.raw("n1").propose_conf_change(ConfChange(ConfOp.ADD_LEARNER, "n5", "b"))
-    with pytest.raises(InvalidConfChange):
-        net.heal()
-        net.deliver()
-        net.raw("n1").propose_conf_change(ConfChange(ConfOp.PROMOTE, "n2"))
+        raw1.propose_conf_change(second)
+    assert raw1.last_index == first  # the refused change appended nothing
+    net.heal()
+    for _ in range(10):
+        if raw1.commit_index >= first:
+            break
+        net.tick()
+    assert raw1.commit_index >= first and raw1.membership.learners == {"n4"}
+    raw1.propose_conf_change(second)  # the first has committed: no longer refused
+    assert raw1.last_index == first + 1
+    net.deliver()
+    assert raw1.commit_index >= first + 1
+    assert all(net.raw(n).membership.learners == {"n4", "n5"} for n in IDS)
 
 
 def test_removed_leader_steps_down_and_others_elect():
@@ -437,19 +485,28 @@ def test_ready_must_be_advanced_before_next():
 def test_restart_prefers_snapshot_over_a_disagreeing_log():
     """A crash between storing a received snapshot and resetting the log leaves
     both on disk: the snapshot wins, a log that disagrees with it is dropped."""
+    import random
+
     from consensus.memstore import MemorySnapshotStore
     from consensus.types import Entry, HardState, Membership, RestoredState, SnapshotMeta
-    import random
 
     membership = Membership(frozenset(IDS))
     snap = SnapshotMeta(index=5, term=3, membership=membership, size=0)
     stale = [Entry(term=2, index=i) for i in range(1, 9)]  # term 2 at index 5: disagrees
-    raw = RawNode(RaftConfig(id="n1"), RestoredState(HardState(3, None, 5), snap, stale),
-                  MemorySnapshotStore(), random.Random(1))
+    raw = RawNode(
+        RaftConfig(id="n1"),
+        RestoredState(HardState(3, None, 5), snap, stale),
+        MemorySnapshotStore(),
+        random.Random(1),
+    )
     assert raw.last_index == 5 and raw.first_index == 6
     agreeing = [Entry(term=3, index=i) for i in range(4, 9)]  # compaction to 5 was lost
-    raw = RawNode(RaftConfig(id="n1"), RestoredState(HardState(3, None, 5), snap, agreeing),
-                  MemorySnapshotStore(), random.Random(1))
+    raw = RawNode(
+        RaftConfig(id="n1"),
+        RestoredState(HardState(3, None, 5), snap, agreeing),
+        MemorySnapshotStore(),
+        random.Random(1),
+    )
     assert raw.last_index == 8 and raw.first_index == 6
 
 
