@@ -133,6 +133,8 @@ class SessionTable:
         except (ValueError, msgpack.UnpackException) as exc:
             raise ValueError(f"not a msgpack envelope: {exc}") from None
         if type(fields) is not list or len(fields) != 7 or fields[0] != ENVELOPE_VERSION:
+            if type(fields) is list and len(fields) == 2 and type(fields[0]) is str:
+                return self._apply_legacy(index, fields[0], fields[1])
             raise ValueError("not a version-1 envelope")
         _, sid, started, seq, ack, at, command = fields
         if not (
@@ -184,6 +186,15 @@ class SessionTable:
         results[seq] = (index, result)
         return key, index, result
 
+    def _apply_legacy(
+        self, index: int, request_id: str, command: Any
+    ) -> tuple[tuple[str, int], int, Any]:
+        """[request_id, command]: an entry written before sessions (a log that was
+        started by an older ragraft).  Applied as it was then; nobody waits for it now."""
+        if type(command) is not bytes:
+            raise ValueError("malformed legacy envelope")
+        return ("legacy:" + request_id, 0), index, self.machine.apply(index, command)
+
     def __len__(self) -> int:
         return len(self._sessions)
 
@@ -207,9 +218,12 @@ class SessionTable:
         )
 
     def restore(self, data: bytes) -> None:
-        version, now_ms, rows, machine_state = msgpack.unpackb(
-            data, raw=False, strict_map_key=False
-        )
+        fields = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if len(fields) == 3:  # [window, rows, machine]: before sessions; nobody waits now
+            self.now_ms, self._sessions = 0, OrderedDict()
+            self.machine.restore(fields[2])
+            return
+        version, now_ms, rows, machine_state = fields
         if version != ENVELOPE_VERSION:
             raise ValueError(f"snapshot of session table version {version}, expected 1")
         self.now_ms = now_ms

@@ -113,3 +113,16 @@ def test_a_client_clock_ahead_of_the_proposers_cannot_revive_an_expired_session(
     _, _, result = table.apply(3, env("c", 4, ack=4, at=4_892, started=3_405))
     assert result == 1 or result is EXPIRED  # the first answer, or refused: never applied again
     assert table.machine.n == 2
+
+
+def test_entries_and_snapshots_written_before_sessions_still_apply():
+    """A data directory started by the previous release: its envelopes were
+    [request_id, command] and its snapshots [window, rows, machine]."""
+    import msgpack
+
+    table = SessionTable(Counter())
+    assert table.apply(7, msgpack.packb(["n1:ab:1", b"x"]))[1:] == (7, 1)
+    old_snapshot = msgpack.packb([20_000, [["n1:ab:1", 7, 1]], b"41"])
+    table.restore(old_snapshot)
+    assert table.machine.n == 41 and len(table) == 0
+    assert table.apply(8, env("new", 1))[2] == 42
