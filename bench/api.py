@@ -31,7 +31,11 @@ QUERIES: list[tuple[str, str, str]] = [
     # (name, our query string, SQL where/order/limit)
     ("newest", "limit=50", "ORDER BY seq DESC LIMIT 51"),
     ("state", "state=queued&limit=50", "WHERE state='queued' ORDER BY seq DESC LIMIT 51"),
-    ("type+owner", "type=qa&owner=alice&limit=50", "WHERE type='qa' AND owner='alice' ORDER BY seq DESC LIMIT 51"),
+    (
+        "type+owner",
+        "type=qa&owner=alice&limit=50",
+        "WHERE type='qa' AND owner='alice' ORDER BY seq DESC LIMIT 51",
+    ),
     ("text", "q=4242&limit=50", "WHERE search LIKE '%4242%' ORDER BY seq DESC LIMIT 51"),
     ("by priority", "sort=-priority&limit=50", "ORDER BY priority DESC, seq DESC LIMIT 51"),
     ("page 20", None, None),  # filled in: deep cursor paging
@@ -42,26 +46,68 @@ def populate(n: int, seed: int = 1) -> TaskQueue:
     rng = random.Random(seed)
     queue = TaskQueue()
     for i in range(n):
-        queue.execute({"op": "submit", "id": f"T{i:09d}", "type": rng.choice(["qa", "generate", "retrieve", "noop"]),
-                       "input": {"query": f"question {i} about lighthouses"}, "priority": rng.randint(0, 9),
-                       "owner": rng.choice(["alice", "bob", "carol", "admin"]), "at": 1_000_000 + i})
+        queue.execute(
+            {
+                "op": "submit",
+                "id": f"T{i:09d}",
+                "type": rng.choice(["qa", "generate", "retrieve", "noop"]),
+                "input": {"query": f"question {i} about lighthouses"},
+                "priority": rng.randint(0, 9),
+                "owner": rng.choice(["alice", "bob", "carol", "admin"]),
+                "at": 1_000_000 + i,
+            }
+        )
     # about a third finish, a few run, the rest wait
     for _ in range(n // 3 // 100):
-        granted = queue.execute({"op": "claim", "node": rng.choice(["n1", "n2", "n3"]), "slots": 100, "max": 100,
-                                 "at": 2_000_000})["tasks"]
+        granted = queue.execute(
+            {
+                "op": "claim",
+                "node": rng.choice(["n1", "n2", "n3"]),
+                "slots": 100,
+                "max": 100,
+                "at": 2_000_000,
+            }
+        )["tasks"]
         for task in granted[:97]:
-            queue.execute({"op": "complete", "id": task["id"], "attempt": task["attempt"], "node": task["node"],
-                           "result": {"answer": "x"}, "at": 2_100_000})
+            queue.execute(
+                {
+                    "op": "complete",
+                    "id": task["id"],
+                    "attempt": task["attempt"],
+                    "node": task["node"],
+                    "result": {"answer": "x"},
+                    "at": 2_100_000,
+                }
+            )
     return queue
 
 
 def sqlite_copy(queue: TaskQueue) -> sqlite3.Connection:
     db = sqlite3.connect(":memory:")
-    db.execute("CREATE TABLE t (id TEXT PRIMARY KEY, seq INT, type TEXT, state TEXT, owner TEXT, node TEXT, "
-               "priority INT, submitted_at INT, started_at INT, finished_at INT, progress REAL, search TEXT)")
-    db.executemany("INSERT INTO t VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [
-        (t.id, t.seq, t.type, t.state, t.owner, t.node, t.priority, t.submitted_at, t.started_at, t.finished_at,
-         t.progress, t.search) for t in queue.tasks.values()])
+    db.execute(
+        "CREATE TABLE t (id TEXT PRIMARY KEY, seq INT, type TEXT, state TEXT, owner TEXT, node TEXT, "
+        "priority INT, submitted_at INT, started_at INT, finished_at INT, progress REAL, search TEXT)"
+    )
+    db.executemany(
+        "INSERT INTO t VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        [
+            (
+                t.id,
+                t.seq,
+                t.type,
+                t.state,
+                t.owner,
+                t.node,
+                t.priority,
+                t.submitted_at,
+                t.started_at,
+                t.finished_at,
+                t.progress,
+                t.search,
+            )
+            for t in queue.tasks.values()
+        ],
+    )
     for column in ("seq", "state, seq", "type, owner, seq", "priority, seq", "owner, seq"):
         db.execute(f"CREATE INDEX ix_{column.replace(', ', '_')} ON t ({column})")
     return db
@@ -79,14 +125,18 @@ def sqlite_history(db: sqlite3.Connection, instants: list[int]) -> bytes:
     """Tasks per state at each instant, as one would ask SQLite: one aggregate per instant."""
     counts = []
     for t in instants:
-        counts.append(db.execute(
-            "SELECT SUM(CASE WHEN submitted_at <= :t AND (state = 'queued' OR "
-            "COALESCE(started_at, finished_at, 9e18) > :t) THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN state != 'queued' AND started_at <= :t AND COALESCE(finished_at, 9e18) > :t "
-            "THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN state = 'completed' AND finished_at <= :t THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN state = 'failed' AND finished_at <= :t THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN state = 'cancelled' AND finished_at <= :t THEN 1 ELSE 0 END) FROM t", {"t": t}).fetchone())
+        counts.append(
+            db.execute(
+                "SELECT SUM(CASE WHEN submitted_at <= :t AND (state = 'queued' OR "
+                "COALESCE(started_at, finished_at, 9e18) > :t) THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN state != 'queued' AND started_at <= :t AND COALESCE(finished_at, 9e18) > :t "
+                "THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN state = 'completed' AND finished_at <= :t THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN state = 'failed' AND finished_at <= :t THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN state = 'cancelled' AND finished_at <= :t THEN 1 ELSE 0 END) FROM t",
+                {"t": t},
+            ).fetchone()
+        )
     return json.dumps(counts).encode()
 
 
@@ -104,12 +154,23 @@ async def measure(queue: TaskQueue, db: sqlite3.Connection, rounds: int) -> dict
         first = await (await client.get("/api/v1/tasks?limit=50")).json()
         cursor = first["next_cursor"]
         for _ in range(19):
-            cursor = (await (await client.get(f"/api/v1/tasks?limit=50&cursor={cursor}")).json())["next_cursor"]
-        last_seq = queue.tasks[(await (await client.get(f"/api/v1/tasks?limit=50&cursor={cursor}")).json())
-                               ["items"][0]["id"]].seq + 1
+            cursor = (await (await client.get(f"/api/v1/tasks?limit=50&cursor={cursor}")).json())[
+                "next_cursor"
+            ]
+        last_seq = (
+            queue.tasks[
+                (await (await client.get(f"/api/v1/tasks?limit=50&cursor={cursor}")).json())[
+                    "items"
+                ][0]["id"]
+            ].seq
+            + 1
+        )
         for name, ours, clause in QUERIES:
             if name == "page 20":
-                ours, clause = f"limit=50&cursor={cursor}", f"WHERE seq < {last_seq} ORDER BY seq DESC LIMIT 51"
+                ours, clause = (
+                    f"limit=50&cursor={cursor}",
+                    f"WHERE seq < {last_seq} ORDER BY seq DESC LIMIT 51",
+                )
             mine, ref = [], []
             for _ in range(rounds):  # alternate, so load spikes hit both sides alike
                 started = time.perf_counter()
@@ -119,12 +180,15 @@ async def measure(queue: TaskQueue, db: sqlite3.Connection, rounds: int) -> dict
                 started = time.perf_counter()
                 sqlite_page(db, clause)
                 ref.append((time.perf_counter() - started) * 1000)
-            figures[name] = {"ours_p50_ms": round(statistics.median(mine), 2),
-                             "ours_p95_ms": round(percentile(mine, 0.95), 2),
-                             "sqlite_p50_ms": round(statistics.median(ref), 2),
-                             "sqlite_p95_ms": round(percentile(ref, 0.95), 2)}
-            figures[name]["ours_vs_sqlite_p50"] = round(figures[name]["sqlite_p50_ms"]
-                                                        / max(figures[name]["ours_p50_ms"], 1e-6), 2)
+            figures[name] = {
+                "ours_p50_ms": round(statistics.median(mine), 2),
+                "ours_p95_ms": round(percentile(mine, 0.95), 2),
+                "sqlite_p50_ms": round(statistics.median(ref), 2),
+                "sqlite_p95_ms": round(percentile(ref, 0.95), 2),
+            }
+            figures[name]["ours_vs_sqlite_p50"] = round(
+                figures[name]["sqlite_p50_ms"] / max(figures[name]["ours_p50_ms"], 1e-6), 2
+            )
         mine, ref = [], []
         for _ in range(max(3, rounds // 5)):
             api._history_cache.clear()  # measure the work, not the one-second cache
@@ -134,12 +198,15 @@ async def measure(queue: TaskQueue, db: sqlite3.Connection, rounds: int) -> dict
             started = time.perf_counter()
             sqlite_history(db, body["t"])
             ref.append((time.perf_counter() - started) * 1000)
-        figures["history"] = {"ours_p50_ms": round(statistics.median(mine), 2),
-                              "ours_p95_ms": round(percentile(mine, 0.95), 2),
-                              "sqlite_p50_ms": round(statistics.median(ref), 2),
-                              "sqlite_p95_ms": round(percentile(ref, 0.95), 2)}
-        figures["history"]["ours_vs_sqlite_p50"] = round(figures["history"]["sqlite_p50_ms"]
-                                                         / max(figures["history"]["ours_p50_ms"], 1e-6), 2)
+        figures["history"] = {
+            "ours_p50_ms": round(statistics.median(mine), 2),
+            "ours_p95_ms": round(percentile(mine, 0.95), 2),
+            "sqlite_p50_ms": round(statistics.median(ref), 2),
+            "sqlite_p95_ms": round(percentile(ref, 0.95), 2),
+        }
+        figures["history"]["ours_vs_sqlite_p50"] = round(
+            figures["history"]["sqlite_p50_ms"] / max(figures["history"]["ours_p50_ms"], 1e-6), 2
+        )
     return figures
 
 
@@ -152,10 +219,14 @@ def main() -> None:
     queue = populate(args.tasks)
     db = sqlite_copy(queue)
     figures = asyncio.run(measure(queue, db, args.rounds))
-    print(f"{'query':<12} {'ours p50':>9} {'ours p95':>9} {'sqlite p50':>11} {'sqlite p95':>11} {'ratio':>6}")
+    print(
+        f"{'query':<12} {'ours p50':>9} {'ours p95':>9} {'sqlite p50':>11} {'sqlite p95':>11} {'ratio':>6}"
+    )
     for name, f in figures.items():
-        print(f"{name:<12} {f['ours_p50_ms']:>9} {f['ours_p95_ms']:>9} {f['sqlite_p50_ms']:>11} "
-              f"{f['sqlite_p95_ms']:>11} {f['ours_vs_sqlite_p50']:>6}")
+        print(
+            f"{name:<12} {f['ours_p50_ms']:>9} {f['ours_p95_ms']:>9} {f['sqlite_p50_ms']:>11} "
+            f"{f['sqlite_p95_ms']:>11} {f['ours_vs_sqlite_p50']:>6}"
+        )
     worst = max(f["ours_p95_ms"] for f in figures.values())
     print(json.dumps({"tasks": args.tasks, "queries": figures, "worst_p95_ms": worst}))
 

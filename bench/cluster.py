@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import threading
 import time
@@ -29,15 +28,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def submit_loop(cluster: NodeCluster, nodes: list[str], stop: threading.Event, out: list, offset: int,
-                duration_ms: int = 0) -> None:
+def submit_loop(
+    cluster: NodeCluster,
+    nodes: list[str],
+    stop: threading.Event,
+    out: list,
+    offset: int,
+    duration_ms: int = 0,
+) -> None:
     i = offset
     while not stop.is_set():
         node = nodes[i % len(nodes)]
         i += 1
         try:
-            status, task = cluster.request(node, "POST", "/api/v1/tasks",
-                                           {"type": "noop", "input": {"duration_ms": duration_ms}}, timeout=5)
+            status, task = cluster.request(
+                node,
+                "POST",
+                "/api/v1/tasks",
+                {"type": "noop", "input": {"duration_ms": duration_ms}},
+                timeout=5,
+            )
         except OSError:
             continue
         if status == 201:
@@ -47,8 +57,10 @@ def submit_loop(cluster: NodeCluster, nodes: list[str], stop: threading.Event, o
 def throughput(cluster: NodeCluster, seconds: float, threads: int) -> dict:
     stop = threading.Event()
     submitted: list = []
-    workers = [threading.Thread(target=submit_loop, args=(cluster, cluster.ids, stop, submitted, k))
-               for k in range(threads)]
+    workers = [
+        threading.Thread(target=submit_loop, args=(cluster, cluster.ids, stop, submitted, k))
+        for k in range(threads)
+    ]
     start = time.monotonic()
     for w in workers:
         w.start()
@@ -84,7 +96,8 @@ def throughput(cluster: NodeCluster, seconds: float, threads: int) -> dict:
         "latency_p99_ms": percentile(latencies, 0.99),
         "per_node": per_node,
         "fairness_max_min_ratio": round(max(per_node.values()) / max(1, min(per_node.values())), 3)
-        if per_node else None,
+        if per_node
+        else None,
         "wall_s": round(time.monotonic() - start, 1),
     }
 
@@ -92,7 +105,11 @@ def throughput(cluster: NodeCluster, seconds: float, threads: int) -> dict:
 def failover(cluster: NodeCluster, victim_role: str) -> float:
     """Seconds from kill -9 until a submission to a survivor succeeds again."""
     leader = cluster.wait_ready()
-    victim = leader if victim_role == "leader" else next(n for n in cluster.ids if n != leader and n in cluster.procs)
+    victim = (
+        leader
+        if victim_role == "leader"
+        else next(n for n in cluster.ids if n != leader and n in cluster.procs)
+    )
     survivors = [n for n in cluster.procs if n != victim]
     cluster.kill(victim)
     killed = time.monotonic()
@@ -116,8 +133,15 @@ def failover(cluster: NodeCluster, victim_role: str) -> float:
 def requeue_time(cluster: NodeCluster) -> float | None:
     """Seconds from kill -9 of a node running tasks until they are queued/running elsewhere."""
     leader = cluster.wait_ready()
-    ids = [cluster.request(cluster.ids[i % 3], "POST", "/api/v1/tasks",
-                           {"type": "noop", "input": {"duration_ms": 30_000}})[1]["id"] for i in range(6)]
+    ids = [
+        cluster.request(
+            cluster.ids[i % 3],
+            "POST",
+            "/api/v1/tasks",
+            {"type": "noop", "input": {"duration_ms": 30_000}},
+        )[1]["id"]
+        for i in range(6)
+    ]
     deadline = time.monotonic() + 15
     victim, theirs = None, []
     while time.monotonic() < deadline and not theirs:
@@ -127,7 +151,11 @@ def requeue_time(cluster: NodeCluster) -> float | None:
         time.sleep(0.1)
     if not theirs:
         return None
-    theirs = [t for t in theirs if cluster.request(leader, "GET", f"/api/v1/tasks/{t}")[1]["node"] == victim]
+    theirs = [
+        t
+        for t in theirs
+        if cluster.request(leader, "GET", f"/api/v1/tasks/{t}")[1]["node"] == victim
+    ]
     cluster.kill(victim)
     killed = time.monotonic()
     while time.monotonic() - killed < 60:
@@ -142,7 +170,9 @@ def requeue_time(cluster: NodeCluster) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.cluster", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=12)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")

@@ -75,13 +75,20 @@ async def _bench_ours(memory: bool, runs: list[dict], args: argparse.Namespace, 
             result = await client.call(
                 cluster.index_of(leader),
                 "bench",
-                {"concurrency": concurrency, "seconds": args.seconds, "size": args.size, "warmup": args.warmup,
-                 "keys": args.keys},
+                {
+                    "concurrency": concurrency,
+                    "seconds": args.seconds,
+                    "size": args.size,
+                    "warmup": args.warmup,
+                    "keys": args.keys,
+                },
                 timeout=args.seconds + args.warmup + 60.0,
             )
             # The followers' CPU over warm-up + window + drain: an upper bound per op.
-            result["followers_cpu_s"] = (await follower_cpu() - cpu_before) * result["seconds"] / (
-                result["seconds"] + args.warmup
+            result["followers_cpu_s"] = (
+                (await follower_cpu() - cpu_before)
+                * result["seconds"]
+                / (result["seconds"] + args.warmup)
             )
             runs.append({"system": "ragraft", "storage": storage, **result})
             _print_row(runs[-1])
@@ -107,8 +114,17 @@ class _SyncObjCluster:
             log = open(self.root / f"pysyncobj-{addr.rsplit(':', 1)[1]}.log", "ab")  # noqa: SIM115
             self.procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "bench.pysyncobj_node", "--self", addr, "--partners", partners,
-                     "--conf", json.dumps(self.conf)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.pysyncobj_node",
+                        "--self",
+                        addr,
+                        "--partners",
+                        partners,
+                        "--conf",
+                        json.dumps(self.conf),
+                    ],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=log,
@@ -153,7 +169,9 @@ class _SyncObjCluster:
                 proc.wait(5)
 
 
-def _bench_pysyncobj(name: str, conf: dict, runs: list[dict], args: argparse.Namespace, root: Path) -> None:
+def _bench_pysyncobj(
+    name: str, conf: dict, runs: list[dict], args: argparse.Namespace, root: Path
+) -> None:
     workdir = root / f"pysyncobj-{name}"
     workdir.mkdir(parents=True)
     cluster = _SyncObjCluster(workdir, conf)
@@ -163,8 +181,14 @@ def _bench_pysyncobj(name: str, conf: dict, runs: list[dict], args: argparse.Nam
         for concurrency in args.concurrency:
             result = cluster.ask(
                 leader,
-                {"op": "bench", "concurrency": concurrency, "seconds": args.seconds, "size": args.size,
-                 "warmup": args.warmup, "keys": args.keys},
+                {
+                    "op": "bench",
+                    "concurrency": concurrency,
+                    "seconds": args.seconds,
+                    "size": args.size,
+                    "warmup": args.warmup,
+                    "keys": args.keys,
+                },
             )
             runs.append({"system": "pysyncobj", "storage": "memory", "config": name, **result})
             _print_row(runs[-1])
@@ -195,7 +219,12 @@ def _cpu_per_op(run: dict) -> float:
 
 def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
     """Every figure in one flat JSON object, e.g. ops_ragraft_durable_c256."""
-    summary: dict = {"size_bytes": args.size, "keys": args.keys, "seconds": args.seconds, "warmup": args.warmup}
+    summary: dict = {
+        "size_bytes": args.size,
+        "keys": args.keys,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+    }
     by_key = {}
     best_ref: dict[int, dict] = {}  # concurrency -> PySyncObj's best run
     for run in runs:
@@ -212,11 +241,17 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
         summary[f"p99_ms_{tag}"] = round(run["p99_ms"], 3)
         summary[f"leader_cpu_us_per_op_{tag}"] = round(_cpu_per_op(run), 1)
         if "followers_cpu_s" in run and run["ops"]:
-            summary[f"followers_cpu_us_per_op_{tag}"] = round(run["followers_cpu_s"] / run["ops"] * 1e6, 1)
+            summary[f"followers_cpu_us_per_op_{tag}"] = round(
+                run["followers_cpu_s"] / run["ops"] * 1e6, 1
+            )
     top = max(args.concurrency)
     ref = best_ref.get(top)
     default_ref = next(
-        (r for r in runs if r["system"] == "pysyncobj" and r["config"] == "default" and r["concurrency"] == top),
+        (
+            r
+            for r in runs
+            if r["system"] == "pysyncobj" and r["config"] == "default" and r["concurrency"] == top
+        ),
         None,
     )
     for storage in ("durable", "memory"):
@@ -246,19 +281,34 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.consensus", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.consensus", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a ~30 s smoke run (short windows)")
-    parser.add_argument("--seconds", type=float, default=None, help="measured window per configuration")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="measured window per configuration"
+    )
     parser.add_argument("--warmup", type=float, default=None, help="warm-up before each window")
     parser.add_argument("--size", type=int, default=100, help="bytes per command")
-    parser.add_argument("--keys", type=int, default=10_000,
-                        help="distinct keys the puts cycle through (the state machine's size)")
+    parser.add_argument(
+        "--keys",
+        type=int,
+        default=10_000,
+        help="distinct keys the puts cycle through (the state machine's size)",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES))
-    parser.add_argument("--only", choices=("durable", "memory", "pysyncobj"), nargs="+",
-                        default=["durable", "memory", "pysyncobj"])
-    parser.add_argument("--pysyncobj-conf", default=None,
-                        help="measure PySyncObj in this one configuration only (SyncObjConf keyword "
-                        "arguments as JSON) instead of the built-in set")
+    parser.add_argument(
+        "--only",
+        choices=("durable", "memory", "pysyncobj"),
+        nargs="+",
+        default=["durable", "memory", "pysyncobj"],
+    )
+    parser.add_argument(
+        "--pysyncobj-conf",
+        default=None,
+        help="measure PySyncObj in this one configuration only (SyncObjConf keyword "
+        "arguments as JSON) instead of the built-in set",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directories and logs")
     args = parser.parse_args(argv)
     if args.seconds is None:
@@ -282,7 +332,11 @@ def main(argv: list[str] | None = None) -> None:
         if "memory" in args.only:
             asyncio.run(_bench_ours(True, runs, args, root))
         if "pysyncobj" in args.only:
-            configs = PYSYNCOBJ_CONFIGS if args.pysyncobj_conf is None else {"custom": json.loads(args.pysyncobj_conf)}
+            configs = (
+                PYSYNCOBJ_CONFIGS
+                if args.pysyncobj_conf is None
+                else {"custom": json.loads(args.pysyncobj_conf)}
+            )
             for name, conf in configs.items():
                 _bench_pysyncobj(name, conf, runs, args, root)
     finally:

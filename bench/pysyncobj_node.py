@@ -52,7 +52,9 @@ def _value_for(size: int) -> bytes:
     return b"x" * padding
 
 
-def run_bench(node: KV, concurrency: int, seconds: float, size: int, warmup: float, keys: int) -> dict:
+def run_bench(
+    node: KV, concurrency: int, seconds: float, size: int, warmup: float, keys: int
+) -> dict:
     clock = time.perf_counter
     value = _value_for(size)
     latencies: list[float] = []
@@ -133,12 +135,24 @@ def main(argv: list[str] | None = None) -> None:
         op = request.get("op")
         if op == "status":
             leader = node._getLeader()
-            reply({"self": args.self_addr, "leader": str(leader) if leader is not None else None,
-                   "ready": node.isReady()})
+            reply(
+                {
+                    "self": args.self_addr,
+                    "leader": str(leader) if leader is not None else None,
+                    "ready": node.isReady(),
+                }
+            )
         elif op == "bench":
-            reply(run_bench(node, int(request["concurrency"]), float(request["seconds"]),
-                            int(request["size"]), float(request.get("warmup", 0.0)),
-                            int(request.get("keys", 10_000))))
+            reply(
+                run_bench(
+                    node,
+                    int(request["concurrency"]),
+                    float(request["seconds"]),
+                    int(request["size"]),
+                    float(request.get("warmup", 0.0)),
+                    int(request.get("keys", 10_000)),
+                )
+            )
         elif op == "quit":
             break
         else:

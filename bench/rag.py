@@ -51,7 +51,11 @@ def corpus_files() -> list[Path]:
 
 
 def qa_items() -> list[dict]:
-    return [json.loads(line) for line in (DATA / "qa.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line)
+        for line in (DATA / "qa.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
 
 
 def build_kb(engine: Any) -> dict[str, str]:
@@ -96,12 +100,18 @@ def retrieval_quality(engine: Any, names: dict[str, str], items: list[dict]) -> 
         recall, reciprocal = [], []
         for item in items:
             passages, _ = engine.retrieve(item["question"], {"top_k": 10, "mode": mode})
-            ranks = [n for n, p in enumerate(passages, start=1)
-                     if names.get(p.doc_id) == item["doc"] and is_hit(p.text, item["gold"])]
+            ranks = [
+                n
+                for n, p in enumerate(passages, start=1)
+                if names.get(p.doc_id) == item["doc"] and is_hit(p.text, item["gold"])
+            ]
             first = ranks[0] if ranks else None
             recall.append(1.0 if first is not None and first <= 5 else 0.0)
             reciprocal.append(1.0 / first if first is not None else 0.0)
-        figures[mode] = {"recall_at_5": round(statistics.mean(recall), 3), "mrr_at_10": round(statistics.mean(reciprocal), 3)}
+        figures[mode] = {
+            "recall_at_5": round(statistics.mean(recall), 3),
+            "mrr_at_10": round(statistics.mean(reciprocal), 3),
+        }
     return figures
 
 
@@ -127,8 +137,12 @@ def answer_quality(engine: Any, items: list[dict]) -> dict:
         exact.append(1.0 if normalise(answer) == normalise(item["answer"]) else 0.0)
         contains.append(1.0 if normalise(item["answer"]) in normalise(answer) else 0.0)
         progress(f"  qa {n}/{len(items)}: F1 {f1s[-1]:.2f}")
-    return {"items": len(items), "token_f1": round(statistics.mean(f1s), 3),
-            "exact_match": round(statistics.mean(exact), 3), "answer_contained": round(statistics.mean(contains), 3)}
+    return {
+        "items": len(items),
+        "token_f1": round(statistics.mean(f1s), 3),
+        "exact_match": round(statistics.mean(exact), 3),
+        "answer_contained": round(statistics.mean(contains), 3),
+    }
 
 
 # ---------------------------------------------------------------------------- speed
@@ -151,10 +165,14 @@ def retrieval_speed(size: int, rounds: int = 200) -> dict:
     kb.put_upload("d", "synthetic", "s.txt", "text/plain", [], b"x", at=1)
     step = 2000
     for n, start in enumerate(range(0, size, step)):
-        rows = vectors[start:start + step]
-        chunks = [{"ordinal": start + i, "page": 1, "text": f"chunk {start + i} word{(start + i) % 97}"}
-                  for i in range(len(rows))]
-        kb.put_chunks("d", 1, n, chunks, vectors_to_bytes(rows), n_batches=(size + step - 1) // step)
+        rows = vectors[start : start + step]
+        chunks = [
+            {"ordinal": start + i, "page": 1, "text": f"chunk {start + i} word{(start + i) % 97}"}
+            for i in range(len(rows))
+        ]
+        kb.put_chunks(
+            "d", 1, n, chunks, vectors_to_bytes(rows), n_batches=(size + step - 1) // step
+        )
     kb.finish_ingest("d", 1, "bench", at=2)
     raw = faiss.IndexFlatIP(384)
     raw.add(vectors)
@@ -173,11 +191,15 @@ def retrieval_speed(size: int, rounds: int = 200) -> dict:
         started = time.perf_counter()
         kb.search(q, f"word{i % 97} chunk", mode="hybrid", k=5)
         hybrid.append((time.perf_counter() - started) * 1000)
-    return {"ours_p50_ms": round(statistics.median(ours), 3), "ours_p99_ms": round(percentile(ours, 0.99), 3),
-            "faiss_p50_ms": round(statistics.median(ref), 3), "faiss_p99_ms": round(percentile(ref, 0.99), 3),
-            "hybrid_p50_ms": round(statistics.median(hybrid), 3),
-            "p50_vs_faiss": round(statistics.median(ref) / statistics.median(ours), 3),
-            "p99_vs_faiss": round(percentile(ref, 0.99) / percentile(ours, 0.99), 3)}
+    return {
+        "ours_p50_ms": round(statistics.median(ours), 3),
+        "ours_p99_ms": round(percentile(ours, 0.99), 3),
+        "faiss_p50_ms": round(statistics.median(ref), 3),
+        "faiss_p99_ms": round(percentile(ref, 0.99), 3),
+        "hybrid_p50_ms": round(statistics.median(hybrid), 3),
+        "p50_vs_faiss": round(statistics.median(ref) / statistics.median(ours), 3),
+        "p99_vs_faiss": round(percentile(ref, 0.99) / percentile(ours, 0.99), 3),
+    }
 
 
 def ingestion_speed(engine: Any, files: list[Path]) -> dict:
@@ -188,7 +210,9 @@ def ingestion_speed(engine: Any, files: list[Path]) -> dict:
     from node.rag.documents import parse
 
     bare = SentenceTransformer(str(embedding_model_dir()), device="cpu")
-    texts = [c.text for path in files for c in chunk_pages(parse(path.read_bytes(), path.name).pages)]
+    texts = [
+        c.text for path in files for c in chunk_pages(parse(path.read_bytes(), path.name).pages)
+    ]
     ours_s, ref_s = [], []
     for _ in range(2):  # alternate sides
         started = time.perf_counter()
@@ -199,8 +223,12 @@ def ingestion_speed(engine: Any, files: list[Path]) -> dict:
         bare.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
         ref_s.append(time.perf_counter() - started)
     ours, ref = len(texts) / min(ours_s), len(texts) / min(ref_s)
-    return {"chunks": len(texts), "ours_chunks_per_s": round(ours, 1), "bare_chunks_per_s": round(ref, 1),
-            "ingest_vs_sentence_transformers": round(ours / ref, 3)}
+    return {
+        "chunks": len(texts),
+        "ours_chunks_per_s": round(ours, 1),
+        "bare_chunks_per_s": round(ref, 1),
+        "ingest_vs_sentence_transformers": round(ours / ref, 3),
+    }
 
 
 def generation_speed(backend: Any, new_tokens: int = 48, rounds: int = 3) -> dict:
@@ -213,19 +241,27 @@ def generation_speed(backend: Any, new_tokens: int = 48, rounds: int = 3) -> dic
     never = "@@@never@@@"
     messages = ({"role": "user", "content": prompt},)
     tok = backend.tokenizer
-    encoded = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
-                                      return_dict=True)
+    encoded = tok.apply_chat_template(
+        list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
 
     def ours() -> float:
         started = time.perf_counter()
-        result = backend.generate([GenRequest(messages=messages, max_new_tokens=new_tokens, stop=(never,))])[0]
+        result = backend.generate(
+            [GenRequest(messages=messages, max_new_tokens=new_tokens, stop=(never,))]
+        )[0]
         return result.new_tokens / (time.perf_counter() - started)
 
     def bare() -> float:
         started = time.perf_counter()
         with torch.inference_mode():
-            out = backend.model.generate(**encoded, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                         do_sample=False, pad_token_id=tok.pad_token_id)
+            out = backend.model.generate(
+                **encoded,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
         return (out.shape[1] - encoded["input_ids"].shape[1]) / (time.perf_counter() - started)
 
     ours(), bare()  # warm up both
@@ -236,8 +272,11 @@ def generation_speed(backend: Any, new_tokens: int = 48, rounds: int = 3) -> dic
     batcher = GenerationBatcher(backend, max_batch=4, window_s=0.05)
 
     def request(i: int) -> GenRequest:
-        return GenRequest(messages=({"role": "user", "content": f"{prompt} Chapter {i}."},), max_new_tokens=new_tokens,
-                          stop=(never,))
+        return GenRequest(
+            messages=({"role": "user", "content": f"{prompt} Chapter {i}."},),
+            max_new_tokens=new_tokens,
+            stop=(never,),
+        )
 
     def one_at_a_time() -> float:
         started = time.perf_counter()
@@ -246,8 +285,12 @@ def generation_speed(backend: Any, new_tokens: int = 48, rounds: int = 3) -> dic
 
     def four_together() -> float:
         results: list[int] = []
-        threads = [threading.Thread(target=lambda i=i: results.append(batcher.generate(request(i)).new_tokens))
-                   for i in range(4)]
+        threads = [
+            threading.Thread(
+                target=lambda i=i: results.append(batcher.generate(request(i)).new_tokens)
+            )
+            for i in range(4)
+        ]
         started = time.perf_counter()
         for t in threads:
             t.start()
@@ -261,10 +304,14 @@ def generation_speed(backend: Any, new_tokens: int = 48, rounds: int = 3) -> dic
         batched_runs.append(four_together())
     sequential, batched = max(sequential_runs), max(batched_runs)
     batcher.close()
-    return {"ours_tokens_per_s": round(statistics.median(mine), 2), "bare_tokens_per_s": round(statistics.median(ref), 2),
-            "generate_vs_transformers": round(statistics.median(mine) / statistics.median(ref), 3),
-            "sequential_tokens_per_s": round(sequential, 2), "batch4_tokens_per_s": round(batched, 2),
-            "batch4_vs_sequential": round(batched / sequential, 3)}
+    return {
+        "ours_tokens_per_s": round(statistics.median(mine), 2),
+        "bare_tokens_per_s": round(statistics.median(ref), 2),
+        "generate_vs_transformers": round(statistics.median(mine) / statistics.median(ref), 3),
+        "sequential_tokens_per_s": round(sequential, 2),
+        "batch4_tokens_per_s": round(batched, 2),
+        "batch4_vs_sequential": round(batched / sequential, 3),
+    }
 
 
 # ---------------------------------------------------------------------------- main
@@ -277,7 +324,9 @@ def load_engine(with_generator: bool) -> Any:
     from node.rag.knowledge import KnowledgeBase
 
     progress("loading models...")
-    backend = load_backend("bundled:SmolLM2-135M-Instruct", cache_dir=CACHE) if with_generator else None
+    backend = (
+        load_backend("bundled:SmolLM2-135M-Instruct", cache_dir=CACHE) if with_generator else None
+    )
     return RagEngine(KnowledgeBase(), Embedder(), backend)
 
 
@@ -292,16 +341,24 @@ def timed(label: str, fn: Callable[[], Any]) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description="RAG engine benchmarks")
     parser.add_argument("--quick", action="store_true", help="10k chunks only, fewer rounds")
-    parser.add_argument("--quality", action="store_true", help="retrieval recall/MRR and answer F1 instead of speed")
-    parser.add_argument("--qa-items", type=int, default=20, help="qa answers to grade with --quality (each ~3 s)")
+    parser.add_argument(
+        "--quality", action="store_true", help="retrieval recall/MRR and answer F1 instead of speed"
+    )
+    parser.add_argument(
+        "--qa-items", type=int, default=20, help="qa answers to grade with --quality (each ~3 s)"
+    )
     args = parser.parse_args()
     figures: dict[str, Any] = {}
     if args.quality:
         engine = load_engine(with_generator=True)
         names = timed("ingesting the corpus", lambda: build_kb(engine))
         items = qa_items()
-        figures["retrieval"] = timed("retrieval quality", lambda: retrieval_quality(engine, names, items))
-        figures["answers"] = timed("answer quality", lambda: answer_quality(engine, items[:args.qa_items]))
+        figures["retrieval"] = timed(
+            "retrieval quality", lambda: retrieval_quality(engine, names, items)
+        )
+        figures["answers"] = timed(
+            "answer quality", lambda: answer_quality(engine, items[: args.qa_items])
+        )
         for mode, values in figures["retrieval"].items():
             figures[f"{mode}_recall_at_5"] = values["recall_at_5"]
             figures[f"{mode}_mrr_at_10"] = values["mrr_at_10"]
@@ -309,19 +366,27 @@ def main() -> None:
         for mode, values in figures["retrieval"].items():
             print(f"{mode:<8} {values['recall_at_5']:>9} {values['mrr_at_10']:>7}")
         a = figures["answers"]
-        print(f"qa answers ({a['items']} items): token F1 {a['token_f1']}, exact match {a['exact_match']}, "
-              f"answer contained {a['answer_contained']}")
+        print(
+            f"qa answers ({a['items']} items): token F1 {a['token_f1']}, exact match {a['exact_match']}, "
+            f"answer contained {a['answer_contained']}"
+        )
     else:
-        for size in ([10_000] if args.quick else [10_000, 100_000]):
-            figures[f"retrieval_{size // 1000}k"] = timed(f"retrieval at {size} chunks", lambda s=size: retrieval_speed(s))
-            figures[f"retrieval_p50_vs_faiss_{size // 1000}k"] = figures[f"retrieval_{size // 1000}k"]["p50_vs_faiss"]
+        for size in [10_000] if args.quick else [10_000, 100_000]:
+            figures[f"retrieval_{size // 1000}k"] = timed(
+                f"retrieval at {size} chunks", lambda s=size: retrieval_speed(s)
+            )
+            figures[f"retrieval_p50_vs_faiss_{size // 1000}k"] = figures[
+                f"retrieval_{size // 1000}k"
+            ]["p50_vs_faiss"]
         engine = load_engine(with_generator=True)
         files = corpus_files()[: 6 if args.quick else None]
         figures["ingestion"] = timed("ingestion", lambda: ingestion_speed(engine, files))
         figures["generation"] = timed("generation", lambda: generation_speed(engine.backend))
         figures["generate_vs_transformers"] = figures["generation"]["generate_vs_transformers"]
         figures["batch4_vs_sequential"] = figures["generation"]["batch4_vs_sequential"]
-        figures["ingest_vs_sentence_transformers"] = figures["ingestion"]["ingest_vs_sentence_transformers"]
+        figures["ingest_vs_sentence_transformers"] = figures["ingestion"][
+            "ingest_vs_sentence_transformers"
+        ]
         for key, value in figures.items():
             if isinstance(value, dict):
                 print(f"{key:<16} " + "  ".join(f"{k} {v}" for k, v in value.items()))

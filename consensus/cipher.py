@@ -25,7 +25,9 @@ class DecryptionError(ValueError):
 class Cipher:
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
-            raise ValueError(f"an encryption key is 32 bytes (base64: 44 characters); got {len(key)} bytes")
+            raise ValueError(
+                f"an encryption key is 32 bytes (base64: 44 characters); got {len(key)} bytes"
+            )
         self._aead = AESGCM(key)
 
     @classmethod
@@ -33,7 +35,9 @@ class Cipher:
         try:
             key = base64.b64decode(text, validate=True)
         except ValueError:
-            raise ValueError("the encryption key is not valid base64; generate one with `ragraft keys`") from None
+            raise ValueError(
+                "the encryption key is not valid base64; generate one with `ragraft keys`"
+            ) from None
         return cls(key)
 
     @staticmethod

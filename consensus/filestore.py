@@ -396,14 +396,16 @@ class FileLogStore:
                     f.truncate(good_end)
                     os.fsync(f.fileno())
             segment.size = good_end
-            replayed.extend((segment, path, offset, rtype, value) for offset, rtype, value in records)
+            replayed.extend(
+                (segment, path, offset, rtype, value) for offset, rtype, value in records
+            )
         # Where the log starts is decided by the newest RESET and the highest COMPACT
         # after it, wherever they lie: compaction may delete the segment holding the
         # entry just above an older COMPACT record while that record survives in a
         # segment that is kept (found by the storage contract's property test).
         last_reset = max((i for i, r in enumerate(replayed) if r[3] == _RESET), default=-1)
         floor = replayed[last_reset][4] if last_reset >= 0 else None
-        for record in replayed[last_reset + 1:]:
+        for record in replayed[last_reset + 1 :]:
             if record[3] == _COMPACT:
                 floor = record[4] if floor is None else max(floor, record[4])
         if floor is not None:

@@ -100,14 +100,20 @@ class KVServer:
             payload = await self._dispatch(op, args)
             reply = [request_id, True, payload]
         except NotLeader as exc:
-            reply = [request_id, False, {"code": "not_leader", "message": str(exc), "leader": exc.leader}]
+            reply = [
+                request_id,
+                False,
+                {"code": "not_leader", "message": str(exc), "leader": exc.leader},
+            ]
         except RaftError as exc:
             reply = [request_id, False, {"code": type(exc).__name__, "message": str(exc)}]
         except Exception as exc:  # report, never crash the server for one request
             log.exception("request %s failed", op)
             reply = [request_id, False, {"code": "internal", "message": repr(exc)}]
         try:
-            await self._sock.send_multipart([identity, msgpack.packb(reply, use_bin_type=True)], flags=zmq.NOBLOCK)
+            await self._sock.send_multipart(
+                [identity, msgpack.packb(reply, use_bin_type=True)], flags=zmq.NOBLOCK
+            )
         except zmq.ZMQError:
             pass
 
@@ -149,7 +155,9 @@ class KVServer:
             )
         raise ValueError(f"unknown op {op!r}")
 
-    async def _bench(self, concurrency: int, seconds: float, size: int, warmup: float, keys: int) -> dict:
+    async def _bench(
+        self, concurrency: int, seconds: float, size: int, warmup: float, keys: int
+    ) -> dict:
         """Load generated inside this process (no client RPC in the measured
         path): `concurrency` proposers, each looping propose() of a `size`-byte
         put to one of `keys` keys in turn; latency is propose() call -> applied
@@ -258,7 +266,9 @@ async def main_async(args: argparse.Namespace) -> None:
     node = RaftNode(options, machine, *stores, transport)
     await node.start()
     tune_gc()
-    server = KVServer(node, machine, args.rpc if args.rpc.startswith("tcp://") else f"tcp://{args.rpc}")
+    server = KVServer(
+        node, machine, args.rpc if args.rpc.startswith("tcp://") else f"tcp://{args.rpc}"
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -272,14 +282,18 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m consensus.kvserver", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m consensus.kvserver", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--id", required=True)
     parser.add_argument("--members", required=True, help="initial members: id=host:port,...")
     parser.add_argument("--peers", default="", help="extra known addresses (for a joining node)")
     parser.add_argument("--join", action="store_true", help="start empty and wait to be added")
     parser.add_argument("--rpc", required=True, help="host:port for client requests")
     parser.add_argument("--data-dir", default="")
-    parser.add_argument("--memory", action="store_true", help="in-memory stores (no fsync; for benchmarks)")
+    parser.add_argument(
+        "--memory", action="store_true", help="in-memory stores (no fsync; for benchmarks)"
+    )
     parser.add_argument("--tick-ms", type=int, default=50)
     parser.add_argument("--election-ticks", type=int, default=10)
     parser.add_argument("--snapshot-entries", type=int, default=10_000)
@@ -287,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.memory and not args.data_dir:
         parser.error("--data-dir is required unless --memory")
-    logging.basicConfig(level=args.log_level, format=f"%(asctime)s {args.id} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format=f"%(asctime)s {args.id} %(levelname)s %(name)s: %(message)s"
+    )
     try:
         asyncio.run(main_async(args))
     except KeyboardInterrupt:

@@ -16,17 +16,19 @@ from consensus.types import Entry
 
 class RaftLog:
     __slots__ = (
+        "_entries",
+        "_rewritten_from",
+        "applied",
+        "committed",
+        "persisted",
         "snapshot_index",
         "snapshot_term",
-        "_entries",
-        "committed",
-        "applied",
         "unstable",
-        "persisted",
-        "_rewritten_from",
     )
 
-    def __init__(self, snapshot_index: int, snapshot_term: int, entries: list[Entry], committed: int) -> None:
+    def __init__(
+        self, snapshot_index: int, snapshot_term: int, entries: list[Entry], committed: int
+    ) -> None:
         if entries and entries[0].index != snapshot_index + 1:
             raise ValueError(
                 f"log starts at index {entries[0].index} but the snapshot ends at {snapshot_index}: "
@@ -116,17 +118,23 @@ class RaftLog:
             return
         first = entries[0].index
         if first <= self.committed:
-            raise AssertionError(f"refusing to overwrite committed entry {first} (committed {self.committed})")
+            raise AssertionError(
+                f"refusing to overwrite committed entry {first} (committed {self.committed})"
+            )
         if first > self.last_index() + 1:
             raise AssertionError(f"append at {first} would leave a gap after {self.last_index()}")
         if first < self.unstable:
-            self._rewritten_from = first if self._rewritten_from is None else min(self._rewritten_from, first)
+            self._rewritten_from = (
+                first if self._rewritten_from is None else min(self._rewritten_from, first)
+            )
         del self._entries[first - self.snapshot_index - 1 :]
         self._entries.extend(entries)
         self.unstable = min(self.unstable, first)
         self.persisted = min(self.persisted, first - 1)
 
-    def maybe_append(self, prev_index: int, prev_term: int, entries: tuple[Entry, ...]) -> int | None:
+    def maybe_append(
+        self, prev_index: int, prev_term: int, entries: tuple[Entry, ...]
+    ) -> int | None:
         """Follower side of AppendEntries: None if the logs do not match at prev_index,
         else the index of the last entry the leader's message covers."""
         if not self.matches(prev_index, prev_term):

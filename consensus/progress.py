@@ -27,18 +27,18 @@ class ProgressState(enum.Enum):
 
 class Progress:
     __slots__ = (
-        "match",
-        "next",
-        "state",
-        "paused",
         "inflight",
-        "max_inflight",
-        "recent_active",
         "is_learner",
-        "snapshot",
-        "snapshot_offset",
-        "snapshot_idle_ticks",
+        "match",
+        "max_inflight",
+        "next",
+        "paused",
         "read_ack_round",
+        "recent_active",
+        "snapshot",
+        "snapshot_idle_ticks",
+        "snapshot_offset",
+        "state",
     )
 
     def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False) -> None:

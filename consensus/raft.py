@@ -78,7 +78,9 @@ class RaftConfig:
         if self.heartbeat_ticks < 1 or self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("raft: election_ticks must exceed heartbeat_ticks, which must be >= 1")
         if self.max_inflight < 1 or self.max_msg_bytes < 1 or self.max_snapshot_chunk < 1:
-            raise ValueError("raft: max_inflight, max_msg_bytes and max_snapshot_chunk must be positive")
+            raise ValueError(
+                "raft: max_inflight, max_msg_bytes and max_snapshot_chunk must be positive"
+            )
 
 
 class SnapshotReader(Protocol):
@@ -93,7 +95,9 @@ def bootstrap(membership: Membership) -> RestoredState:
     from an empty RestoredState() and learns everything from the leader."""
     change = ConfChange(ConfOp.BOOTSTRAP, bootstrap=membership)
     entry = Entry(term=1, index=1, kind=EntryKind.CONF, data=change.encode())
-    return RestoredState(hard_state=HardState(term=1, vote=None, commit=1), snapshot=None, entries=[entry])
+    return RestoredState(
+        hard_state=HardState(term=1, vote=None, commit=1), snapshot=None, entries=[entry]
+    )
 
 
 def _entries_after_snapshot(restored: RestoredState) -> list[Entry]:
@@ -164,12 +168,16 @@ class RawNode:
         self._rng = rng
         snap = restored.snapshot
         entries = _entries_after_snapshot(restored)
-        self.log = RaftLog(snap.index if snap else 0, snap.term if snap else 0, entries, restored.hard_state.commit)
+        self.log = RaftLog(
+            snap.index if snap else 0, snap.term if snap else 0, entries, restored.hard_state.commit
+        )
         self._snapshot: SnapshotMeta | None = snap
         self.membership = snap.membership if snap else Membership()
         # (index, membership) from the snapshot on: lets the driver label a local
         # snapshot with the membership as of its index, not as of the commit index.
-        self._membership_history: list[tuple[int, Membership]] = [(self.log.snapshot_index, self.membership)]
+        self._membership_history: list[tuple[int, Membership]] = [
+            (self.log.snapshot_index, self.membership)
+        ]
 
         hs = restored.hard_state
         self.term = hs.term
@@ -577,7 +585,14 @@ class RawNode:
         for peer in sorted(self.membership.voters):  # sorted: the same order on every run
             if peer != self.id:
                 self._send(
-                    VoteRequest(self.term + 1, self.id, peer, self.log.last_index(), self.log.last_term(), pre=True)
+                    VoteRequest(
+                        self.term + 1,
+                        self.id,
+                        peer,
+                        self.log.last_index(),
+                        self.log.last_term(),
+                        pre=True,
+                    )
                 )
 
     def _campaign(self, transfer: bool) -> None:
@@ -624,7 +639,9 @@ class RawNode:
         self._pending_conf_index = self.log.last_index()
 
     def _add_progress(self, member: NodeId, next_index: int) -> None:
-        pr = Progress(next_index, self.config.max_inflight, is_learner=member not in self.membership.voters)
+        pr = Progress(
+            next_index, self.config.max_inflight, is_learner=member not in self.membership.voters
+        )
         if member == self.id:
             pr.match = self.log.persisted
         self._progress[member] = pr
@@ -757,12 +774,18 @@ class RawNode:
     def _handle_append(self, msg: AppendRequest) -> None:
         if msg.prev_index < self.log.committed:
             # Everything up to our commit index already matches the leader's.
-            self._send_after_persist(AppendResponse(self.term, self.id, msg.src, True, self.log.committed))
+            self._send_after_persist(
+                AppendResponse(self.term, self.id, msg.src, True, self.log.committed)
+            )
             return
         last_new = self.log.maybe_append(msg.prev_index, msg.prev_term, msg.entries)
         if last_new is None:
             hint_index, hint_term = self.log.find_conflict_by_term(msg.prev_index, msg.prev_term)
-            self._send(AppendResponse(self.term, self.id, msg.src, False, msg.prev_index, hint_index, hint_term))
+            self._send(
+                AppendResponse(
+                    self.term, self.id, msg.src, False, msg.prev_index, hint_index, hint_term
+                )
+            )
             return
         self.log.commit_to(min(msg.commit, last_new))
         self._apply_committed_conf()
@@ -770,7 +793,9 @@ class RawNode:
 
     def _handle_snapshot(self, msg: SnapshotRequest) -> None:
         meta = msg.meta
-        if meta.index <= self.log.committed or (msg.offset == 0 and self.log.matches(meta.index, meta.term)):
+        if meta.index <= self.log.committed or (
+            msg.offset == 0 and self.log.matches(meta.index, meta.term)
+        ):
             # We already have everything the snapshot holds: no transfer needed.
             self.log.commit_to(meta.index)
             self._apply_committed_conf()
@@ -785,13 +810,17 @@ class RawNode:
         if self._incoming != meta or msg.offset != self._incoming_offset:
             # Out of order, or for another snapshot: tell the leader what we expect.
             expect = self._incoming_offset if self._incoming == meta else 0
-            self._send(SnapshotResponse(self.term, self.id, msg.src, meta.index, expect, done=False))
+            self._send(
+                SnapshotResponse(self.term, self.id, msg.src, meta.index, expect, done=False)
+            )
             return
         self._chunks.append(SnapshotChunk(meta, msg.offset, msg.data, msg.done))
         self._incoming_offset += len(msg.data)
         if not msg.done:
             self._send_after_persist(
-                SnapshotResponse(self.term, self.id, msg.src, meta.index, self._incoming_offset, done=False)
+                SnapshotResponse(
+                    self.term, self.id, msg.src, meta.index, self._incoming_offset, done=False
+                )
             )
             return
         if self._incoming_offset != meta.size:
@@ -807,7 +836,9 @@ class RawNode:
         self._conf_applied = meta.index
         self._installed = meta
         self.stats["snapshots_installed"] += 1
-        self._send_after_persist(SnapshotResponse(self.term, self.id, msg.src, meta.index, meta.size, done=True))
+        self._send_after_persist(
+            SnapshotResponse(self.term, self.id, msg.src, meta.index, meta.size, done=True)
+        )
 
     # -- leader ----------------------------------------------------------
     def _step_leader(self, msg: Message) -> None:
@@ -874,7 +905,11 @@ class RawNode:
         self._send_append(msg.src, pr, allow_empty=was_probing)
 
     def _handle_snapshot_response(self, msg: SnapshotResponse, pr: Progress) -> None:
-        if pr.state != ProgressState.SNAPSHOT or pr.snapshot is None or msg.snapshot_index != pr.snapshot.index:
+        if (
+            pr.state != ProgressState.SNAPSHOT
+            or pr.snapshot is None
+            or msg.snapshot_index != pr.snapshot.index
+        ):
             if msg.done:
                 pr.maybe_update(msg.snapshot_index)
             return
@@ -920,7 +955,15 @@ class RawNode:
             if not entries and (sent or not allow_empty):
                 return
             self._send(
-                AppendRequest(self.term, self.id, peer, prev_index, prev_term, tuple(entries), self.log.committed)
+                AppendRequest(
+                    self.term,
+                    self.id,
+                    peer,
+                    prev_index,
+                    prev_term,
+                    tuple(entries),
+                    self.log.committed,
+                )
             )
             sent = True
             pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
@@ -1053,7 +1096,9 @@ class RawNode:
         pr.read_ack_round = max(pr.read_ack_round, round_)
         while self._reads:
             head = self._reads[0]
-            confirmed = {self.id} | {p for p, q in self._progress.items() if q.read_ack_round >= head.round}
+            confirmed = {self.id} | {
+                p for p, q in self._progress.items() if q.read_ack_round >= head.round
+            }
             if not quorum.has_quorum(self.membership.voters, confirmed):
                 break
             self._reads.popleft()

@@ -92,7 +92,9 @@ class ConfChange:
     @classmethod
     def decode(cls, data: bytes) -> ConfChange:
         op, node, address, boot = msgpack.unpackb(data)
-        return cls(ConfOp(op), node, address, Membership.from_wire(boot) if boot is not None else None)
+        return cls(
+            ConfOp(op), node, address, Membership.from_wire(boot) if boot is not None else None
+        )
 
     def apply_to(self, current: Membership) -> Membership:
         """The membership after this change.  Pure; the caller validates first."""
@@ -103,10 +105,7 @@ class ConfChange:
         addresses = dict(current.addresses)
         if self.op == ConfOp.ADD_LEARNER:
             learners.add(self.node)
-        elif self.op == ConfOp.ADD_VOTER:
-            learners.discard(self.node)
-            voters.add(self.node)
-        elif self.op == ConfOp.PROMOTE:
+        elif self.op == ConfOp.ADD_VOTER or self.op == ConfOp.PROMOTE:
             learners.discard(self.node)
             voters.add(self.node)
         elif self.op == ConfOp.REMOVE:

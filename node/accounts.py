@@ -57,8 +57,13 @@ class Accounts:
             raise ValueError("id, user and sha256 must be non-empty strings")
         if key_id in self.keys:
             return TaskError("conflict", f"API key {key_id} exists").to_dict()
-        self.keys[key_id] = {"id": key_id, "user": user, "sha256": digest, "created_at": int(cmd["at"]),
-                             "label": str(cmd.get("label", ""))[:200]}
+        self.keys[key_id] = {
+            "id": key_id,
+            "user": user,
+            "sha256": digest,
+            "created_at": int(cmd["at"]),
+            "label": str(cmd.get("label", ""))[:200],
+        }
         return {"id": key_id, "user": user, "created_at": int(cmd["at"])}
 
     def _delete_key(self, cmd: dict) -> dict:
@@ -77,8 +82,10 @@ class Accounts:
         return None
 
     def snapshot(self) -> bytes:
-        return msgpack.packb({"admin_hash": self.admin_hash, "token_secret": self.token_secret,
-                              "keys": self.keys}, use_bin_type=True)
+        return msgpack.packb(
+            {"admin_hash": self.admin_hash, "token_secret": self.token_secret, "keys": self.keys},
+            use_bin_type=True,
+        )
 
     def restore(self, data: bytes) -> None:
         state: dict[str, Any] = msgpack.unpackb(data, raw=False)

@@ -41,11 +41,18 @@ _STATUS = {
 
 
 def error(status: int, code: str, message: str, **details: Any) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, "details": details}}, status=status)
+    return web.json_response(
+        {"error": {"code": code, "message": message, "details": details}}, status=status
+    )
 
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
-               415: "unsupported_media_type"}
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
 
 
 @web.middleware
@@ -57,15 +64,19 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        message = {404: f"no route {request.path}; see /openapi.json",
-                   405: f"{request.method} is not allowed on {request.path}",
-                   413: f"the body is larger than this node accepts ({request.app._client_max_size} bytes)"
-                   }.get(exc.status, exc.reason)
+        message = {
+            404: f"no route {request.path}; see /openapi.json",
+            405: f"{request.method} is not allowed on {request.path}",
+            413: f"the body is larger than this node accepts ({request.app._client_max_size} bytes)",
+        }.get(exc.status, exc.reason)
         return error(exc.status, _HTTP_CODES.get(exc.status, "http_error"), message)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error(500, "internal", "an internal error happened on this node; it is logged. Retry, or "
-                     "use another node")
+        return error(
+            500,
+            "internal",
+            "an internal error happened on this node; it is logged. Retry, or use another node",
+        )
 
 
 class InvalidField(Exception):
@@ -81,17 +92,27 @@ def _validate_submission(body: Any) -> dict:
     if task_type == "ingest":
         raise InvalidField("type", "ingest tasks are created by uploads: POST /api/v1/kb/documents")
     if task_type not in TASK_TYPES:
-        raise InvalidField("type", f"type must be one of {', '.join(t for t in TASK_TYPES if t != 'ingest')}")
+        raise InvalidField(
+            "type", f"type must be one of {', '.join(t for t in TASK_TYPES if t != 'ingest')}"
+        )
     task_input = body.get("input", {})
     if not isinstance(task_input, dict):
         raise InvalidField("input", "input must be an object")
     if task_type == "noop":
         duration = task_input.get("duration_ms", 0)
-        if not isinstance(duration, (int, float)) or isinstance(duration, bool) or not 0 <= duration <= 3_600_000:
-            raise InvalidField("input.duration_ms", "duration_ms must be a number from 0 to 3600000")
+        if (
+            not isinstance(duration, (int, float))
+            or isinstance(duration, bool)
+            or not 0 <= duration <= 3_600_000
+        ):
+            raise InvalidField(
+                "input.duration_ms", "duration_ms must be a number from 0 to 3600000"
+            )
     for key in ("query", "prompt"):
         if isinstance(task_input.get(key), str) and len(task_input[key]) > MAX_TEXT_CHARS:
-            raise InvalidField(f"input.{key}", f"input.{key} is limited to {MAX_TEXT_CHARS} characters")
+            raise InvalidField(
+                f"input.{key}", f"input.{key} is limited to {MAX_TEXT_CHARS} characters"
+            )
     if task_type in ("qa", "retrieve"):
         if not isinstance(task_input.get("query"), str) or not task_input["query"].strip():
             raise InvalidField("input.query", f"a {task_type} task needs a non-empty input.query")
@@ -101,7 +122,9 @@ def _validate_submission(body: Any) -> dict:
         raise InvalidField("input.prompt", "a generate task needs a non-empty input.prompt")
     priority = body.get("priority", 5)
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
-        raise InvalidField("priority", "priority must be a whole number from 0 (lowest) to 9 (most urgent)")
+        raise InvalidField(
+            "priority", "priority must be a whole number from 0 (lowest) to 9 (most urgent)"
+        )
     params = body.get("params", {})
     if not isinstance(params, dict):
         raise InvalidField("params", "params must be an object")
@@ -130,7 +153,9 @@ def _validate_params(params: dict) -> None:
         ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok_type or not low <= value <= high:
             what = "a whole number" if kind is int else "a number"
-            raise InvalidField(f"params.{name}", f"params.{name} must be {what} from {low:g} to {high:g}")
+            raise InvalidField(
+                f"params.{name}", f"params.{name} must be {what} from {low:g} to {high:g}"
+            )
     if "mode" in params and params["mode"] not in _MODES:
         raise InvalidField("params.mode", f"params.mode must be one of {', '.join(_MODES)}")
     for name in ("doc_ids", "tags", "stop"):
@@ -181,14 +206,24 @@ class TaskAPI:
         try:
             result = await self._propose(cmd)
         except NoQuorum as exc:
-            return error(503, "no_quorum", f"{exc}; reads still work from this node's replica "
-                         "(possibly stale)", written="maybe" if exc.handed_on else "no")
+            return error(
+                503,
+                "no_quorum",
+                f"{exc}; reads still work from this node's replica (possibly stale)",
+                written="maybe" if exc.handed_on else "no",
+            )
         except RaftError as exc:
-            return error(503, "no_quorum", f"the cluster cannot accept writes right now: {exc}",
-                         written="maybe")
+            return error(
+                503,
+                "no_quorum",
+                f"the cluster cannot accept writes right now: {exc}",
+                written="maybe",
+            )
         if refused(result):
             err = result["error"]
-            return error(_STATUS.get(err["code"], 400), err["code"], err["message"], **err.get("details", {}))
+            return error(
+                _STATUS.get(err["code"], 400), err["code"], err["message"], **err.get("details", {})
+            )
         return web.json_response(result, status=ok_status)
 
     async def submit(self, request: web.Request) -> web.Response:
@@ -204,7 +239,13 @@ class TaskAPI:
             fields = _validate_submission(body)
         except InvalidField as exc:
             return error(422, "invalid", str(exc), field=exc.field)
-        cmd = {"op": "submit", "id": new_task_id(), "owner": request.get("user", "anonymous"), "at": now_ms(), **fields}
+        cmd = {
+            "op": "submit",
+            "id": new_task_id(),
+            "owner": request.get("user", "anonymous"),
+            "at": now_ms(),
+            **fields,
+        }
         if key is None:
             return await self.write(cmd, ok_status=201)
         cmd.update(idem_key=key, fingerprint=idempotency.task_fingerprint(fields))
@@ -239,32 +280,66 @@ class TaskAPI:
         return web.json_response({"items": items, "next_cursor": next_cursor, "total": total})
 
     async def cancel(self, request: web.Request) -> web.Response:
-        return await self.write({"op": "cancel", "id": request.match_info["id"], "by": request.get("user", "anonymous"),
-                                  "owner": self._scope(request), "at": now_ms()})
+        return await self.write(
+            {
+                "op": "cancel",
+                "id": request.match_info["id"],
+                "by": request.get("user", "anonymous"),
+                "owner": self._scope(request),
+                "at": now_ms(),
+            }
+        )
 
     async def abort(self, request: web.Request) -> web.Response:
-        return await self.write({"op": "abort", "id": request.match_info["id"], "by": request.get("user", "anonymous"),
-                                  "owner": self._scope(request), "at": now_ms()})
+        return await self.write(
+            {
+                "op": "abort",
+                "id": request.match_info["id"],
+                "by": request.get("user", "anonymous"),
+                "owner": self._scope(request),
+                "at": now_ms(),
+            }
+        )
 
     async def retry(self, request: web.Request) -> web.Response:
         old = self._visible(request, request.match_info["id"])
         if old is None:
             return error(404, "not_found", f"no task {request.match_info['id']}")
         if old.type == "ingest":
-            return error(409, "conflict", "an ingest task cannot be retried: its upload was dropped when it "
-                         "failed; upload the file again", state=old.state)
+            return error(
+                409,
+                "conflict",
+                "an ingest task cannot be retried: its upload was dropped when it "
+                "failed; upload the file again",
+                state=old.state,
+            )
         if old.state not in ("failed", "cancelled"):
-            return error(409, "conflict", f"task {old.id} is {old.state}; only failed or cancelled tasks can be retried",
-                         state=old.state)
-        cmd = {"op": "submit", "id": new_task_id(), "type": old.type, "input": old.input, "params": old.params,
-               "priority": old.priority, "owner": old.owner, "at": now_ms()}
+            return error(
+                409,
+                "conflict",
+                f"task {old.id} is {old.state}; only failed or cancelled tasks can be retried",
+                state=old.state,
+            )
+        cmd = {
+            "op": "submit",
+            "id": new_task_id(),
+            "type": old.type,
+            "input": old.input,
+            "params": old.params,
+            "priority": old.priority,
+            "owner": old.owner,
+            "at": now_ms(),
+        }
         return await self.write(cmd, ok_status=201)
 
     async def stats(self, request: web.Request) -> web.Response:
         # One scan of the replica; dashboards poll this, so reuse it for a second.
         now = now_ms()
         if self._stats_cache is None or now - self._stats_cache[0] > 1000:
-            self._stats_cache = (now, task_query.statistics(self.queue.tasks, self.queue.counts(), now))
+            self._stats_cache = (
+                now,
+                task_query.statistics(self.queue.tasks, self.queue.counts(), now),
+            )
         return web.json_response({**self._stats_cache[1], **self.extra_status()})
 
     async def stats_history(self, request: web.Request) -> web.Response:

@@ -40,7 +40,11 @@ class ApiError(Exception):
 
 class Unreachable(ApiError):
     def __init__(self, urls: list[str]) -> None:
-        super().__init__(0, "unreachable", f"no node answers ({', '.join(urls)}); is the cluster up? (`ragraft up`)")
+        super().__init__(
+            0,
+            "unreachable",
+            f"no node answers ({', '.join(urls)}); is the cluster up? (`ragraft up`)",
+        )
 
 
 class ApiClient:
@@ -99,9 +103,14 @@ class ApiClient:
                 ) as response:
                     payload = await response.json(content_type=None)
                     if response.status >= 400:
-                        error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
-                        raise ApiError(response.status, error.get("code", "error"),
-                                       error.get("message", f"HTTP {response.status}"))
+                        error = (
+                            (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
+                        )
+                        raise ApiError(
+                            response.status,
+                            error.get("code", "error"),
+                            error.get("message", f"HTTP {response.status}"),
+                        )
                     return payload
             except ApiError as exc:
                 if exc.status != 503 or exc.code != "no_quorum":
@@ -122,7 +131,9 @@ class ApiClient:
         )
 
     async def login(self, username: str, password: str) -> None:
-        answer = await self.request("POST", "/api/v1/auth/token", {"username": username, "password": password})
+        answer = await self.request(
+            "POST", "/api/v1/auth/token", {"username": username, "password": password}
+        )
         self.token, self.user = answer["access_token"], username
 
     async def upload(
@@ -151,10 +162,17 @@ class ApiClient:
         broken = False
         while True:
             try:
-                async with self._http().get(f"{self.url}/api/v1/events?types={types}", headers=self._headers(),
-                                            timeout=aiohttp.ClientTimeout(total=None, sock_read=60)) as response:
+                async with self._http().get(
+                    f"{self.url}/api/v1/events?types={types}",
+                    headers=self._headers(),
+                    timeout=aiohttp.ClientTimeout(total=None, sock_read=60),
+                ) as response:
                     if response.status != 200:
-                        raise ApiError(response.status, "events", f"the event stream answered {response.status}")
+                        raise ApiError(
+                            response.status,
+                            "events",
+                            f"the event stream answered {response.status}",
+                        )
                     if broken:
                         broken = False
                         yield "reconnected", {}

@@ -47,7 +47,9 @@ WriteFn = Callable[..., Awaitable[web.Response]]  # (command, ok_status=200) -> 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
     salt = salt or secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
     b64 = base64.urlsafe_b64encode
     return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
 
@@ -58,8 +60,14 @@ def verify_password(password: str, hashed: str) -> bool:
         if scheme != "scrypt":
             return False
         expected = base64.urlsafe_b64decode(digest)
-        actual = hashlib.scrypt(password.encode(), salt=base64.urlsafe_b64decode(salt), n=int(n), r=int(r),
-                                p=int(p), dklen=len(expected))
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=base64.urlsafe_b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
@@ -113,8 +121,11 @@ class Authenticator:
             raise LookupError("no token secret yet")
         now = int(time.time())
         ttl = self.settings.token_ttl_seconds
-        token = jwt.encode({"sub": user, "role": role, "iat": now, "exp": now + ttl, "iss": self.issuer},
-                           secret, algorithm="HS256")
+        token = jwt.encode(
+            {"sub": user, "role": role, "iat": now, "exp": now + ttl, "iss": self.issuer},
+            secret,
+            algorithm="HS256",
+        )
         return {"access_token": token, "token_type": "bearer", "expires_in": ttl}
 
     def identify(self, credential: str) -> tuple[str, str] | None:
@@ -131,8 +142,13 @@ class Authenticator:
         if secret is None:
             return None
         try:
-            claims = jwt.decode(credential, secret, algorithms=["HS256"], issuer=self.issuer,
-                                options={"require": ["sub", "exp", "iss"]})
+            claims = jwt.decode(
+                credential,
+                secret,
+                algorithms=["HS256"],
+                issuer=self.issuer,
+                options={"require": ["sub", "exp", "iss"]},
+            )
         except jwt.PyJWTError:
             return None
         user = claims["sub"]
@@ -141,20 +157,34 @@ class Authenticator:
 
     def middleware(self, error: ErrorFn) -> Any:
         @web.middleware
-        async def authenticate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                               ) -> web.StreamResponse:
+        async def authenticate(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
             if request.path in PUBLIC_PATHS or request.method == "OPTIONS":
                 return await handler(request)
             header = request.headers.get("Authorization", "")
-            if not header and request.path == "/api/v1/events" and request.query.get("access_token"):
+            if (
+                not header
+                and request.path == "/api/v1/events"
+                and request.query.get("access_token")
+            ):
                 # Browsers' EventSource cannot send headers: the stream accepts the token in the URL.
                 header = "Bearer " + request.query["access_token"]
             scheme, _, credential = header.partition(" ")
-            who = self.identify(credential.strip()) if scheme.lower() == "bearer" and credential else None
+            who = (
+                self.identify(credential.strip())
+                if scheme.lower() == "bearer" and credential
+                else None
+            )
             if who is None:
-                message = ("missing bearer token: log in with POST /api/v1/auth/token {username, password} "
-                           "and send Authorization: Bearer <access_token> (or an API key)") if not header else \
-                          "invalid or expired token: log in again"
+                message = (
+                    (
+                        "missing bearer token: log in with POST /api/v1/auth/token {username, password} "
+                        "and send Authorization: Bearer <access_token> (or an API key)"
+                    )
+                    if not header
+                    else "invalid or expired token: log in again"
+                )
                 response = error(401, "unauthorized", message)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="ragraft"'
                 return response
@@ -181,22 +211,35 @@ class AuthAPI:
         try:
             body = await request.json()
         except ValueError:
-            return self.error(400, "bad_json", "send JSON {\"username\", \"password\"}")
-        if not isinstance(body, dict) or not isinstance(body.get("username"), str) \
-                or not isinstance(body.get("password"), str):
-            return self.error(422, "invalid", "username and password must be strings", field="username")
+            return self.error(400, "bad_json", 'send JSON {"username", "password"}')
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("username"), str)
+            or not isinstance(body.get("password"), str)
+        ):
+            return self.error(
+                422, "invalid", "username and password must be strings", field="username"
+            )
         loop = asyncio.get_running_loop()
         # scrypt takes tens of milliseconds: off the event loop.
-        role = await loop.run_in_executor(None, self.auth.check_password, body["username"], body["password"])
+        role = await loop.run_in_executor(
+            None, self.auth.check_password, body["username"], body["password"]
+        )
         if role is None:
             if self.auth.accounts.admin_hash is None and body["username"] == "admin":
-                return self.error(503, "initialising", "the cluster has not set up its admin account yet "
-                                  "(it needs a leader); retry in a few seconds")
+                return self.error(
+                    503,
+                    "initialising",
+                    "the cluster has not set up its admin account yet "
+                    "(it needs a leader); retry in a few seconds",
+                )
             return self.error(401, "bad_credentials", "wrong username or password")
         try:
             return web.json_response(self.auth.issue(body["username"], role))
         except LookupError:
-            return self.error(503, "initialising", "the cluster has no token secret yet; retry in a few seconds")
+            return self.error(
+                503, "initialising", "the cluster has no token secret yet; retry in a few seconds"
+            )
 
     async def me(self, request: web.Request) -> web.Response:
         return web.json_response({"user": request["user"], "role": request["role"]})
@@ -209,37 +252,65 @@ class AuthAPI:
         user = request["user"]
         if not isinstance(body, dict):
             return self.error(422, "invalid", "the body must be a JSON object", field="body")
-        if not isinstance(body.get("label", ""), str) or not isinstance(body.get("user", user), str):
+        if not isinstance(body.get("label", ""), str) or not isinstance(
+            body.get("user", user), str
+        ):
             return self.error(422, "invalid", "label and user must be strings", field="user")
         if body.get("user") not in (None, user):
             if request["role"] != "admin":
-                return self.error(403, "forbidden", "only an admin can create keys for another user")
+                return self.error(
+                    403, "forbidden", "only an admin can create keys for another user"
+                )
             user = body["user"]
             if self.auth.role_of(user) is None:
                 return self.error(422, "invalid", f"no user {user!r}", field="user")
         key, digest = new_api_key()
-        cmd = {"op": "auth.put_key", "id": "key-" + new_task_id().lower(), "user": user, "sha256": digest,
-               "label": body.get("label", ""), "at": now_ms()}
+        cmd = {
+            "op": "auth.put_key",
+            "id": "key-" + new_task_id().lower(),
+            "user": user,
+            "sha256": digest,
+            "label": body.get("label", ""),
+            "at": now_ms(),
+        }
         response = await self.write(cmd, 201)
         if response.status != 201:
             return response
         assert isinstance(response.body, bytes)
-        return web.json_response({**json.loads(response.body), "key": key,
-                                  "note": "shown once: only its SHA-256 is kept"}, status=201)
+        return web.json_response(
+            {
+                **json.loads(response.body),
+                "key": key,
+                "note": "shown once: only its SHA-256 is kept",
+            },
+            status=201,
+        )
 
     async def list_keys(self, request: web.Request) -> web.Response:
-        keys = [{k: v for k, v in key.items() if k != "sha256"} for key in self.auth.accounts.keys.values()
-                if request["role"] == "admin" or key["user"] == request["user"]]
+        keys = [
+            {k: v for k, v in key.items() if k != "sha256"}
+            for key in self.auth.accounts.keys.values()
+            if request["role"] == "admin" or key["user"] == request["user"]
+        ]
         return web.json_response({"items": keys})
 
     async def delete_key(self, request: web.Request) -> web.Response:
-        cmd = {"op": "auth.delete_key", "id": request.match_info["id"], "at": now_ms(),
-               "user": None if request["role"] == "admin" else request["user"]}
+        cmd = {
+            "op": "auth.delete_key",
+            "id": request.match_info["id"],
+            "at": now_ms(),
+            "user": None if request["role"] == "admin" else request["user"],
+        }
         return await self.write(cmd)
 
 
-async def initialise_accounts(raft: RaftNode, accounts: Accounts, settings: SecuritySettings,
-                              node_id: str, interval: float = 0.5) -> None:
+async def initialise_accounts(
+    raft: RaftNode,
+    accounts: Accounts,
+    settings: SecuritySettings,
+    node_id: str,
+    interval: float = 0.5,
+) -> None:
     """On the leader of a cluster that has no admin yet: set its password (from
     RAGRAFT_ADMIN_PASSWORD, or generated and printed once) and, when none is
     configured, a token secret, in one committed entry.
@@ -255,12 +326,23 @@ async def initialise_accounts(raft: RaftNode, accounts: Accounts, settings: Secu
             continue
         if cmd is None:
             hashed = await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
-            cmd = {"op": "auth.init", "admin_hash": hashed, "at": now_ms(),
-                   "token_secret": None if settings.token_secret else secrets.token_urlsafe(32)}
+            cmd = {
+                "op": "auth.init",
+                "admin_hash": hashed,
+                "at": now_ms(),
+                "token_secret": None if settings.token_secret else secrets.token_urlsafe(32),
+            }
         try:
             await raft.propose(msgpack.packb(cmd, use_bin_type=True))
         except RaftError as exc:
             log.warning("could not initialise the admin account yet: %s", exc)
-    if cmd is not None and accounts.admin_hash == cmd["admin_hash"] and settings.admin_password is None:
-        print(f"node {node_id}: the admin password is {password} (shown once, only its hash is kept; "
-              "set RAGRAFT_ADMIN_PASSWORD to choose it)", flush=True)
+    if (
+        cmd is not None
+        and accounts.admin_hash == cmd["admin_hash"]
+        and settings.admin_password is None
+    ):
+        print(
+            f"node {node_id}: the admin password is {password} (shown once, only its hash is kept; "
+            "set RAGRAFT_ADMIN_PASSWORD to choose it)",
+            flush=True,
+        )

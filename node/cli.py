@@ -41,15 +41,22 @@ def _admin_headers(base: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {os.environ['RAGRAFT_API_KEY']}"}
     password = os.environ.get("RAGRAFT_ADMIN_PASSWORD")
     if not password:
-        raise SystemExit("ragraft: this needs an admin: set RAGRAFT_API_KEY or RAGRAFT_ADMIN_PASSWORD")
-    login = urllib.request.Request(f"{base}/api/v1/auth/token", method="POST",
-                                   data=json.dumps({"username": "admin", "password": password}).encode(),
-                                   headers={"Content-Type": "application/json"})
+        raise SystemExit(
+            "ragraft: this needs an admin: set RAGRAFT_API_KEY or RAGRAFT_ADMIN_PASSWORD"
+        )
+    login = urllib.request.Request(
+        f"{base}/api/v1/auth/token",
+        method="POST",
+        data=json.dumps({"username": "admin", "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(login, timeout=30) as response:
             return {"Authorization": f"Bearer {json.loads(response.read())['access_token']}"}
     except urllib.error.HTTPError as exc:
-        raise SystemExit(f"ragraft: admin login refused ({exc.code}); check RAGRAFT_ADMIN_PASSWORD") from None
+        raise SystemExit(
+            f"ragraft: admin login refused ({exc.code}); check RAGRAFT_ADMIN_PASSWORD"
+        ) from None
 
 
 def _remove_node(config: cluster_config.ClusterConfig, target: str | None, url: str | None) -> int:
@@ -62,16 +69,21 @@ def _remove_node(config: cluster_config.ClusterConfig, target: str | None, url: 
     base = (url or config.nodes[0].api_url).rstrip("/")
     if not base.startswith("http"):
         base = "http://" + base
-    request = urllib.request.Request(f"{base}/api/v1/cluster/members/{target}", method="DELETE",
-                                     headers=_admin_headers(base))
+    request = urllib.request.Request(
+        f"{base}/api/v1/cluster/members/{target}", method="DELETE", headers=_admin_headers(base)
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             view = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         body = json.loads(exc.read() or b"{}")
-        raise SystemExit(f"ragraft: could not remove {target}: {body.get('error', {}).get('message', exc)}") from None
+        raise SystemExit(
+            f"ragraft: could not remove {target}: {body.get('error', {}).get('message', exc)}"
+        ) from None
     except OSError as exc:
-        raise SystemExit(f"ragraft: cannot reach {base}: {exc}; pass --url of a running node") from None
+        raise SystemExit(
+            f"ragraft: cannot reach {base}: {exc}; pass --url of a running node"
+        ) from None
     print(f"removed {target}; voters now {', '.join(view['members']['voters'])}")
     return 0
 
@@ -80,29 +92,51 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ragraft", description="ragraft distributed RAG cluster")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start every node of cluster.toml locally, each as its own process")
+    up = sub.add_parser(
+        "up", help="start every node of cluster.toml locally, each as its own process"
+    )
     up.add_argument("--config", default="cluster.toml", help="cluster file (default: cluster.toml)")
-    up.add_argument("--data-dir", help="keep every node's data under DIR/<id> instead of the file's data_dir")
+    up.add_argument(
+        "--data-dir", help="keep every node's data under DIR/<id> instead of the file's data_dir"
+    )
 
     node = sub.add_parser("node", help="run one node of the cluster in this process")
-    node.add_argument("--config", default="cluster.toml", help="cluster file (default: cluster.toml)")
-    node.add_argument("action", nargs="?", choices=["remove"], help="remove: take a node out of the cluster")
+    node.add_argument(
+        "--config", default="cluster.toml", help="cluster file (default: cluster.toml)"
+    )
+    node.add_argument(
+        "action", nargs="?", choices=["remove"], help="remove: take a node out of the cluster"
+    )
     node.add_argument("target", nargs="?", help="with remove: the id of the node to remove")
     node.add_argument("--id", help="node id from the cluster file, e.g. n1")
-    node.add_argument("--join", metavar="HOST:PORT", help="API address of a member: join the running cluster")
-    node.add_argument("--url", help="with remove: API address of a member (default: the first node of the file)")
-    node.add_argument("--data-dir", help="keep this node's data under DIR/<id> instead of the file's data_dir")
+    node.add_argument(
+        "--join", metavar="HOST:PORT", help="API address of a member: join the running cluster"
+    )
+    node.add_argument(
+        "--url", help="with remove: API address of a member (default: the first node of the file)"
+    )
+    node.add_argument(
+        "--data-dir", help="keep this node's data under DIR/<id> instead of the file's data_dir"
+    )
     node.add_argument("--log-level", default="INFO")
-    node.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("RAGRAFT_LOG_FORMAT", "text"),
-                      help="json: one object per line, for a log stack")
+    node.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("RAGRAFT_LOG_FORMAT", "text"),
+        help="json: one object per line, for a log stack",
+    )
 
-    sub.add_parser("keys", help="print new CURVE keys, an encryption key, a token secret and an API key")
+    sub.add_parser(
+        "keys", help="print new CURVE keys, an encryption key, a token secret and an API key"
+    )
     hasher = sub.add_parser("hash-password", help="print a password hash for [[security.users]]")
     hasher.add_argument("--password", help="the password (default: asked for, not echoed)")
     sub.add_parser("version", help="print the ragraft version")
     tui = sub.add_parser("tui", help="the terminal UI")
     tui.add_argument("--config", default="cluster.toml", help="cluster file: its nodes' API URLs")
-    tui.add_argument("--url", action="append", help="API URL of a node (repeatable); overrides --config")
+    tui.add_argument(
+        "--url", action="append", help="API URL of a node (repeatable); overrides --config"
+    )
 
     from node.commands import add_parsers
 
@@ -123,15 +157,21 @@ def main(argv: list[str] | None = None) -> int:
         from node.auth import new_api_key
 
         public, secret = generate_cluster_keys()
-        print("# paste into [cluster] of cluster.toml (or set RAGRAFT_CLUSTER_PUBLIC_KEY / _SECRET_KEY)")
+        print(
+            "# paste into [cluster] of cluster.toml (or set RAGRAFT_CLUSTER_PUBLIC_KEY / _SECRET_KEY)"
+        )
         print(f'curve_public_key = "{public}"')
         print(f'curve_secret_key = "{secret}"')
-        print("# paste into [security] (or set RAGRAFT_ENCRYPTION_KEY): encrypts replicated data at rest")
+        print(
+            "# paste into [security] (or set RAGRAFT_ENCRYPTION_KEY): encrypts replicated data at rest"
+        )
         print(f'encryption_key = "{Cipher.generate_key()}"')
         print("# also in [security] (or RAGRAFT_TOKEN_SECRET): signs the API's bearer tokens")
         print(f'token_secret = "{secrets.token_urlsafe(32)}"')
         key, digest = new_api_key()
-        print(f"# an admin API key for scripts: keep {key} secret (send it as Authorization: Bearer ...)")
+        print(
+            f"# an admin API key for scripts: keep {key} secret (send it as Authorization: Bearer ...)"
+        )
         print(f'# [[security.api_keys]]\n# user = "admin"\n# key_sha256 = "{digest}"')
         return 0
     if args.command == "hash-password":

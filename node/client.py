@@ -45,8 +45,14 @@ _UPLOAD_CHUNK = 64 * 1024
 class ClientError(Exception):
     """The API refused a request, or no node answered; `str()` is meant for people."""
 
-    def __init__(self, message: str, status: int = 0, code: str = "", details: Mapping[str, Any] | None = None,
-                 body: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int = 0,
+        code: str = "",
+        details: Mapping[str, Any] | None = None,
+        body: Any = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -60,8 +66,11 @@ class Unreachable(ClientError):
 
     def __init__(self, tried: list[tuple[str, str]]) -> None:
         where = "; ".join(f"{url} ({reason})" for url, reason in tried)
-        super().__init__(f"no node answers — tried {where}. Is the cluster running? Start it with `ragraft up`, "
-                         "or pass --url of a running node", code="unreachable")
+        super().__init__(
+            f"no node answers — tried {where}. Is the cluster running? Start it with `ragraft up`, "
+            "or pass --url of a running node",
+            code="unreachable",
+        )
         self.tried = tried
 
 
@@ -126,7 +135,11 @@ def token_cluster(token: str) -> str | None:
     except (IndexError, ValueError):
         return None
     issuer = claims.get("iss") if isinstance(claims, dict) else None
-    return issuer.removeprefix("ragraft:") if isinstance(issuer, str) and issuer.startswith("ragraft:") else None
+    return (
+        issuer.removeprefix("ragraft:")
+        if isinstance(issuer, str) and issuer.startswith("ragraft:")
+        else None
+    )
 
 
 # ------------------------------------------------------------------ bodies
@@ -135,17 +148,26 @@ class Upload:
     that `on_progress` can drive a progress bar.  Iterable more than once, so a
     fail-over can send it again."""
 
-    def __init__(self, filename: str, content: bytes, fields: Mapping[str, str] | None = None,
-                 on_progress: ProgressFn | None = None) -> None:
+    def __init__(
+        self,
+        filename: str,
+        content: bytes,
+        fields: Mapping[str, str] | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> None:
         boundary = "ragraft-" + uuid.uuid4().hex
         self.content_type = f"multipart/form-data; boundary={boundary}"
         head = bytearray()
         for name, value in (fields or {}).items():
-            head += (f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'
-                     f"{value}\r\n").encode()
+            head += (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'
+                f"{value}\r\n"
+            ).encode()
         # octet-stream: the node tells the format from the file name (and, for PDFs, the bytes).
-        head += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{_quote(filename)}"\r\n'
-                 "Content-Type: application/octet-stream\r\n\r\n").encode()
+        head += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{_quote(filename)}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
         self._parts = (bytes(head), content, f"\r\n--{boundary}--\r\n".encode())
         self.size = sum(len(p) for p in self._parts)
         self.on_progress = on_progress
@@ -154,7 +176,7 @@ class Upload:
         sent = 0
         for part in self._parts:
             for start in range(0, len(part), _UPLOAD_CHUNK):
-                chunk = part[start:start + _UPLOAD_CHUNK]
+                chunk = part[start : start + _UPLOAD_CHUNK]
                 yield chunk
                 sent += len(chunk)
                 if self.on_progress is not None:
@@ -168,14 +190,22 @@ def _quote(value: str) -> str:
 
 # ------------------------------------------------------------------ the client
 class Client:
-    def __init__(self, urls: list[str], token: str | None = None, timeout: float = 15.0,
-                 names: Mapping[str, str] | None = None, log: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        token: str | None = None,
+        timeout: float = 15.0,
+        names: Mapping[str, str] | None = None,
+        log: TextIO | None = None,
+    ) -> None:
         if not urls:
             raise ValueError("give at least one node URL")
         self.urls = [normalize_url(u) for u in urls]
         self.token = token
         self.timeout = timeout
-        self.names = {normalize_url(u): n for u, n in (names or {}).items()}  # url -> node id, for messages
+        self.names = {
+            normalize_url(u): n for u, n in (names or {}).items()
+        }  # url -> node id, for messages
         self.log = log or sys.stderr
         self.answered_by: str | None = None
         self.stale = False  # the last answer came from a node without a leader
@@ -218,7 +248,9 @@ class Client:
         """The decoded answer of the first node that can serve it.  With
         `idempotency_key`, every try carries it, so a write is applied once however
         many nodes it reaches."""
-        encoded = urllib.parse.urlencode({k: v for k, v in (query or {}).items() if v not in (None, "")})
+        encoded = urllib.parse.urlencode(
+            {k: v for k, v in (query or {}).items() if v not in (None, "")}
+        )
         if encoded:
             path += "?" + encoded
         tried: list[tuple[str, str]] = []
@@ -254,8 +286,17 @@ class Client:
             raise refusal
         raise Unreachable(tried)
 
-    def _send(self, url: str, method: str, path: str, body: Any, payload: Upload | None, auth: bool,
-              timeout: float, idempotency_key: str | None = None) -> Any:
+    def _send(
+        self,
+        url: str,
+        method: str,
+        path: str,
+        body: Any,
+        payload: Upload | None,
+        auth: bool,
+        timeout: float,
+        idempotency_key: str | None = None,
+    ) -> Any:
         headers = {"Accept": "application/json"}
         if idempotency_key is not None:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
@@ -275,7 +316,9 @@ class Client:
                 self.stale = response.headers.get("X-Ragraft-Stale") == "true"
                 return _decode(response.read(), response.status, url)
         except urllib.error.HTTPError as exc:
-            raise api_error(exc.code, _decode_error(exc.read()), authenticated=bool(auth and self.token)) from None
+            raise api_error(
+                exc.code, _decode_error(exc.read()), authenticated=bool(auth and self.token)
+            ) from None
         except urllib.error.URLError as exc:
             # Raised before anything was sent: the connection itself failed.
             raise _Unanswered(_reason(exc.reason), sent=False) from None
@@ -321,8 +364,11 @@ def api_error(status: int, body: Any, authenticated: bool = True) -> ClientError
     if details.get("field") and details["field"] not in message:
         message += f" (field {details['field']})"
     if status == 401 and code != "bad_credentials":
-        message = ("not logged in: run `ragraft login` (or set RAGRAFT_TOKEN / RAGRAFT_API_KEY)" if not authenticated
-                   else f"the cluster refused the credentials ({message}): run `ragraft login` again")
+        message = (
+            "not logged in: run `ragraft login` (or set RAGRAFT_TOKEN / RAGRAFT_API_KEY)"
+            if not authenticated
+            else f"the cluster refused the credentials ({message}): run `ragraft login` again"
+        )
     elif status == 403:
         message += " — log in as an admin (`ragraft login --user admin`)"
     return ClientError(message, status, code, details, body)
@@ -332,8 +378,11 @@ def _decode(raw: bytes, status: int, url: str) -> Any:
     try:
         return json.loads(raw or b"null")
     except ValueError:
-        raise ClientError(f"{url} answered {status} with something that is not JSON ({raw[:80]!r}); "
-                          "is that a ragraft node's API port?", status) from None
+        raise ClientError(
+            f"{url} answered {status} with something that is not JSON ({raw[:80]!r}); "
+            "is that a ragraft node's API port?",
+            status,
+        ) from None
 
 
 def _decode_error(raw: bytes) -> Any:

@@ -33,8 +33,16 @@ def cluster_view(raft: RaftNode) -> dict:
 
 
 class ClusterAPI:
-    def __init__(self, config: ClusterConfig, raft: RaftNode, state: Any, gossip: Any, rag: Any,
-                 error: Any, history: MetricsHistory | None = None) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        raft: RaftNode,
+        state: Any,
+        gossip: Any,
+        rag: Any,
+        error: Any,
+        history: MetricsHistory | None = None,
+    ) -> None:
         self.config = config
         self.history = history
         self.raft = raft
@@ -60,22 +68,30 @@ class ClusterAPI:
         known = state.tasks.nodes
         table = self.gossip.snapshot()
         items = []
-        for node_id in sorted(set(status["voters"]) | set(status["learners"]) | set(known) | set(table)):
+        for node_id in sorted(
+            set(status["voters"]) | set(status["learners"]) | set(known) | set(table)
+        ):
             info = known.get(node_id, {})
             member = table.get(node_id, {})
-            items.append({
-                "id": node_id,
-                "raft_address": status["addresses"].get(node_id),
-                "gossip_address": member.get("address"),
-                "status": member.get("status", "unknown"),
-                "status_since_unix_ms": member.get("status_since_unix_ms"),
-                "raft_role": "leader" if status["leader"] == node_id else
-                             ("learner" if node_id in status["learners"] else
-                              ("follower" if node_id in status["voters"] else None)),
-                "slots": info.get("slots"),
-                "running": state.tasks.running_on(node_id),
-                "metrics": member.get("meta", {}),
-            })
+            items.append(
+                {
+                    "id": node_id,
+                    "raft_address": status["addresses"].get(node_id),
+                    "gossip_address": member.get("address"),
+                    "status": member.get("status", "unknown"),
+                    "status_since_unix_ms": member.get("status_since_unix_ms"),
+                    "raft_role": "leader"
+                    if status["leader"] == node_id
+                    else (
+                        "learner"
+                        if node_id in status["learners"]
+                        else ("follower" if node_id in status["voters"] else None)
+                    ),
+                    "slots": info.get("slots"),
+                    "running": state.tasks.running_on(node_id),
+                    "metrics": member.get("meta", {}),
+                }
+            )
         return web.json_response({"items": items})
 
     async def nodes_history(self, _: web.Request) -> web.Response:
@@ -101,7 +117,9 @@ class ClusterAPI:
                 node = body.get("id") if isinstance(body, dict) else None
                 address = body.get("raft_address") if isinstance(body, dict) else None
                 if not isinstance(node, str) or not isinstance(address, str):
-                    return error(422, "invalid", "give the new node's id and raft_address", field="id")
+                    return error(
+                        422, "invalid", "give the new node's id and raft_address", field="id"
+                    )
                 await raft.add_member(node, address)
             else:
                 await raft.remove_member(request.match_info["id"])
@@ -115,10 +133,19 @@ class ClusterAPI:
         url = next((n.api_url for n in self.config.nodes if n.id == leader), None)
         if url is None:
             return self.error(503, "no_leader", "no leader is known; retry shortly")
-        headers = {"Content-Type": "application/json", "Authorization": request.headers.get("Authorization", "")}
-        async with ClientSession() as session, session.request(
-                request.method, url + request.path_qs, data=await request.read(), headers=headers) as r:
-            return web.Response(body=await r.read(), status=r.status, content_type="application/json")
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": request.headers.get("Authorization", ""),
+        }
+        async with (
+            ClientSession() as session,
+            session.request(
+                request.method, url + request.path_qs, data=await request.read(), headers=headers
+            ) as r,
+        ):
+            return web.Response(
+                body=await r.read(), status=r.status, content_type="application/json"
+            )
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": self.raft.id})
@@ -126,8 +153,10 @@ class ClusterAPI:
     async def readyz(self, _: web.Request) -> web.Response:
         # Ready = a leader is known and the models are loaded (or loading is off).
         ready = self.raft.leader is not None and self.rag.ready
-        return web.json_response({"ready": ready, "leader": self.raft.leader, "models": self.rag.status.to_dict()},
-                                 status=200 if ready else 503)
+        return web.json_response(
+            {"ready": ready, "leader": self.raft.leader, "models": self.rag.status.to_dict()},
+            status=200 if ready else 503,
+        )
 
     async def openapi(self, _: web.Request) -> web.Response:
         return web.json_response(openapi.document(self.extra_paths))

@@ -147,17 +147,31 @@ class ClusterConfig:
         return self.curve_public is not None
 
 
-_NODE_KEYS = {"id", "host", "raft_port", "gossip_port", "api_port", "dashboard_port", "data_dir", "join", "slots"}
+_NODE_KEYS = {
+    "id",
+    "host",
+    "raft_port",
+    "gossip_port",
+    "api_port",
+    "dashboard_port",
+    "data_dir",
+    "join",
+    "slots",
+}
 _PORT_KEYS = ("raft_port", "gossip_port", "api_port", "dashboard_port")
 
 
-def load(path: str | os.PathLike[str] = "cluster.toml", env: dict[str, str] | None = None) -> ClusterConfig:
+def load(
+    path: str | os.PathLike[str] = "cluster.toml", env: dict[str, str] | None = None
+) -> ClusterConfig:
     env = dict(os.environ) if env is None else env
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found; pass --config PATH or create it (see README.md)") from None
+        raise ConfigError(
+            f"{path}: file not found; pass --config PATH or create it (see README.md)"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse(raw, path, env)
@@ -186,11 +200,17 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         )
     for key, value in (("curve_public_key", public), ("curve_secret_key", secret)):
         if value is not None and (not isinstance(value, str) or len(value) != 40):
-            raise fail(f"cluster.{key}", "is not a 40-character z85 key", "generate a pair with `ragraft keys`")
+            raise fail(
+                f"cluster.{key}",
+                "is not a 40-character z85 key",
+                "generate a pair with `ragraft keys`",
+            )
 
     nodes_raw = raw.get("nodes")
     if not isinstance(nodes_raw, list) or not nodes_raw:
-        raise fail("nodes", "no [[nodes]] entries", "list at least one node (three for fault tolerance)")
+        raise fail(
+            "nodes", "no [[nodes]] entries", "list at least one node (three for fault tolerance)"
+        )
     nodes: list[NodeSpec] = []
     seen_ids: dict[str, int] = {}
     seen_ports: dict[tuple[str, int], str] = {}
@@ -201,12 +221,27 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
             raise fail(key, "must be a table", "write each node as a [[nodes]] section")
         unknown = set(item) - _NODE_KEYS
         if unknown:
-            raise fail(f"{key}.{sorted(unknown)[0]}", "unknown key", f"use only {', '.join(sorted(_NODE_KEYS))}")
+            raise fail(
+                f"{key}.{sorted(unknown)[0]}",
+                "unknown key",
+                f"use only {', '.join(sorted(_NODE_KEYS))}",
+            )
         node_id = item.get("id")
-        if not isinstance(node_id, str) or not node_id or len(node_id.encode()) > 64 or not node_id.isprintable():
-            raise fail(f"{key}.id", f"{node_id!r} is not a valid node id", 'use a short name such as "n1"')
+        if (
+            not isinstance(node_id, str)
+            or not node_id
+            or len(node_id.encode()) > 64
+            or not node_id.isprintable()
+        ):
+            raise fail(
+                f"{key}.id", f"{node_id!r} is not a valid node id", 'use a short name such as "n1"'
+            )
         if node_id in seen_ids:
-            raise fail(f"{key}.id", f"{node_id!r} is already used by nodes[{seen_ids[node_id]}]", "give every node its own id")
+            raise fail(
+                f"{key}.id",
+                f"{node_id!r} is already used by nodes[{seen_ids[node_id]}]",
+                "give every node its own id",
+            )
         seen_ids[node_id] = i
         host = item.get("host", "127.0.0.1")
         if not isinstance(host, str) or not host:
@@ -215,7 +250,9 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         for port_key in _PORT_KEYS:
             value = item.get(port_key)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
-                raise fail(f"{key}.{port_key}", f"{value!r} is not a port (1-65535)", "set a free TCP port")
+                raise fail(
+                    f"{key}.{port_key}", f"{value!r} is not a port (1-65535)", "set a free TCP port"
+                )
             if (host, value) in seen_ports:
                 raise fail(
                     f"{key}.{port_key}",
@@ -226,14 +263,32 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
             ports[port_key] = value
         data_dir = item.get("data_dir", f".ragraft/{node_id}")
         if not isinstance(data_dir, str) or not data_dir:
-            raise fail(f"{key}.data_dir", f"{data_dir!r} is not a path", 'set e.g. data_dir = ".ragraft/n1"')
+            raise fail(
+                f"{key}.data_dir",
+                f"{data_dir!r} is not a path",
+                'set e.g. data_dir = ".ragraft/n1"',
+            )
         join = item.get("join", False)
         if not isinstance(join, bool):
-            raise fail(f"{key}.join", f"{join!r} is not true or false", "write join = true for a node added later")
+            raise fail(
+                f"{key}.join",
+                f"{join!r} is not true or false",
+                "write join = true for a node added later",
+            )
         slots = item.get("slots")
-        if slots is not None and (not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 256):
-            raise fail(f"{key}.slots", f"{slots!r} is out of range", "use a whole number from 1 to 256, or leave it out")
-        root = Path(env["RAGRAFT_DATA_DIR"]) / node_id if env.get("RAGRAFT_DATA_DIR") else base / data_dir
+        if slots is not None and (
+            not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= 256
+        ):
+            raise fail(
+                f"{key}.slots",
+                f"{slots!r} is out of range",
+                "use a whole number from 1 to 256, or leave it out",
+            )
+        root = (
+            Path(env["RAGRAFT_DATA_DIR"]) / node_id
+            if env.get("RAGRAFT_DATA_DIR")
+            else base / data_dir
+        )
         nodes.append(NodeSpec(node_id, host, data_dir=root, join=join, slots=slots, **ports))
 
     raft_raw = dict(raw.get("raft", {}))
@@ -241,18 +296,35 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         try:
             raft_raw["tick_ms"] = int(env["RAGRAFT_TICK_MS"])
         except ValueError:
-            raise fail("RAGRAFT_TICK_MS", f"{env['RAGRAFT_TICK_MS']!r} is not a number", "unset it or set milliseconds") from None
+            raise fail(
+                "RAGRAFT_TICK_MS",
+                f"{env['RAGRAFT_TICK_MS']!r} is not a number",
+                "unset it or set milliseconds",
+            ) from None
     defaults = RaftSettings()
     settings = {}
-    for name_, low, high in (("tick_ms", 1, 10_000), ("election_ticks", 2, 1000), ("heartbeat_ticks", 1, 1000),
-                             ("snapshot_entries", 10, 10**9), ("segment_bytes", 64 * 1024, 2**34)):
+    for name_, low, high in (
+        ("tick_ms", 1, 10_000),
+        ("election_ticks", 2, 1000),
+        ("heartbeat_ticks", 1, 1000),
+        ("snapshot_entries", 10, 10**9),
+        ("segment_bytes", 64 * 1024, 2**34),
+    ):
         value = raft_raw.pop(name_, getattr(defaults, name_))
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise fail(f"raft.{name_}", f"{value!r} is out of range", f"use a whole number from {low} to {high}")
+            raise fail(
+                f"raft.{name_}",
+                f"{value!r} is out of range",
+                f"use a whole number from {low} to {high}",
+            )
         settings[name_] = value
     if "dedup_entries" in raft_raw:
-        raise fail("raft.dedup_entries", "no longer exists: retried requests are recognised by client "
-                   "session, for as long as their client waits", "remove it")
+        raise fail(
+            "raft.dedup_entries",
+            "no longer exists: retried requests are recognised by client "
+            "session, for as long as their client waits",
+            "remove it",
+        )
     if raft_raw:
         raise fail(f"raft.{sorted(raft_raw)[0]}", "unknown key", f"use only {', '.join(settings)}")
     raft = RaftSettings(**settings)
@@ -263,17 +335,32 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
     tasks_raw = dict(tasks_raw)
     task_defaults = TaskSettings()
     task_settings = {}
-    for name_, low, high in (("slots", 1, 256), ("max_attempts", 1, 100), ("retry_backoff_ms", 0, 3_600_000),
-                             ("retention_seconds", 1, 10 * 365 * 86400), ("sweep_seconds", 1, 86400)):
+    for name_, low, high in (
+        ("slots", 1, 256),
+        ("max_attempts", 1, 100),
+        ("retry_backoff_ms", 0, 3_600_000),
+        ("retention_seconds", 1, 10 * 365 * 86400),
+        ("sweep_seconds", 1, 86400),
+    ):
         value = tasks_raw.pop(name_, getattr(task_defaults, name_))
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise fail(f"tasks.{name_}", f"{value!r} is out of range", f"use a whole number from {low} to {high}")
+            raise fail(
+                f"tasks.{name_}",
+                f"{value!r} is out of range",
+                f"use a whole number from {low} to {high}",
+            )
         task_settings[name_] = value
     if tasks_raw:
-        raise fail(f"tasks.{sorted(tasks_raw)[0]}", "unknown key", f"use only {', '.join(task_settings)}")
+        raise fail(
+            f"tasks.{sorted(tasks_raw)[0]}", "unknown key", f"use only {', '.join(task_settings)}"
+        )
     tasks = TaskSettings(**task_settings)
     if raft.election_ticks <= raft.heartbeat_ticks:
-        raise fail("raft.election_ticks", "must exceed heartbeat_ticks", "e.g. election_ticks = 10, heartbeat_ticks = 1")
+        raise fail(
+            "raft.election_ticks",
+            "must exceed heartbeat_ticks",
+            "e.g. election_ticks = 10, heartbeat_ticks = 1",
+        )
 
     security = raw.get("security", {})
     if not isinstance(security, dict):
@@ -285,15 +372,32 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         try:
             Cipher.from_base64(encryption_key)
         except ValueError as exc:
-            raise fail("security.encryption_key", str(exc), "generate one with `ragraft keys`") from None
+            raise fail(
+                "security.encryption_key", str(exc), "generate one with `ragraft keys`"
+            ) from None
 
     models = _models(raw.get("models", {}), base, env, fail)
     access = _security(security, env, fail)
     rag = _rag(raw.get("rag", {}), fail)
-    extra = {k: v for k, v in raw.items()
-             if k not in ("cluster", "nodes", "raft", "tasks", "models", "rag", "security")}
-    return ClusterConfig(path, name, tuple(nodes), raft, tasks, public, secret, encryption_key, models, access,
-                         rag, extra)
+    extra = {
+        k: v
+        for k, v in raw.items()
+        if k not in ("cluster", "nodes", "raft", "tasks", "models", "rag", "security")
+    }
+    return ClusterConfig(
+        path,
+        name,
+        tuple(nodes),
+        raft,
+        tasks,
+        public,
+        secret,
+        encryption_key,
+        models,
+        access,
+        rag,
+        extra,
+    )
 
 
 _SECURITY_KEYS = {"encryption_key", "users", "token_secret", "token_ttl_seconds", "api_keys"}
@@ -302,39 +406,68 @@ _SECURITY_KEYS = {"encryption_key", "users", "token_secret", "token_ttl_seconds"
 def _security(section: dict, env: dict[str, str], fail: Any) -> SecuritySettings:
     unknown = set(section) - _SECURITY_KEYS
     if unknown:
-        raise fail(f"security.{sorted(unknown)[0]}", "unknown key", f"use only {', '.join(sorted(_SECURITY_KEYS))}")
+        raise fail(
+            f"security.{sorted(unknown)[0]}",
+            "unknown key",
+            f"use only {', '.join(sorted(_SECURITY_KEYS))}",
+        )
     users: list[UserSpec] = []
     raw_users = section.get("users", [])
     if not isinstance(raw_users, list):
-        raise fail("security.users", "must be a list of tables", "write [[security.users]] sections")
+        raise fail(
+            "security.users", "must be a list of tables", "write [[security.users]] sections"
+        )
     for i, item in enumerate(raw_users):
         key = f"security.users[{i}]"
         if not isinstance(item, dict):
             raise fail(key, "must be a table", "write name, role and password_hash")
         name, role, hashed = item.get("name"), item.get("role", "user"), item.get("password_hash")
-        if not isinstance(name, str) or not name or name == "admin" or any(u.name == name for u in users):
-            raise fail(f"{key}.name", f"{name!r} is missing, repeated or reserved (admin is built in)",
-                       "give every user a unique name")
+        if (
+            not isinstance(name, str)
+            or not name
+            or name == "admin"
+            or any(u.name == name for u in users)
+        ):
+            raise fail(
+                f"{key}.name",
+                f"{name!r} is missing, repeated or reserved (admin is built in)",
+                "give every user a unique name",
+            )
         if role not in ("admin", "user"):
             raise fail(f"{key}.role", f"{role!r} is not a role", 'use "admin" or "user"')
         if not isinstance(hashed, str) or not hashed.startswith("scrypt$"):
-            raise fail(f"{key}.password_hash", "is not a password hash", "make one with `ragraft hash-password`")
+            raise fail(
+                f"{key}.password_hash",
+                "is not a password hash",
+                "make one with `ragraft hash-password`",
+            )
         users.append(UserSpec(name, role, hashed))
     token_secret = env.get("RAGRAFT_TOKEN_SECRET") or section.get("token_secret")
     if token_secret is not None and (not isinstance(token_secret, str) or len(token_secret) < 16):
-        raise fail("security.token_secret", "is shorter than 16 characters", "generate one with `ragraft keys`")
+        raise fail(
+            "security.token_secret",
+            "is shorter than 16 characters",
+            "generate one with `ragraft keys`",
+        )
     ttl = section.get("token_ttl_seconds", SecuritySettings.token_ttl_seconds)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 60 <= ttl <= 30 * 86400:
-        raise fail("security.token_ttl_seconds", f"{ttl!r} is out of range", "use 60 to 2592000 seconds")
+        raise fail(
+            "security.token_ttl_seconds", f"{ttl!r} is out of range", "use 60 to 2592000 seconds"
+        )
     keys: list[tuple[str, str]] = []
     for i, item in enumerate(section.get("api_keys", [])):
         digest = item.get("key_sha256") if isinstance(item, dict) else None
         user = item.get("user", "admin") if isinstance(item, dict) else None
         if not isinstance(digest, str) or len(digest) != 64 or not isinstance(user, str):
-            raise fail(f"security.api_keys[{i}]", "needs user and key_sha256 (64 hex digits)",
-                       "make a key with `ragraft keys` and paste the line it prints")
+            raise fail(
+                f"security.api_keys[{i}]",
+                "needs user and key_sha256 (64 hex digits)",
+                "make a key with `ragraft keys` and paste the line it prints",
+            )
         keys.append((user, digest.lower()))
-    return SecuritySettings(tuple(users), token_secret, ttl, tuple(keys), env.get("RAGRAFT_ADMIN_PASSWORD") or None)
+    return SecuritySettings(
+        tuple(users), token_secret, ttl, tuple(keys), env.get("RAGRAFT_ADMIN_PASSWORD") or None
+    )
 
 
 def _models(section: Any, base: Path, env: dict[str, str], fail: Any) -> ModelSettings:
@@ -348,28 +481,54 @@ def _models(section: Any, base: Path, env: dict[str, str], fail: Any) -> ModelSe
         if key == "generator" and "RAGRAFT_GENERATOR" in env:
             value = env["RAGRAFT_GENERATOR"]
         if not isinstance(value, str) or not value:
-            raise fail(f"models.{key}", f"{value!r} is not a model name", 'e.g. generator = "bundled:SmolLM2-135M-Instruct"')
+            raise fail(
+                f"models.{key}",
+                f"{value!r} is not a model name",
+                'e.g. generator = "bundled:SmolLM2-135M-Instruct"',
+            )
         values[key] = value
-    if values["device"] != "auto" and values["device"] != "cpu" and not values["device"].startswith("cuda"):
-        raise fail("models.device", f"{values['device']!r} is not a device", 'use "auto", "cpu" or "cuda" (or "cuda:1")')
+    if (
+        values["device"] != "auto"
+        and values["device"] != "cpu"
+        and not values["device"].startswith("cuda")
+    ):
+        raise fail(
+            "models.device",
+            f"{values['device']!r} is not a device",
+            'use "auto", "cpu" or "cuda" (or "cuda:1")',
+        )
     context = raw.pop("context_tokens", None)
-    if context is not None and (not isinstance(context, int) or isinstance(context, bool) or not 256 <= context <= 1_048_576):
-        raise fail("models.context_tokens", f"{context!r} is out of range", "use a whole number from 256 up, or leave it out")
+    if context is not None and (
+        not isinstance(context, int) or isinstance(context, bool) or not 256 <= context <= 1_048_576
+    ):
+        raise fail(
+            "models.context_tokens",
+            f"{context!r} is out of range",
+            "use a whole number from 256 up, or leave it out",
+        )
     values["context_tokens"] = context
     batch = raw.pop("max_batch", defaults.max_batch)
     if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 64:
-        raise fail("models.max_batch", f"{batch!r} is out of range", "use a whole number from 1 to 64")
+        raise fail(
+            "models.max_batch", f"{batch!r} is out of range", "use a whole number from 1 to 64"
+        )
     values["max_batch"] = batch
     cache = env.get("RAGRAFT_MODEL_CACHE") or raw.pop("cache_dir", None)
     raw.pop("cache_dir", None)
     if cache is not None and (not isinstance(cache, str) or not cache):
-        raise fail("models.cache_dir", f"{cache!r} is not a path", "set a directory, or leave it out")
+        raise fail(
+            "models.cache_dir", f"{cache!r} is not a path", "set a directory, or leave it out"
+        )
     values["cache_dir"] = (base / cache) if cache else None
     load = raw.pop("load", True)
     if env.get("RAGRAFT_LOAD_MODELS") is not None:
         load = env["RAGRAFT_LOAD_MODELS"].strip().lower() not in ("0", "false", "no", "off")
     if not isinstance(load, bool):
-        raise fail("models.load", f"{load!r} is not true or false", "write load = true (or false for a noop-only node)")
+        raise fail(
+            "models.load",
+            f"{load!r} is not true or false",
+            "write load = true (or false for a noop-only node)",
+        )
     values["load"] = load
     if raw:
         raise fail(f"models.{sorted(raw)[0]}", "unknown key", f"use only {', '.join(values)}")
@@ -382,18 +541,35 @@ def _rag(section: Any, fail: Any) -> RagConfig:
     raw = dict(section)
     defaults = RagConfig()
     values: dict[str, Any] = {}
-    for key, low, high in (("chunk_size", 100, 32_000), ("chunk_overlap", 0, 16_000), ("max_upload_mb", 1, 48),
-                           ("top_k", 1, 100), ("max_new_tokens", 1, 2048)):
+    for key, low, high in (
+        ("chunk_size", 100, 32_000),
+        ("chunk_overlap", 0, 16_000),
+        ("max_upload_mb", 1, 48),
+        ("top_k", 1, 100),
+        ("max_new_tokens", 1, 2048),
+    ):
         value = raw.pop(key, getattr(defaults, key))
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise fail(f"rag.{key}", f"{value!r} is out of range", f"use a whole number from {low} to {high}")
+            raise fail(
+                f"rag.{key}",
+                f"{value!r} is out of range",
+                f"use a whole number from {low} to {high}",
+            )
         values[key] = value
     if values["chunk_overlap"] >= values["chunk_size"] // 2:
-        raise fail("rag.chunk_overlap", "must be less than half of chunk_size", "e.g. chunk_size = 800, chunk_overlap = 120")
+        raise fail(
+            "rag.chunk_overlap",
+            "must be less than half of chunk_size",
+            "e.g. chunk_size = 800, chunk_overlap = 120",
+        )
     for key, allowed in (("index", ("flat", "hnsw")), ("mode", ("vector", "keyword", "hybrid"))):
         value = raw.pop(key, getattr(defaults, key))
         if value not in allowed:
-            raise fail(f"rag.{key}", f"{value!r} is not one of {', '.join(allowed)}", f"use one of {', '.join(allowed)}")
+            raise fail(
+                f"rag.{key}",
+                f"{value!r} is not one of {', '.join(allowed)}",
+                f"use one of {', '.join(allowed)}",
+            )
         values[key] = value
     if raw:
         raise fail(f"rag.{sorted(raw)[0]}", "unknown key", f"use only {', '.join(values)}")

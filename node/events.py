@@ -72,9 +72,16 @@ class EventHub:
 
     def on_gossip(self, event: Any) -> None:
         """Gossip on_change: a member's status changed in this node's view."""
-        self.publish({"type": "node", "id": event.member.id, "status": event.new_status.value,
-                      "previous": event.old_status.value if event.old_status else None,
-                      "incarnation": event.member.incarnation, "seen_by": self.node_id})
+        self.publish(
+            {
+                "type": "node",
+                "id": event.member.id,
+                "status": event.new_status.value,
+                "previous": event.old_status.value if event.old_status else None,
+                "incarnation": event.member.incarnation,
+                "seen_by": self.node_id,
+            }
+        )
 
     async def publish_cluster(self, status: Callable[[], dict], interval: float = 2.0) -> None:
         last: tuple | None = None
@@ -86,14 +93,23 @@ class EventHub:
             key = (view.get("leader"), view.get("term"), view.get("commit"), view.get("applied"))
             if key != last:
                 last = key
-                self.publish({"type": "cluster", "leader": view.get("leader"), "term": view.get("term"),
-                              "commit_index": view.get("commit"), "applied_index": view.get("applied"),
-                              "seen_by": self.node_id})
+                self.publish(
+                    {
+                        "type": "cluster",
+                        "leader": view.get("leader"),
+                        "term": view.get("term"),
+                        "commit_index": view.get("commit"),
+                        "applied_index": view.get("applied"),
+                        "seen_by": self.node_id,
+                    }
+                )
 
     def _task(self, op: str, task_id: Any) -> None:
         task = self.state.tasks.get(task_id) if isinstance(task_id, str) else None
         if task is not None:
-            self.publish({"type": "task", "op": op, "task": task_query.summary(task)}, owner=task.owner)
+            self.publish(
+                {"type": "task", "op": op, "task": task_query.summary(task)}, owner=task.owner
+            )
 
     def _document(self, op: str, doc_id: Any) -> None:
         kb = self.state.kb
@@ -106,7 +122,12 @@ class EventHub:
         for sub in list(self.subscribers):
             if event["type"] not in sub.types:
                 continue
-            if event["type"] == "task" and sub.owner is not None and owner is not None and owner != sub.owner:
+            if (
+                event["type"] == "task"
+                and sub.owner is not None
+                and owner is not None
+                and owner != sub.owner
+            ):
                 continue
             try:
                 sub.queue.put_nowait(event)
@@ -115,19 +136,35 @@ class EventHub:
                 self.subscribers.discard(sub)
                 with contextlib.suppress(asyncio.QueueEmpty):
                     sub.queue.get_nowait()  # make room for the last word
-                sub.queue.put_nowait({"type": "resync", "reason": "the stream fell behind; reload and reconnect"})
+                sub.queue.put_nowait(
+                    {"type": "resync", "reason": "the stream fell behind; reload and reconnect"}
+                )
 
     # ------------------------------------------------------------ HTTP
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        wanted = frozenset(t for t in request.query.get("types", ",".join(EVENT_TYPES)).split(",") if t)
+        wanted = frozenset(
+            t for t in request.query.get("types", ",".join(EVENT_TYPES)).split(",") if t
+        )
         if not wanted or not wanted <= set(EVENT_TYPES):
-            return web.json_response({"error": {"code": "invalid", "message":
-                                      f"types must be among {', '.join(EVENT_TYPES)}",
-                                      "details": {"field": "types"}}}, status=422)
+            return web.json_response(
+                {
+                    "error": {
+                        "code": "invalid",
+                        "message": f"types must be among {', '.join(EVENT_TYPES)}",
+                        "details": {"field": "types"},
+                    }
+                },
+                status=422,
+            )
         owner = None if request.get("role", "admin") == "admin" else request["user"]
         sub = Subscriber(owner, wanted)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "X-Accel-Buffering": "no"})
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
         await response.prepare(request)
         self.subscribers.add(sub)
         try:
@@ -135,7 +172,7 @@ class EventHub:
             while True:
                 try:
                     event = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
                 await response.write(_frame(event["type"], event))

@@ -86,7 +86,9 @@ class NoopRunner:
     def run(self, task: dict, progress: ProgressFn, cancelled: CancelledFn) -> Any:
         duration = float(task["input"].get("duration_ms", 0)) / 1000
         if task["input"].get("fail"):
-            raise TaskFailure(str(task["input"]["fail"]), retryable=bool(task["input"].get("retryable", True)))
+            raise TaskFailure(
+                str(task["input"]["fail"]), retryable=bool(task["input"].get("retryable", True))
+            )
         start = time.monotonic()
         while True:
             elapsed = time.monotonic() - start
@@ -130,7 +132,9 @@ class Executor:
         self.poll_interval = poll_interval
         self.progress_interval = progress_interval
         self.running: dict[str, Running] = {}
-        self._pool = ThreadPoolExecutor(max_workers=max(1, slots), thread_name_prefix=f"task-{node_id}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, slots), thread_name_prefix=f"task-{node_id}"
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._workers: set[asyncio.Task] = set()
@@ -160,12 +164,25 @@ class Executor:
         if self.running:
             count = len(self.running)
             try:
-                await asyncio.wait_for(self._propose({"op": "requeue_node", "node": self.node_id, "at": now_ms(),
-                                                    "reason": "stopped"}), handback_timeout)
+                await asyncio.wait_for(
+                    self._propose(
+                        {
+                            "op": "requeue_node",
+                            "node": self.node_id,
+                            "at": now_ms(),
+                            "reason": "stopped",
+                        }
+                    ),
+                    handback_timeout,
+                )
                 log.info("stopping: handed %d running tasks back to the queue", count)
             except (RaftError, TimeoutError) as exc:
-                log.warning("stopping: could not hand %d running tasks back (%s); the cluster will requeue "
-                            "them once this node is seen dead", count, exc)
+                log.warning(
+                    "stopping: could not hand %d running tasks back (%s); the cluster will requeue "
+                    "them once this node is seen dead",
+                    count,
+                    exc,
+                )
         for worker in list(self._workers):
             worker.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -178,7 +195,10 @@ class Executor:
         return {
             "slots_total": self.slots,
             "slots_used": len(self.running),
-            "running": [{"id": r.id, "type": r.type, "progress": round(r.progress, 3)} for r in self.running.values()],
+            "running": [
+                {"id": r.id, "type": r.type, "progress": round(r.progress, 3)}
+                for r in self.running.values()
+            ],
         }
 
     # ------------------------------------------------------------ claiming
@@ -203,14 +223,27 @@ class Executor:
             try:
                 await self.raft.read_barrier()
                 if self.queue.running_on(self.node_id):
-                    await self._propose({"op": "requeue_node", "node": self.node_id, "at": now_ms(), "reason": "restarted"})
+                    await self._propose(
+                        {
+                            "op": "requeue_node",
+                            "node": self.node_id,
+                            "at": now_ms(),
+                            "reason": "restarted",
+                        }
+                    )
                 return
             except RaftError:
                 await asyncio.sleep(0.5)
 
     async def _claim_one(self) -> bool:
-        cmd = {"op": "claim", "node": self.node_id, "slots": self.slots, "at": now_ms(),
-               "types": sorted(self.runners), "max": self.slots - len(self.running)}
+        cmd = {
+            "op": "claim",
+            "node": self.node_id,
+            "slots": self.slots,
+            "at": now_ms(),
+            "types": sorted(self.runners),
+            "max": self.slots - len(self.running),
+        }
         try:
             answer = await self._propose(cmd)
         except RaftError as exc:
@@ -358,16 +391,40 @@ class Executor:
         except TaskFailure as exc:
             report = {"op": "fail", **fenced, "error": str(exc), "retryable": exc.retryable}
         except Exception as exc:  # a bug in a runner: fail the attempt, keep the node
-            log.exception("task %s crashed", task["id"], extra={"event": "task_crashed", "task_id": task["id"]})
-            report = {"op": "fail", **fenced, "error": f"internal error: {exc!r}", "retryable": True}
+            log.exception(
+                "task %s crashed",
+                task["id"],
+                extra={"event": "task_crashed", "task_id": task["id"]},
+            )
+            report = {
+                "op": "fail",
+                **fenced,
+                "error": f"internal error: {exc!r}",
+                "retryable": True,
+            }
         if self._stopping:  # handed back in stop(): nothing to report
             self.running.pop(task["id"], None)
             return
-        outcome = report["op"] if report["op"] == "complete" else ("aborted" if report.get("aborted") else "failed")
-        log.info("task %s %s after %.0f ms (attempt %d)", task["id"], outcome, (time.monotonic() - run.started) * 1000,
-                 run.attempt, extra={"event": f"task_{outcome}", "task_id": task["id"], "task_type": task["type"],
-                                     "attempt": run.attempt, "run_ms": round((time.monotonic() - run.started) * 1000),
-                                     "error": report.get("error")})
+        outcome = (
+            report["op"]
+            if report["op"] == "complete"
+            else ("aborted" if report.get("aborted") else "failed")
+        )
+        log.info(
+            "task %s %s after %.0f ms (attempt %d)",
+            task["id"],
+            outcome,
+            (time.monotonic() - run.started) * 1000,
+            run.attempt,
+            extra={
+                "event": f"task_{outcome}",
+                "task_id": task["id"],
+                "task_type": task["type"],
+                "attempt": run.attempt,
+                "run_ms": round((time.monotonic() - run.started) * 1000),
+                "error": report.get("error"),
+            },
+        )
         try:
             await self._report(report)
         finally:
@@ -375,8 +432,14 @@ class Executor:
             self._wake.set()
 
     def _report_progress(self, run: Running) -> None:
-        cmd = {"op": "progress", "id": run.id, "attempt": run.attempt, "node": self.node_id,
-               "progress": run.progress, "note": run.note}
+        cmd = {
+            "op": "progress",
+            "id": run.id,
+            "attempt": run.attempt,
+            "node": self.node_id,
+            "progress": run.progress,
+            "note": run.note,
+        }
         task = asyncio.ensure_future(self._propose(cmd))
         task.add_done_callback(lambda t: t.exception())  # progress is best effort
 

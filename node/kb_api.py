@@ -41,7 +41,9 @@ class UploadError(Exception):
 
 
 class KnowledgeAPI:
-    def __init__(self, state: Any, write: Write, error: ErrorFn, rag: Any, max_upload_bytes: int) -> None:
+    def __init__(
+        self, state: Any, write: Write, error: ErrorFn, rag: Any, max_upload_bytes: int
+    ) -> None:
         self.state = state  # NodeState: .kb, .tasks, .apply
         self.write = write
         self.error = error
@@ -70,8 +72,12 @@ class KnowledgeAPI:
                 except UploadError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - aiohttp's parser raises several kinds on bad input
-                    raise UploadError(400, "bad_multipart", f"the multipart body cannot be read ({exc}); send "
-                                      "files as multipart/form-data fields with a boundary") from None
+                    raise UploadError(
+                        400,
+                        "bad_multipart",
+                        f"the multipart body cannot be read ({exc}); send "
+                        "files as multipart/form-data fields with a boundary",
+                    ) from None
             else:
                 files = [await self._json_document(request)]
         except UploadError as exc:
@@ -84,7 +90,9 @@ class KnowledgeAPI:
             self.state.kb.get(d["doc_id"]) and not (k and self.state.tasks.known_key(owner, k))
             for d, k in zip(files, keys)
         ):
-            return self.error(403, "forbidden", "only an admin can replace a document; upload without an id")
+            return self.error(
+                403, "forbidden", "only an admin can replace a document; upload without an id"
+            )
         documents, tasks = [], []
         replays = 0
         for index, doc in enumerate(files):
@@ -100,7 +108,9 @@ class KnowledgeAPI:
             if response.status != 202:
                 # Earlier files of this request were accepted; say which.
                 if documents:
-                    response.headers["X-Ragraft-Accepted-Documents"] = ",".join(d["doc_id"] for d in documents if d)
+                    response.headers["X-Ragraft-Accepted-Documents"] = ",".join(
+                        d["doc_id"] for d in documents if d
+                    )
                 return response
             body = _json_body(response)
             documents.append(body["document"])
@@ -113,8 +123,11 @@ class KnowledgeAPI:
         try:
             body = await request.json()
         except ValueError:
-            raise UploadError(400, "bad_json", "the body is not valid JSON; send {\"title\", \"text\"} "
-                              "or a multipart upload of files") from None
+            raise UploadError(
+                400,
+                "bad_json",
+                'the body is not valid JSON; send {"title", "text"} or a multipart upload of files',
+            ) from None
         if not isinstance(body, dict):
             raise UploadError(422, "invalid", "the body must be a JSON object", field="body")
         text = body.get("text")
@@ -125,8 +138,13 @@ class KnowledgeAPI:
             raise UploadError(422, "invalid", "title must be a string", field="title")
         media_type = body.get("media_type", "text/plain")
         if media_type not in ("text/plain", "text/markdown", "text/html"):
-            raise UploadError(422, "invalid", "media_type must be text/plain, text/markdown or text/html "
-                              "(upload other files as multipart)", field="media_type")
+            raise UploadError(
+                422,
+                "invalid",
+                "media_type must be text/plain, text/markdown or text/html "
+                "(upload other files as multipart)",
+                field="media_type",
+            )
         data = text.encode("utf-8")
         self._check_size(len(data), title or "text")
         suffix = {"text/plain": ".txt", "text/markdown": ".md", "text/html": ".html"}[media_type]
@@ -148,17 +166,32 @@ class KnowledgeAPI:
             if not isinstance(part, BodyPartReader):
                 continue
             if part.filename is None:
-                fields[part.name or ""] = (await part.read(decode=True)).decode("utf-8", "replace")[:10_000]
+                fields[part.name or ""] = (await part.read(decode=True)).decode("utf-8", "replace")[
+                    :10_000
+                ]
                 continue
             if len(files) >= MAX_FILES:
                 raise UploadError(413, "too_many_files", f"at most {MAX_FILES} files per upload")
             data = await self._read_limited(part)
             content_type = part.headers.get("Content-Type")
-            files.append((part.filename, None if content_type == "application/octet-stream" else content_type, data))
+            files.append(
+                (
+                    part.filename,
+                    None if content_type == "application/octet-stream" else content_type,
+                    data,
+                )
+            )
         if not files:
-            raise UploadError(422, "invalid", "no file in the upload; send files in multipart fields", field="file")
+            raise UploadError(
+                422,
+                "invalid",
+                "no file in the upload; send files in multipart fields",
+                field="file",
+            )
         if fields.get("id") and len(files) > 1:
-            raise UploadError(422, "invalid", "id names one document; upload one file with it", field="id")
+            raise UploadError(
+                422, "invalid", "id names one document; upload one file with it", field="id"
+            )
         tags = _tags([t.strip() for t in fields.get("tags", "").split(",") if t.strip()])
         docs = []
         for filename, content_type, data in files:
@@ -187,22 +220,32 @@ class KnowledgeAPI:
 
     def _check_size(self, size: int, name: str) -> None:
         if size > self.max_upload_bytes:
-            raise UploadError(413, "too_large", f"{name}: the file is larger than the limit of "
-                              f"{self.max_upload_bytes // (1024 * 1024)} MiB ([rag] max_upload_mb)",
-                              limit_bytes=self.max_upload_bytes)
+            raise UploadError(
+                413,
+                "too_large",
+                f"{name}: the file is larger than the limit of "
+                f"{self.max_upload_bytes // (1024 * 1024)} MiB ([rag] max_upload_mb)",
+                limit_bytes=self.max_upload_bytes,
+            )
 
     def _doc_id(self, given: Any) -> str:
         if given in (None, ""):
             return "doc-" + new_task_id().lower()
         if not isinstance(given, str) or not _DOC_ID.match(given):
-            raise UploadError(422, "invalid", "id must be 1-200 letters, digits or . _ : - (starting with a "
-                              "letter or digit)", field="id")
+            raise UploadError(
+                422,
+                "invalid",
+                "id must be 1-200 letters, digits or . _ : - (starting with a letter or digit)",
+                field="id",
+            )
         return given
 
     # ------------------------------------------------------------ documents
     async def list_documents(self, request: web.Request) -> web.Response:
         kb = self.state.kb
-        docs = kb.list_documents(state=request.query.get("state") or None, tag=request.query.get("tag") or None)
+        docs = kb.list_documents(
+            state=request.query.get("state") or None, tag=request.query.get("tag") or None
+        )
         return web.json_response({"items": docs, "total": len(docs)})
 
     async def get_document(self, request: web.Request) -> web.Response:
@@ -213,13 +256,17 @@ class KnowledgeAPI:
 
     def _admin_only(self, request: web.Request) -> web.Response | None:
         if request.get("role", "admin") != "admin":
-            return self.error(403, "forbidden", "only an admin can delete, replace or disable documents")
+            return self.error(
+                403, "forbidden", "only an admin can delete, replace or disable documents"
+            )
         return None
 
     async def delete_document(self, request: web.Request) -> web.Response:
         if (refused := self._admin_only(request)) is not None:
             return refused
-        return await self.write({"op": "kb.delete", "doc_id": request.match_info["id"], "at": now_ms()}, 200)
+        return await self.write(
+            {"op": "kb.delete", "doc_id": request.match_info["id"], "at": now_ms()}, 200
+        )
 
     async def patch_document(self, request: web.Request) -> web.Response:
         if (refused := self._admin_only(request)) is not None:
@@ -229,9 +276,16 @@ class KnowledgeAPI:
         except ValueError:
             return self.error(400, "bad_json", "the body is not valid JSON")
         if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
-            return self.error(422, "invalid", "send {\"enabled\": true|false}", field="enabled")
-        return await self.write({"op": "kb.set_enabled", "doc_id": request.match_info["id"],
-                                 "enabled": body["enabled"], "at": now_ms()}, 200)
+            return self.error(422, "invalid", 'send {"enabled": true|false}', field="enabled")
+        return await self.write(
+            {
+                "op": "kb.set_enabled",
+                "doc_id": request.match_info["id"],
+                "enabled": body["enabled"],
+                "at": now_ms(),
+            },
+            200,
+        )
 
     # ------------------------------------------------------------ reads
     async def search(self, request: web.Request) -> web.Response:
@@ -241,8 +295,12 @@ class KnowledgeAPI:
 
         engine = self.rag.engine
         if engine is None:
-            return self.error(503, "models_not_ready", f"this node's models are {self.rag.status.state} "
-                              f"({self.rag.status.step}); try another node or retry shortly")
+            return self.error(
+                503,
+                "models_not_ready",
+                f"this node's models are {self.rag.status.state} "
+                f"({self.rag.status.step}); try another node or retry shortly",
+            )
         q = request.query
         query = q.get("q", "")
         params: dict[str, Any] = {"mode": q.get("mode", engine.settings.mode)}
@@ -251,7 +309,9 @@ class KnowledgeAPI:
             if q.get("min_score"):
                 params["min_score"] = float(q["min_score"])
         except ValueError:
-            return self.error(422, "invalid", "k must be a whole number and min_score a number", field="k")
+            return self.error(
+                422, "invalid", "k must be a whole number and min_score a number", field="k"
+            )
         for key in ("doc_ids", "tags"):
             if q.get(key):
                 params[key] = [v for v in q[key].split(",") if v]
@@ -259,21 +319,36 @@ class KnowledgeAPI:
             return self.error(422, "invalid", "q must be a non-empty query", field="q")
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: engine.run("retrieve", {"query": query}, params))
+                None, lambda: engine.run("retrieve", {"query": query}, params)
+            )
         except BadInput as exc:
             return self.error(422, "invalid", str(exc))
         return web.json_response({"query": query, **result})
 
     async def stats(self, _: web.Request) -> web.Response:
         kb = self.state.kb
-        return web.json_response({**kb.stats(), "digest": kb.digest(), "applied_index": self.state.applied_index,
-                                  "models": self.rag.status.to_dict()})
+        return web.json_response(
+            {
+                **kb.stats(),
+                "digest": kb.digest(),
+                "applied_index": self.state.applied_index,
+                "models": self.rag.status.to_dict(),
+            }
+        )
 
 
 def _tags(tags: Any) -> list[str]:
-    if not isinstance(tags, list) or len(tags) > MAX_TAGS or not all(isinstance(t, str) and t for t in tags):
-        raise UploadError(422, "invalid", f"tags must be a list of at most {MAX_TAGS} non-empty strings",
-                          field="tags")
+    if (
+        not isinstance(tags, list)
+        or len(tags) > MAX_TAGS
+        or not all(isinstance(t, str) and t for t in tags)
+    ):
+        raise UploadError(
+            422,
+            "invalid",
+            f"tags must be a list of at most {MAX_TAGS} non-empty strings",
+            field="tags",
+        )
     return tags
 
 

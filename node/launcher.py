@@ -51,20 +51,34 @@ class _Progress:
         for raw in lines:
             line = raw.decode("utf-8", "replace")
             if line.startswith(self.prefix):
-                print(f"  {self.node_id}: {line[len(self.prefix):]}", flush=True)
+                print(f"  {self.node_id}: {line[len(self.prefix) :]}", flush=True)
 
 
 def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: float = 900.0) -> int:
     procs: dict[str, subprocess.Popen] = {}
     logs_dir = Path(config.nodes[0].data_dir).parent
     logs_dir.mkdir(parents=True, exist_ok=True)
-    print(f"starting {len(config.nodes)} nodes of cluster {config.name!r} from {config.path}", flush=True)
+    print(
+        f"starting {len(config.nodes)} nodes of cluster {config.name!r} from {config.path}",
+        flush=True,
+    )
     progress: list[_Progress] = []
     for spec in config.nodes:
         log_path = logs_dir / f"{spec.id}.log"
         progress.append(_Progress(spec.id, log_path))
-        cmd = [sys.executable, "-m", "node.cli", "node", "--config", str(config.path), "--id", spec.id]
-        procs[spec.id] = subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+        cmd = [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "node",
+            "--config",
+            str(config.path),
+            "--id",
+            spec.id,
+        ]
+        procs[spec.id] = subprocess.Popen(
+            cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT
+        )
         print(f"  {spec.id}: pid {procs[spec.id].pid}, log {log_path}", flush=True)
 
     def stop_all(*_: object) -> None:
@@ -87,8 +101,10 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
             for spec in config.nodes:
                 proc = procs[spec.id]
                 if proc.poll() is not None:
-                    print(f"node {spec.id} exited with code {proc.returncode}; see {logs_dir / (spec.id + '.log')}",
-                          file=sys.stderr)
+                    print(
+                        f"node {spec.id} exited with code {proc.returncode}; see {logs_dir / (spec.id + '.log')}",
+                        file=sys.stderr,
+                    )
                     stop_all()
                     return 1
                 view = _get_json(f"{spec.api_url}/readyz")  # public; 503 while models load
@@ -99,7 +115,10 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
                     leader = view["leader"]
             time.sleep(0.2)
         if leader is None:
-            print(f"no leader elected within {startup_timeout:.0f} s; see the logs in {logs_dir}", file=sys.stderr)
+            print(
+                f"no leader elected within {startup_timeout:.0f} s; see the logs in {logs_dir}",
+                file=sys.stderr,
+            )
             stop_all()
             return 1
         print(f"  leader elected: {leader}; waiting for the models to load", flush=True)
@@ -108,8 +127,11 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
             return 1
         print(f"\ncluster {config.name!r} is up; leader: {leader}\n", flush=True)
         for spec in config.nodes:
-            print(f"  {spec.id}:  dashboard {spec.dashboard_url}   API {spec.api_url}/api/v1   "
-                  f"raft {spec.raft_address}", flush=True)
+            print(
+                f"  {spec.id}:  dashboard {spec.dashboard_url}   API {spec.api_url}/api/v1   "
+                f"raft {spec.raft_address}",
+                flush=True,
+            )
         print("\nPress Ctrl-C to stop every node.", flush=True)
         while all(p.poll() is None for p in procs.values()):
             time.sleep(0.5)
@@ -123,8 +145,13 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
         stop_all()
 
 
-def _wait_for_models(config: ClusterConfig, procs: dict[str, subprocess.Popen], logs_dir: Path,
-                     timeout: float, progress: list[_Progress]) -> bool:
+def _wait_for_models(
+    config: ClusterConfig,
+    procs: dict[str, subprocess.Popen],
+    logs_dir: Path,
+    timeout: float,
+    progress: list[_Progress],
+) -> bool:
     """Relay each node's model-loading steps until all are loaded.  A node whose
     models fail stays up (the others run its RAG tasks): say so, go on."""
     deadline = time.monotonic() + timeout
@@ -136,20 +163,29 @@ def _wait_for_models(config: ClusterConfig, procs: dict[str, subprocess.Popen], 
             if spec.id not in pending:
                 continue
             if procs[spec.id].poll() is not None:
-                print(f"node {spec.id} exited with code {procs[spec.id].returncode}; see {logs_dir / (spec.id + '.log')}",
-                      file=sys.stderr)
+                print(
+                    f"node {spec.id} exited with code {procs[spec.id].returncode}; see {logs_dir / (spec.id + '.log')}",
+                    file=sys.stderr,
+                )
                 return False
             ready = _get_json(f"{spec.api_url}/readyz", timeout=1.0)
             models = (ready or {}).get("models") or {}
             if models.get("state") in ("ready", "disabled"):
                 pending.discard(spec.id)
             elif models.get("state") == "failed":
-                print(f"  {spec.id}: could not load its models ({models.get('error')}); it runs noop tasks only, "
-                      f"see {logs_dir / (spec.id + '.log')}", file=sys.stderr, flush=True)
+                print(
+                    f"  {spec.id}: could not load its models ({models.get('error')}); it runs noop tasks only, "
+                    f"see {logs_dir / (spec.id + '.log')}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 pending.discard(spec.id)
         time.sleep(0.3)
     if pending:
-        print(f"models still loading on {', '.join(sorted(pending))} after {timeout:.0f} s; "
-              f"see the logs in {logs_dir}", file=sys.stderr)
+        print(
+            f"models still loading on {', '.join(sorted(pending))} after {timeout:.0f} s; "
+            f"see the logs in {logs_dir}",
+            file=sys.stderr,
+        )
         return False
     return True

@@ -26,7 +26,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "@timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                          + f".{int(record.msecs):03d}Z",
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "node": self.node_id,
             "logger": record.name,
@@ -34,10 +34,14 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+                entry[key] = (
+                    value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+                )
         if record.exc_info:
-            entry["error"] = {"type": record.exc_info[0].__name__ if record.exc_info[0] else None,
-                              "stack": self.formatException(record.exc_info)}
+            entry["error"] = {
+                "type": record.exc_info[0].__name__ if record.exc_info[0] else None,
+                "stack": self.formatException(record.exc_info),
+            }
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -48,7 +52,9 @@ def configure(node_id: str, level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter(node_id))
     else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {node_id} %(levelname)s %(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -33,10 +33,16 @@ _GONE = object()
 POLL_S = 0.05
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                             status=status)
+def _error(
+    status: int,
+    message: str,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}}, status=status
+    )
 
 
 class OpenAIRoutes:
@@ -49,8 +55,15 @@ class OpenAIRoutes:
         app.router.add_post("/v1/chat/completions", self.chat)
 
     async def models(self, _: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "ragraft"} for name in MODELS]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": 0, "owned_by": "ragraft"}
+                    for name in MODELS
+                ],
+            }
+        )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -66,7 +79,12 @@ class OpenAIRoutes:
         except ValueError as exc:
             param = exc.args[1] if len(exc.args) > 1 else None
             status = 404 if param == "model" else 400
-            return _error(status, str(exc.args[0]), param=param, code="model_not_found" if status == 404 else None)
+            return _error(
+                status,
+                str(exc.args[0]),
+                param=param,
+                code="model_not_found" if status == 404 else None,
+            )
         fields = {
             "type": task_type,
             "priority": 5,
@@ -85,7 +103,9 @@ class OpenAIRoutes:
         try:
             applied = await self.raft.propose(msgpack.packb(cmd, use_bin_type=True))
         except RaftError as exc:
-            return _error(503, f"the cluster cannot accept tasks right now: {exc}", kind="server_error")
+            return _error(
+                503, f"the cluster cannot accept tasks right now: {exc}", kind="server_error"
+            )
         result = applied.result
         if isinstance(result, dict) and isinstance(result.get("error"), dict):
             code = result["error"].get("code")
@@ -109,8 +129,14 @@ class OpenAIRoutes:
         task_id, model = result["id"] if replayed else cmd["id"], body["model"]
         keep = key is not None  # a retry with the key may come back for this task
         if body.get("stream"):
-            return await self._stream(request, task_id, model, bool((body.get("stream_options") or {})
-                                                                    .get("include_usage")), replayed, keep)
+            return await self._stream(
+                request,
+                task_id,
+                model,
+                bool((body.get("stream_options") or {}).get("include_usage")),
+                replayed,
+                keep,
+            )
         task = await self._wait(task_id, request)
         if task is _GONE:  # the client went away: so does its task, unless it may retry
             if not keep:
@@ -119,7 +145,11 @@ class OpenAIRoutes:
         if task is None:
             if not keep:
                 await self._cancel(task_id, request)
-            return _error(504, f"task {task_id} did not finish within {WAIT_LIMIT_S:.0f} s", kind="server_error")
+            return _error(
+                504,
+                f"task {task_id} did not finish within {WAIT_LIMIT_S:.0f} s",
+                kind="server_error",
+            )
         if task.state != "completed":
             return idempotency.mark_replayed(
                 _error(502, f"task {task_id} {task.state}: {task.error}", kind="server_error"),
@@ -164,14 +194,21 @@ class OpenAIRoutes:
         keep: bool = False,
     ) -> web.StreamResponse:
         """`keep`: a client that hangs up does not cancel the task (it sent an idempotency key)."""
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         idempotency.mark_replayed(response, replayed)
         await response.prepare(request)
         created = int(time.time())
 
         async def send(delta: dict, finish: str | None = None, extra: dict | None = None) -> None:
-            chunk = {"id": f"chatcmpl-{task_id}", "object": "chat.completion.chunk", "created": created,
-                     "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            chunk = {
+                "id": f"chatcmpl-{task_id}",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
             chunk.update(extra or {})
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
@@ -187,16 +224,24 @@ class OpenAIRoutes:
                 return response
             if task is None or task.state != "completed":
                 message = "timed out" if task is None else f"{task.state}: {task.error}"
-                await response.write(f"data: {json.dumps({'error': {'message': f'task {task_id} {message}', 'type': 'server_error'}})}\n\n".encode())
+                await response.write(
+                    f"data: {json.dumps({'error': {'message': f'task {task_id} {message}', 'type': 'server_error'}})}\n\n".encode()
+                )
             else:
                 answer = task.result.get("answer", "")
                 for start in range(0, len(answer), 64):
-                    await send({"content": answer[start:start + 64]})
+                    await send({"content": answer[start : start + 64]})
                 done = _completion(task, model)
                 await send({}, done["choices"][0]["finish_reason"], {"ragraft": done["ragraft"]})
                 if usage:
-                    chunk = {"id": f"chatcmpl-{task_id}", "object": "chat.completion.chunk", "created": created,
-                             "model": model, "choices": [], "usage": done["usage"]}
+                    chunk = {
+                        "id": f"chatcmpl-{task_id}",
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": done["usage"],
+                    }
                     await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
@@ -211,14 +256,18 @@ def _parse(body: Any) -> tuple[str, str, dict]:
         raise ValueError("the body must be a JSON object", None)  # noqa: TRY004 - chat() maps ValueError to a 400
     model = body.get("model")
     if model not in MODELS:
-        raise ValueError(f"the model {model!r} does not exist; use one of {', '.join(MODELS)}", "model")
+        raise ValueError(
+            f"the model {model!r} does not exist; use one of {', '.join(MODELS)}", "model"
+        )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list", "messages")
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
     content = users[-1].get("content") if users else None
     if isinstance(content, list):  # content parts: keep the text ones
-        content = " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        content = " ".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
     if not isinstance(content, str) or not content.strip():
         raise ValueError("the last user message must have text content", "messages")
     params: dict[str, Any] = {}
@@ -230,7 +279,11 @@ def _parse(body: Any) -> tuple[str, str, dict]:
     for name, low, high in (("temperature", 0.0, 2.0), ("top_p", 1e-6, 1.0)):
         if body.get(name) is not None:
             value = body[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not low <= value <= high
+            ):
                 raise ValueError(f"{name} must be a number from {low:g} to {high:g}", name)
             params[name] = float(value)
     stop = body.get("stop")
@@ -239,7 +292,11 @@ def _parse(body: Any) -> tuple[str, str, dict]:
         if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
             raise ValueError("stop must be a string or a list of up to 4 strings", "stop")
         params["stop"] = stop
-    if isinstance(body.get("seed"), int) and not isinstance(body.get("seed"), bool) and body["seed"] >= 0:
+    if (
+        isinstance(body.get("seed"), int)
+        and not isinstance(body.get("seed"), bool)
+        and body["seed"] >= 0
+    ):
         params["seed"] = body["seed"]
     return MODELS[model], content, params
 
@@ -249,11 +306,22 @@ def _completion(task: Any, model: str) -> dict:
     timings = result.get("timings") or {}
     prompt, new = int(timings.get("prompt_tokens") or 0), int(timings.get("new_tokens") or 0)
     return {
-        "id": f"chatcmpl-{task.id}", "object": "chat.completion", "created": int(task.submitted_at / 1000),
+        "id": f"chatcmpl-{task.id}",
+        "object": "chat.completion",
+        "created": int(task.submitted_at / 1000),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.get("answer", "")},
-                     "finish_reason": "length" if result.get("finish_reason") == "length" else "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.get("answer", "")},
+                "finish_reason": "length" if result.get("finish_reason") == "length" else "stop",
+            }
+        ],
         "usage": {"prompt_tokens": prompt, "completion_tokens": new, "total_tokens": prompt + new},
-        "ragraft": {"task_id": task.id, "node": task.node, "citations": result.get("citations", []),
-                    "passages": result.get("passages", [])},
+        "ragraft": {
+            "task_id": task.id,
+            "node": task.node,
+            "citations": result.get("citations", []),
+            "passages": result.get("passages", []),
+        },
     }

@@ -34,10 +34,16 @@ def import_libraries(node_id: str) -> None:
     suspecting live peers).  Done first, they only delay the node's start.
     """
     started = time.monotonic()
-    print(f"node {node_id}: models: importing torch, transformers and sentence-transformers", flush=True)
+    print(
+        f"node {node_id}: models: importing torch, transformers and sentence-transformers",
+        flush=True,
+    )
     import node.runners  # noqa: F401  (imports the engine and, through it, everything above)
 
-    print(f"node {node_id}: models: libraries imported in {time.monotonic() - started:.1f} s", flush=True)
+    print(
+        f"node {node_id}: models: libraries imported in {time.monotonic() - started:.1f} s",
+        flush=True,
+    )
 
 
 @dataclass
@@ -52,13 +58,28 @@ class ModelStatus:
     started: float = field(default_factory=time.monotonic)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "step": self.step, "error": self.error, "embedding": self.embedding,
-                "generator": self.generator, "device": self.device, "seconds": self.seconds}
+        return {
+            "state": self.state,
+            "step": self.step,
+            "error": self.error,
+            "embedding": self.embedding,
+            "generator": self.generator,
+            "device": self.device,
+            "seconds": self.seconds,
+        }
 
 
 class RagService:
-    def __init__(self, node_id: str, kb: KnowledgeBase, models: ModelSettings, rag: RagConfig,
-                 data_dir: Path, executor: Executor, commit: CommitFn) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        kb: KnowledgeBase,
+        models: ModelSettings,
+        rag: RagConfig,
+        data_dir: Path,
+        executor: Executor,
+        commit: CommitFn,
+    ) -> None:
         self.node_id = node_id
         self.kb = kb
         self.settings = models
@@ -66,8 +87,10 @@ class RagService:
         self.data_dir = data_dir
         self.executor = executor
         self.commit = commit
-        self.status = ModelStatus(state="loading" if models.load else "disabled",
-                                  step="queued" if models.load else "models.load is false")
+        self.status = ModelStatus(
+            state="loading" if models.load else "disabled",
+            step="queued" if models.load else "models.load is false",
+        )
         self.engine: Any = None
         self._batcher: Any = None
 
@@ -95,7 +118,9 @@ class RagService:
             engine = self._build()
         except Exception as exc:
             self.status.state, self.status.error = "failed", f"{type(exc).__name__}: {exc}"
-            self._step(f"FAILED: {exc}. RAG tasks will run on the other nodes; fix [models] and restart this node")
+            self._step(
+                f"FAILED: {exc}. RAG tasks will run on the other nodes; fix [models] and restart this node"
+            )
             log.exception("model loading failed")
             return
         self.engine = engine
@@ -118,27 +143,46 @@ class RagService:
         self._step(f"loading embedding model {settings.embedding}")
         spec = settings.embedding
         if spec.startswith("bundled:") and spec != "bundled:all-MiniLM-L6-v2":
-            raise ValueError(f"unknown bundled embedding model {spec!r}; bundled: bundled:all-MiniLM-L6-v2")
+            raise ValueError(
+                f"unknown bundled embedding model {spec!r}; bundled: bundled:all-MiniLM-L6-v2"
+            )
         model_dir = None if spec.startswith("bundled:") else Path(spec)
-        embedder = Embedder(model_dir, device=None if settings.device == "auto" else settings.device)
+        embedder = Embedder(
+            model_dir, device=None if settings.device == "auto" else settings.device
+        )
         self.status.embedding, self.status.device = embedder.model_id, str(embedder.device)
         if self.kb.dim != embedder.dim:
-            raise ValueError(f"the embedding model has dimension {embedder.dim}, the knowledge base {self.kb.dim}")
+            raise ValueError(
+                f"the embedding model has dimension {embedder.dim}, the knowledge base {self.kb.dim}"
+            )
         backend = None
         if settings.generator.lower() != "none":
             self._step(f"loading generator {settings.generator}")
             cache = settings.cache_dir or (self.data_dir / "model-cache")
-            backend = load_backend(settings.generator, cache_dir=cache, device=settings.device,
-                                   progress=lambda message: self._step(f"generator: {message}"),
-                                   context_tokens=settings.context_tokens)
+            backend = load_backend(
+                settings.generator,
+                cache_dir=cache,
+                device=settings.device,
+                progress=lambda message: self._step(f"generator: {message}"),
+                context_tokens=settings.context_tokens,
+            )
             self.status.generator = backend.model_id
             self._batcher = GenerationBatcher(backend, max_batch=settings.max_batch)
         rag = self.rag
-        return RagEngine(self.kb, embedder, backend,
-                         RagSettings(chunk_size=rag.chunk_size, chunk_overlap=rag.chunk_overlap,
-                                     max_upload_bytes=rag.max_upload_mb * 1024 * 1024, top_k=rag.top_k,
-                                     mode=rag.mode, max_new_tokens=rag.max_new_tokens),
-                         generator=self._batcher)
+        return RagEngine(
+            self.kb,
+            embedder,
+            backend,
+            RagSettings(
+                chunk_size=rag.chunk_size,
+                chunk_overlap=rag.chunk_overlap,
+                max_upload_bytes=rag.max_upload_mb * 1024 * 1024,
+                top_k=rag.top_k,
+                mode=rag.mode,
+                max_new_tokens=rag.max_new_tokens,
+            ),
+            generator=self._batcher,
+        )
 
     def _register(self, engine: Any) -> None:
         from node.runners import IngestRunner, RagRunner

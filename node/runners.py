@@ -36,8 +36,9 @@ class RagRunner:
 
     def run(self, task: dict, progress: ProgressFn, cancelled: CancelledFn) -> Any:
         try:
-            return self.engine.run(task["type"], task.get("input") or {}, task.get("params") or {},
-                                   progress, cancelled)
+            return self.engine.run(
+                task["type"], task.get("input") or {}, task.get("params") or {}, progress, cancelled
+            )
         except BadInput as exc:
             raise TaskFailure(str(exc), retryable=False) from None
         except Cancelled:
@@ -60,12 +61,19 @@ class IngestRunner:
         if data is None:
             doc = kb.get(doc_id) if isinstance(doc_id, str) else None
             where = "deleted" if doc is None else f"v{doc['version']} is {doc['state']}"
-            raise TaskFailure(f"document {doc_id!r} v{version} is no longer waiting to be ingested ({where})",
-                              retryable=False)
+            raise TaskFailure(
+                f"document {doc_id!r} v{version} is no longer waiting to be ingested ({where})",
+                retryable=False,
+            )
         started = time.perf_counter()
         try:
-            batches = self.engine.prepare_ingest(data, source.get("filename") or doc_id,
-                                                 source.get("media_type"), progress, cancelled)
+            batches = self.engine.prepare_ingest(
+                data,
+                source.get("filename") or doc_id,
+                source.get("media_type"),
+                progress,
+                cancelled,
+            )
         except BadInput as exc:
             raise TaskFailure(str(exc), retryable=False) from None
         except Cancelled:
@@ -75,14 +83,28 @@ class IngestRunner:
         for batch_no, batch in enumerate(batches):
             if cancelled():
                 raise TaskAborted()
-            cmd = {"op": "kb.put_chunks", "doc_id": doc_id, "version": version, "batch_no": batch_no,
-                   "n_batches": len(batches), "chunks": batch["chunks"], "vectors": batch["vectors"]}
+            cmd = {
+                "op": "kb.put_chunks",
+                "doc_id": doc_id,
+                "version": version,
+                "batch_no": batch_no,
+                "n_batches": len(batches),
+                "chunks": batch["chunks"],
+                "vectors": batch["vectors"],
+            }
             self._expect_ok(self.commit(cmd), doc_id, version)
             chunks += len(batch["chunks"])
-            progress(0.95 + 0.05 * (batch_no + 1) / len(batches),
-                     f"{chunks} chunks committed ({batch_no + 1}/{len(batches)} batches)")
-        finish = {"op": "kb.finish_ingest", "doc_id": doc_id, "version": version, "node": self.node_id,
-                  "at": now_ms()}
+            progress(
+                0.95 + 0.05 * (batch_no + 1) / len(batches),
+                f"{chunks} chunks committed ({batch_no + 1}/{len(batches)} batches)",
+            )
+        finish = {
+            "op": "kb.finish_ingest",
+            "doc_id": doc_id,
+            "version": version,
+            "node": self.node_id,
+            "at": now_ms(),
+        }
         done = self._expect_ok(self.commit(finish), doc_id, version)
         return {
             "doc_id": doc_id,
@@ -90,9 +112,11 @@ class IngestRunner:
             "chunks": chunks,
             "batches": len(batches),
             "replaced_version": done.get("replaced_version"),
-            "timings": {"embed_ms": round((embedded - started) * 1000, 1),
-                        "commit_ms": round((time.perf_counter() - embedded) * 1000, 1),
-                        "chunks_per_s": round(chunks / max(embedded - started, 1e-9), 1)},
+            "timings": {
+                "embed_ms": round((embedded - started) * 1000, 1),
+                "commit_ms": round((time.perf_counter() - embedded) * 1000, 1),
+                "chunks_per_s": round(chunks / max(embedded - started, 1e-9), 1),
+            },
             "models": {"embedding": self.engine.embedder.model_id},
         }
 
@@ -101,5 +125,7 @@ class IngestRunner:
         if refused(result):
             error = result["error"]
             # A newer upload or a delete superseded this version: nothing left to do.
-            raise TaskFailure(f"document {doc_id!r} v{version}: {error.get('message')}", retryable=False)
+            raise TaskFailure(
+                f"document {doc_id!r} v{version}: {error.get('message')}", retryable=False
+            )
         return result if isinstance(result, dict) else {}

@@ -45,14 +45,18 @@ from node.tasks import RetryPolicy, TaskQueue
 log = logging.getLogger("ragraft.node")
 
 
-def build_raft(config: ClusterConfig, node_id: str, state: NodeState, joining: bool = False) -> RaftNode:
+def build_raft(
+    config: ClusterConfig, node_id: str, state: NodeState, joining: bool = False
+) -> RaftNode:
     spec = config.node(node_id)
     raft_dir = spec.data_dir / "raft"
     raft_dir.mkdir(parents=True, exist_ok=True)
     known = {n.id: n.raft_address for n in config.nodes}
     # Nodes marked join = true were added after the cluster's first start: they
     # are not in the bootstrap membership and learn everything from the leader.
-    initial = {} if spec.join or joining else {n.id: n.raft_address for n in config.nodes if not n.join}
+    initial = (
+        {} if spec.join or joining else {n.id: n.raft_address for n in config.nodes if not n.join}
+    )
     options = NodeOptions(
         id=node_id,
         initial_members=initial,
@@ -63,7 +67,11 @@ def build_raft(config: ClusterConfig, node_id: str, state: NodeState, joining: b
         snapshot_entries=config.raft.snapshot_entries,
         cipher=Cipher.from_base64(config.encryption_key) if config.encryption_key else None,
     )
-    curve = CurveKeys.cluster(config.curve_public, config.curve_secret) if config.curve_enabled else None
+    curve = (
+        CurveKeys.cluster(config.curve_public, config.curve_secret)
+        if config.curve_enabled
+        else None
+    )
     transport = ZmqTransport(node_id, spec.raft_address, curve)
     return RaftNode(
         options,
@@ -75,15 +83,25 @@ def build_raft(config: ClusterConfig, node_id: str, state: NodeState, joining: b
     )
 
 
-def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor: Executor,
-               gossip: Gossip, rag: RagService, events: EventHub, metrics: MetricsExporter,
-               history: MetricsHistory | None = None) -> web.Application:
+def build_http(
+    config: ClusterConfig,
+    raft: RaftNode,
+    state: NodeState,
+    executor: Executor,
+    gossip: Gossip,
+    rag: RagService,
+    events: EventHub,
+    metrics: MetricsExporter,
+    history: MetricsHistory | None = None,
+) -> web.Application:
     api = TaskAPI(raft, state.tasks, raft.id)
     auth = Authenticator(config.security, state.accounts, config.name)
     max_upload = config.rag.max_upload_mb * 1024 * 1024
     # Multipart uploads are streamed and checked per file; JSON bodies are read whole.
-    app = web.Application(client_max_size=max_upload + 1024 * 1024,
-                          middlewares=[json_errors, api.middleware(), auth.middleware(error)])
+    app = web.Application(
+        client_max_size=max_upload + 1024 * 1024,
+        middlewares=[json_errors, api.middleware(), auth.middleware(error)],
+    )
     api.routes(app)
     AuthAPI(auth, api.write, error).routes(app)
     app.router.add_get("/api/v1/events", events.handle)
@@ -98,8 +116,12 @@ def build_http(config: ClusterConfig, raft: RaftNode, state: NodeState, executor
 def raft_brief(raft: RaftNode) -> dict:
     """This node's Raft position, gossiped so that every dashboard shows every node's lag."""
     status = raft.status()
-    return {"role": status["role"], "term": status["term"], "commit": status["commit"],
-            "applied": status["applied"]}
+    return {
+        "role": status["role"],
+        "term": status["term"],
+        "commit": status["commit"],
+        "applied": status["applied"],
+    }
 
 
 async def sweep_expired(raft: RaftNode, settings: TaskSettings) -> None:
@@ -118,7 +140,9 @@ async def sweep_expired(raft: RaftNode, settings: TaskSettings) -> None:
             log.warning("could not expire old tasks: %s", exc)
 
 
-async def requeue_dead_nodes(raft: RaftNode, state: NodeState, gossip: Gossip, interval: float = 0.5) -> None:
+async def requeue_dead_nodes(
+    raft: RaftNode, state: NodeState, gossip: Gossip, interval: float = 0.5
+) -> None:
     """On the leader: when gossip has confirmed a node dead (or gone), commit
     that fact; applying it requeues the node's running tasks (attempt + 1 at the
     next claim).  A scan rather than a reaction to events, so that a leader
@@ -136,45 +160,65 @@ async def requeue_dead_nodes(raft: RaftNode, state: NodeState, gossip: Gossip, i
                 cmd = {"op": "node", "node": node_id, "alive": False, "at": now_ms()}
                 try:
                     applied = await raft.propose(msgpack.packb(cmd, use_bin_type=True))
-                    log.warning("node %s is %s: requeued its tasks %s", node_id,
-                                getattr(member.status, "value", member.status), applied.result.get("requeued"))
+                    log.warning(
+                        "node %s is %s: requeued its tasks %s",
+                        node_id,
+                        getattr(member.status, "value", member.status),
+                        applied.result.get("requeued"),
+                    )
                 except RaftError as exc:
                     log.warning("could not record that node %s is dead: %s", node_id, exc)
 
 
-async def admin_headers(session: ClientSession, url: str, settings: SecuritySettings) -> dict[str, str]:
+async def admin_headers(
+    session: ClientSession, url: str, settings: SecuritySettings
+) -> dict[str, str]:
     """Credentials for a node's own admin calls to a member: RAGRAFT_API_KEY (an
     admin's API key) or the admin password from RAGRAFT_ADMIN_PASSWORD."""
     key = os.environ.get("RAGRAFT_API_KEY")
     if key:
         return {"Authorization": f"Bearer {key}"}
     assert settings.admin_password is not None  # run_node checked before starting
-    async with session.post(f"{url}/api/v1/auth/token",
-                            json={"username": "admin", "password": settings.admin_password}) as r:
+    async with session.post(
+        f"{url}/api/v1/auth/token", json={"username": "admin", "password": settings.admin_password}
+    ) as r:
         body = await r.json()
         if r.status != 200:
             raise OSError(f"login refused ({r.status}): {body.get('error', body)}")
         return {"Authorization": f"Bearer {body['access_token']}"}
 
 
-async def ask_to_join(seed_url: str, node_id: str, raft_address: str, settings: SecuritySettings) -> None:
+async def ask_to_join(
+    seed_url: str, node_id: str, raft_address: str, settings: SecuritySettings
+) -> None:
     """Ask a member (any: it forwards to the leader) to add us: learner first,
     voter once caught up.  Retries until the cluster answers."""
     url = seed_url.rstrip("/")
     if not url.startswith("http"):
         url = "http://" + url
-    print(f"node {node_id}: asking {url} to add it to the cluster (learner, then voter)...", flush=True)
+    print(
+        f"node {node_id}: asking {url} to add it to the cluster (learner, then voter)...",
+        flush=True,
+    )
     async with ClientSession() as session:
         while True:
             try:
                 headers = await admin_headers(session, url, settings)
-                async with session.post(f"{url}/api/v1/cluster/members", headers=headers,
-                                        json={"id": node_id, "raft_address": raft_address}) as r:
+                async with session.post(
+                    f"{url}/api/v1/cluster/members",
+                    headers=headers,
+                    json={"id": node_id, "raft_address": raft_address},
+                ) as r:
                     body = await r.json()
                     if r.status == 200:
-                        print(f"node {node_id}: joined; voters now {body['members']['voters']}", flush=True)
+                        print(
+                            f"node {node_id}: joined; voters now {body['members']['voters']}",
+                            flush=True,
+                        )
                         return
-                    log.warning("join refused (%s): %s; retrying", r.status, body.get("error", body))
+                    log.warning(
+                        "join refused (%s): %s; retrying", r.status, body.get("error", body)
+                    )
             except (OSError, ValueError) as exc:
                 log.warning("cannot reach %s to join (%s); retrying", url, exc)
             await asyncio.sleep(2)
@@ -182,9 +226,13 @@ async def ask_to_join(seed_url: str, node_id: str, raft_address: str, settings: 
 
 async def run_node(config: ClusterConfig, node_id: str, join: str | None = None) -> None:
     spec = config.node(node_id)
-    if join is not None and not (os.environ.get("RAGRAFT_API_KEY") or config.security.admin_password):
-        raise SystemExit(f"node {node_id}: to join a cluster a node needs admin credentials: set RAGRAFT_API_KEY "
-                         "to an admin's API key (POST /api/v1/auth/keys) or RAGRAFT_ADMIN_PASSWORD")
+    if join is not None and not (
+        os.environ.get("RAGRAFT_API_KEY") or config.security.admin_password
+    ):
+        raise SystemExit(
+            f"node {node_id}: to join a cluster a node needs admin credentials: set RAGRAFT_API_KEY "
+            "to an admin's API key (POST /api/v1/auth/keys) or RAGRAFT_ADMIN_PASSWORD"
+        )
     settings = config.tasks
     dashboard = os.environ.get("RAGRAFT_DASHBOARD", "1") != "0"
     if config.models.load:
@@ -197,8 +245,11 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     await raft.start()
     slots = spec.slots or settings.slots
     executor = Executor(raft, state.tasks, node_id, slots, {"noop": NoopRunner()})
-    state.listen(lambda cmd, result: executor.poke() if cmd.get("op") in ("submit", "fail", "node", "kb.upload")
-                 else None)
+    state.listen(
+        lambda cmd, result: (
+            executor.poke() if cmd.get("op") in ("submit", "fail", "node", "kb.upload") else None
+        )
+    )
     await executor.start()
     loop = asyncio.get_running_loop()
 
@@ -220,9 +271,19 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     rag = RagService(node_id, kb, config.models, config.rag, spec.data_dir, executor, commit)
     events = EventHub(node_id, state)
     state.listen(events.on_apply)
-    curve = CurveKeys.cluster(config.curve_public, config.curve_secret) if config.curve_enabled else None
-    sample = NodeMetrics(runtime=lambda: {**executor.status(), "models": rag.status.state,
-                                          "generator": rag.status.generator, "raft": raft_brief(raft)})
+    curve = (
+        CurveKeys.cluster(config.curve_public, config.curve_secret)
+        if config.curve_enabled
+        else None
+    )
+    sample = NodeMetrics(
+        runtime=lambda: {
+            **executor.status(),
+            "models": rag.status.state,
+            "generator": rag.status.generator,
+            "raft": raft_brief(raft),
+        }
+    )
     gossip = Gossip(
         node_id,
         spec.gossip_address,
@@ -240,10 +301,14 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         asyncio.create_task(history.run(), name="metrics-history"),
         asyncio.create_task(requeue_dead_nodes(raft, state, gossip), name="failover"),
         asyncio.create_task(events.publish_cluster(raft.status), name="cluster-events"),
-        asyncio.create_task(initialise_accounts(raft, state.accounts, config.security, node_id), name="accounts"),
+        asyncio.create_task(
+            initialise_accounts(raft, state.accounts, config.security, node_id), name="accounts"
+        ),
     ]
-    runner = web.AppRunner(build_http(config, raft, state, executor, gossip, rag, events, metrics,
-                                        history), access_log=None)
+    runner = web.AppRunner(
+        build_http(config, raft, state, executor, gossip, rag, events, metrics, history),
+        access_log=None,
+    )
     await runner.setup()
     site = web.TCPSite(runner, spec.host, spec.api_port)
     try:
@@ -251,8 +316,10 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     except OSError as exc:
         await executor.stop()
         await raft.stop()
-        raise SystemExit(f"node {node_id}: cannot listen on {spec.host}:{spec.api_port} ({exc.strerror}); "
-                         f"is another ragraft running? stop it or change nodes.api_port") from None
+        raise SystemExit(
+            f"node {node_id}: cannot listen on {spec.host}:{spec.api_port} ({exc.strerror}); "
+            f"is another ragraft running? stop it or change nodes.api_port"
+        ) from None
     print(f"node {node_id}: raft {spec.raft_address}, api {spec.api_url}", flush=True)
     stop_dashboard = None
     if dashboard:
@@ -260,17 +327,27 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
 
         peers = {n.id: n.dashboard_url for n in config.nodes if n.id != node_id}
         try:
-            stop_dashboard = await start_dashboard(node_id, spec.host, spec.dashboard_port, spec.api_url, peers)
+            stop_dashboard = await start_dashboard(
+                node_id, spec.host, spec.dashboard_port, spec.api_url, peers
+            )
             print(f"node {node_id}: dashboard {spec.dashboard_url}", flush=True)
         except OSError as exc:
-            log.error("dashboard not started: cannot listen on %s:%d (%s); change nodes.dashboard_port",
-                      spec.host, spec.dashboard_port, exc.strerror)
+            log.error(
+                "dashboard not started: cannot listen on %s:%d (%s); change nodes.dashboard_port",
+                spec.host,
+                spec.dashboard_port,
+                exc.strerror,
+            )
     tune_gc()
     # Only now: the loader thread's imports (torch, transformers) would otherwise
     # hold up the start of the API for as long as the models take.
     await rag.start()
     if join is not None:
-        background.append(asyncio.create_task(ask_to_join(join, node_id, spec.raft_address, config.security), name="join"))
+        background.append(
+            asyncio.create_task(
+                ask_to_join(join, node_id, spec.raft_address, config.security), name="join"
+            )
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

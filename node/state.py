@@ -38,7 +38,9 @@ class SubMachine(Protocol):
 
 
 class NodeState:
-    def __init__(self, tasks: TaskQueue, kb: SubMachine | None = None, accounts: Accounts | None = None) -> None:
+    def __init__(
+        self, tasks: TaskQueue, kb: SubMachine | None = None, accounts: Accounts | None = None
+    ) -> None:
         self.tasks = tasks
         self.kb = kb
         self.accounts = accounts or Accounts()
@@ -80,7 +82,11 @@ class NodeState:
                 result = self.kb.execute(cmd)
         elif isinstance(cmd, dict):
             result = self.tasks.execute(cmd)
-            if self.kb is not None and op in ("cancel", "fail", "abort", "release") and isinstance(cmd.get("id"), str):
+            if (
+                self.kb is not None
+                and op in ("cancel", "fail", "abort", "release")
+                and isinstance(cmd.get("id"), str)
+            ):
                 self._close_failed_ingest(cmd["id"], cmd.get("at", 0))
         else:
             result = TaskError("bad_command", "a command is a map with an 'op'").to_dict()
@@ -91,8 +97,12 @@ class NodeState:
         "task": {id, priority, owner[, idem_key, fingerprint]}, "at": ms}"""
         assert self.kb is not None
         doc, task, at = cmd.get("doc"), cmd.get("task"), cmd.get("at")
-        if not isinstance(doc, dict) or not isinstance(task, dict) or not isinstance(task.get("id"), str) \
-                or not isinstance(at, int):
+        if (
+            not isinstance(doc, dict)
+            or not isinstance(task, dict)
+            or not isinstance(task.get("id"), str)
+            or not isinstance(at, int)
+        ):
             return TaskError("bad_command", "kb.upload needs doc, task and at").to_dict()
         key, fingerprint = task.get("idem_key"), task.get("fingerprint", "")
         if key is not None:
@@ -102,20 +112,41 @@ class NodeState:
                 ).to_dict()
             replayed = self.tasks.replay(task.get("owner", ""), key, fingerprint, at)
             if replayed is not None:
-                return replayed if refused(replayed) else {"document": self._uploaded(replayed), "task": replayed}
+                return (
+                    replayed
+                    if refused(replayed)
+                    else {"document": self._uploaded(replayed), "task": replayed}
+                )
         document = self.kb.execute({"op": "kb.put_upload", **doc, "at": at})
         if refused(document):
             return document
-        submitted = self.tasks.execute({
-            "op": "submit", "id": task.get("id"), "type": "ingest", "at": at,
-            "priority": task.get("priority", 5), "owner": task.get("owner", ""),
-            "input": {"doc_id": document["doc_id"], "version": document["version"],
-                      "filename": doc.get("source") or document["doc_id"], "media_type": doc.get("media_type")},
-            **({"idem_key": key, "fingerprint": fingerprint} if key is not None else {}),
-        })
+        submitted = self.tasks.execute(
+            {
+                "op": "submit",
+                "id": task.get("id"),
+                "type": "ingest",
+                "at": at,
+                "priority": task.get("priority", 5),
+                "owner": task.get("owner", ""),
+                "input": {
+                    "doc_id": document["doc_id"],
+                    "version": document["version"],
+                    "filename": doc.get("source") or document["doc_id"],
+                    "media_type": doc.get("media_type"),
+                },
+                **({"idem_key": key, "fingerprint": fingerprint} if key is not None else {}),
+            }
+        )
         if refused(submitted):
-            self.kb.execute({"op": "kb.fail_ingest", "doc_id": document["doc_id"], "version": document["version"],
-                             "error": "its ingest task was refused: " + submitted["error"]["message"], "at": at})
+            self.kb.execute(
+                {
+                    "op": "kb.fail_ingest",
+                    "doc_id": document["doc_id"],
+                    "version": document["version"],
+                    "error": "its ingest task was refused: " + submitted["error"]["message"],
+                    "at": at,
+                }
+            )
             return submitted
         return {"document": document, "task": submitted}
 
@@ -151,15 +182,24 @@ class NodeState:
             return
         reason = task.error or ("cancelled" if task.state == CANCELLED else "failed")
         # A no-op (a conflict answer) when the version is no longer pending.
-        self.kb.execute({"op": "kb.fail_ingest", "doc_id": task.input.get("doc_id"),
-                         "version": task.input.get("version"), "error": f"ingest {task.state}: {reason}",
-                         "at": at if isinstance(at, (int, float)) else 0})
+        self.kb.execute(
+            {
+                "op": "kb.fail_ingest",
+                "doc_id": task.input.get("doc_id"),
+                "version": task.input.get("version"),
+                "error": f"ingest {task.state}: {reason}",
+                "at": at if isinstance(at, (int, float)) else 0,
+            }
+        )
 
     def snapshot(self) -> bytes:
         return msgpack.packb(
-            {"applied": self.applied_index, "tasks": self.tasks.snapshot(),
-             "kb": self.kb.snapshot() if self.kb is not None else None,
-             "accounts": self.accounts.snapshot()},
+            {
+                "applied": self.applied_index,
+                "tasks": self.tasks.snapshot(),
+                "kb": self.kb.snapshot() if self.kb is not None else None,
+                "accounts": self.accounts.snapshot(),
+            },
             use_bin_type=True,
         )
 

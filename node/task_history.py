@@ -22,7 +22,22 @@ import numpy as np
 from node.tasks import FINISHED, Task
 
 # Latency buckets in milliseconds: each count is of values >= edge[i] and < edge[i + 1].
-LATENCY_EDGES_MS = (0, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000)
+LATENCY_EDGES_MS = (
+    0,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    30_000,
+    60_000,
+    300_000,
+)
 _NEVER = np.iinfo(np.int64).max
 
 
@@ -41,7 +56,9 @@ def history(tasks: Mapping[str, Task], now_ms: int, window_ms: int, points: int)
             finished.append(_NEVER)
             final_state.append("")
             continue
-        left_queue.append(started if started is not None else (ended if ended is not None else _NEVER))
+        left_queue.append(
+            started if started is not None else (ended if ended is not None else _NEVER)
+        )
         finished.append(ended if ended is not None else _NEVER)
         final_state.append(task.state if task.state in FINISHED else "")
         if ended is not None and ended >= window_start and started is not None:
@@ -57,8 +74,12 @@ def history(tasks: Mapping[str, Task], now_ms: int, window_ms: int, points: int)
         "t": instants.tolist(),
         "step_ms": step,
         "states": {name: counts.tolist() for name, counts in states.items()},
-        "latency": {"edges_ms": list(LATENCY_EDGES_MS), "wait": _histogram(waits), "run": _histogram(runs),
-                    "window": "tasks finished in the window"},
+        "latency": {
+            "edges_ms": list(LATENCY_EDGES_MS),
+            "wait": _histogram(waits),
+            "run": _histogram(runs),
+            "window": "tasks finished in the window",
+        },
     }
 
 
@@ -71,6 +92,8 @@ def _count(times: list[int], instants: np.ndarray) -> np.ndarray:
 def _histogram(values: list[int]) -> list[int]:
     edges = np.array(LATENCY_EDGES_MS[1:], dtype=np.int64)
     # bucket i holds edge[i] <= v < edge[i + 1]; values past the last edge join the last bucket
-    index = np.minimum(np.searchsorted(edges, np.maximum(np.array(values, dtype=np.int64), 0), side="right"),
-                       len(edges) - 1)
+    index = np.minimum(
+        np.searchsorted(edges, np.maximum(np.array(values, dtype=np.int64), 0), side="right"),
+        len(edges) - 1,
+    )
     return np.bincount(index, minlength=len(edges)).astype(int).tolist()

@@ -31,10 +31,16 @@ SORTS: dict[str, Callable[[Task], Any]] = {
     "priority": lambda t: (t.priority << _SEQ_BITS) | t.seq,
     "started": lambda t: ((t.started_at or 0) << _SEQ_BITS) | t.seq,
     "finished": lambda t: ((t.finished_at or 0) << _SEQ_BITS) | t.seq,
-    "waited": lambda t: (max(0, t.started_at - t.submitted_at) << _SEQ_BITS | t.seq
-                         if t.started_at is not None else t.seq),
-    "ran": lambda t: (max(0, t.finished_at - t.started_at) << _SEQ_BITS | t.seq
-                      if t.finished_at is not None and t.started_at is not None else t.seq),
+    "waited": lambda t: (
+        max(0, t.started_at - t.submitted_at) << _SEQ_BITS | t.seq
+        if t.started_at is not None
+        else t.seq
+    ),
+    "ran": lambda t: (
+        max(0, t.finished_at - t.started_at) << _SEQ_BITS | t.seq
+        if t.finished_at is not None and t.started_at is not None
+        else t.seq
+    ),
     "progress": lambda t: (int(t.progress * 1000) << _SEQ_BITS) | t.seq,
     "state": lambda t: (t.state, t.seq),
     "type": lambda t: (t.type, t.seq),
@@ -42,9 +48,16 @@ SORTS: dict[str, Callable[[Task], Any]] = {
     "owner": lambda t: (t.owner, t.seq),
 }
 
-_PLAIN = {name: operator.attrgetter(attr) for name, attr in
-          (("priority", "priority"), ("state", "state"), ("type", "type"), ("owner", "owner"),
-           ("progress", "progress"))}
+_PLAIN = {
+    name: operator.attrgetter(attr)
+    for name, attr in (
+        ("priority", "priority"),
+        ("state", "state"),
+        ("type", "type"),
+        ("owner", "owner"),
+        ("progress", "progress"),
+    )
+}
 
 
 class QueryError(ValueError):
@@ -77,17 +90,25 @@ class TaskQuery:
         sort = params.get("sort", "-submitted")
         descending = sort.startswith("-")
         if sort.lstrip("-") not in SORTS:
-            raise QueryError("sort", f"sort must be one of {', '.join(SORTS)} (prefix - for descending)")
+            raise QueryError(
+                "sort", f"sort must be one of {', '.join(SORTS)} (prefix - for descending)"
+            )
         text = params.get("q") or None
         if text is not None and len(text) > MAX_QUERY_CHARS:
             raise QueryError("q", f"q is limited to {MAX_QUERY_CHARS} characters")
         return cls(
-            states=states, types=_set(params.get("type")), node=params.get("node") or None,
+            states=states,
+            types=_set(params.get("type")),
+            node=params.get("node") or None,
             owner=owner_scope if owner_scope is not None else (params.get("owner") or None),
-            priority=whole_number(params, "priority", 0, 9), text=text.lower() if text else None,
-            since=whole_number(params, "since", 0, 2**63), until=whole_number(params, "until", 0, 2**63),
-            sort=sort.lstrip("-"), descending=descending,
-            limit=whole_number(params, "limit", 1, MAX_LIMIT) or 50, cursor=params.get("cursor") or None,
+            priority=whole_number(params, "priority", 0, 9),
+            text=text.lower() if text else None,
+            since=whole_number(params, "since", 0, 2**63),
+            until=whole_number(params, "until", 0, 2**63),
+            sort=sort.lstrip("-"),
+            descending=descending,
+            limit=whole_number(params, "limit", 1, MAX_LIMIT) or 50,
+            cursor=params.get("cursor") or None,
         )
 
     def select(self, tasks: Mapping[str, Task]) -> list[Task]:
@@ -118,8 +139,13 @@ class TaskQuery:
             found = [t for t in found if t.submitted_at < until]
         if self.text is not None:
             text = self.text
-            found = [t for t in found if text in t.search or (t.node is not None and text in t.node)
-                     or (t.error is not None and text in t.error.lower())]
+            found = [
+                t
+                for t in found
+                if text in t.search
+                or (t.node is not None and text in t.node)
+                or (t.error is not None and text in t.error.lower())
+            ]
         return found
 
 
@@ -132,13 +158,16 @@ def run(tasks: Mapping[str, Task], query: TaskQuery) -> tuple[list[Task], str | 
     if query.sort in _PLAIN:
         # A C-level key and Python's stable sort (ties stay in log order, newest
         # first when descending) beat a Python key function per task.
-        ordered = sorted(reversed(found) if query.descending else found, key=_PLAIN[query.sort],
-                         reverse=query.descending)
-        best = ordered[:offset + query.limit + 1]
+        ordered = sorted(
+            reversed(found) if query.descending else found,
+            key=_PLAIN[query.sort],
+            reverse=query.descending,
+        )
+        best = ordered[: offset + query.limit + 1]
     else:
         pick = heapq.nlargest if query.descending else heapq.nsmallest
         best = pick(offset + query.limit + 1, found, key=SORTS[query.sort])
-    page = best[offset:offset + query.limit]
+    page = best[offset : offset + query.limit]
     more = len(best) > offset + query.limit
     return page, _encode({"offset": offset + query.limit}) if more else None, len(found)
 
@@ -149,11 +178,11 @@ def _by_log_order(found: list[Task], query: TaskQuery) -> tuple[list[Task], str 
     after = _decode(query.cursor).get("seq") if query.cursor else None
     if query.descending:
         end = len(found) if after is None else bisect.bisect_left(found, after, key=_seq)
-        page = found[max(0, end - query.limit):end][::-1]
+        page = found[max(0, end - query.limit) : end][::-1]
         more = end - query.limit > 0
     else:
         start = 0 if after is None else bisect.bisect_right(found, after, key=_seq)
-        page = found[start:start + query.limit]
+        page = found[start : start + query.limit]
         more = start + query.limit < len(found)
     return page, _encode({"seq": page[-1].seq}) if more and page else None, len(found)
 
@@ -166,11 +195,22 @@ def summary(task: Task) -> dict:
     """What a task list shows: no result body, no history (GET /tasks/{id} has them)."""
     text = task.input.get("query") or task.input.get("prompt") or task.input.get("filename") or ""
     return {
-        "id": task.id, "type": task.type, "state": task.state, "priority": task.priority, "owner": task.owner,
-        "node": task.node, "attempt": task.attempt, "submitted_at": task.submitted_at,
-        "started_at": task.started_at, "finished_at": task.finished_at, "waited_ms": _waited(task),
-        "ran_ms": _ran(task), "progress": task.progress, "progress_note": task.progress_note,
-        "error": task.error, "input_excerpt": str(text)[:120],
+        "id": task.id,
+        "type": task.type,
+        "state": task.state,
+        "priority": task.priority,
+        "owner": task.owner,
+        "node": task.node,
+        "attempt": task.attempt,
+        "submitted_at": task.submitted_at,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+        "waited_ms": _waited(task),
+        "ran_ms": _ran(task),
+        "progress": task.progress,
+        "progress_note": task.progress_note,
+        "error": task.error,
+        "input_excerpt": str(text)[:120],
     }
 
 
@@ -210,7 +250,9 @@ def _decode(cursor: str) -> dict:
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, TypeError):
-        raise QueryError("cursor", "cursor is not one this API returned; start again without it") from None
+        raise QueryError(
+            "cursor", "cursor is not one this API returned; start again without it"
+        ) from None
     if not isinstance(data, dict):
         raise QueryError("cursor", "cursor is not one this API returned; start again without it")
     return data
@@ -241,7 +283,10 @@ def statistics(tasks: Mapping[str, Task], counts: Mapping[str, int], now_ms: int
         **counts,
         "total": sum(counts.values()),
         "by_node": by_node,
-        "throughput": {"completed_per_s_1m": round(done_1m / 60, 3), "completed_per_s_5m": round(done_5m / 300, 3)},
+        "throughput": {
+            "completed_per_s_1m": round(done_1m / 60, 3),
+            "completed_per_s_5m": round(done_5m / 300, 3),
+        },
         "wait_ms": _percentiles([w for t in sample if (w := _waited(t)) is not None]),
         "run_ms": _percentiles([r for t in sample if (r := _ran(t)) is not None]),
         "window": "last 5 minutes" if recent else "all finished tasks",

@@ -29,7 +29,13 @@ from typing import Any
 
 import msgpack
 
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = (
+    "queued",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+)
 STATES = (QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED)
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 # How long a submission's idempotency key is remembered, in command time (ms).
@@ -82,8 +88,11 @@ class Task:
     search: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        text = self.input.get("query") or self.input.get("prompt") or self.input.get("filename") or "" \
-            if isinstance(self.input, dict) else ""
+        text = (
+            self.input.get("query") or self.input.get("prompt") or self.input.get("filename") or ""
+            if isinstance(self.input, dict)
+            else ""
+        )
         self.search = f"{self.id} {text} {self.owner}".lower()
 
     def to_dict(self) -> dict:
@@ -108,15 +117,33 @@ class Task:
             "error": self.error,
             "abort_requested": self.abort_requested,
             "history": [
-                {"state": s, "node": n, "attempt": a, "at": t, "note": note} for s, n, a, t, note in self.history
+                {"state": s, "node": n, "attempt": a, "at": t, "note": note}
+                for s, n, a, t, note in self.history
             ],
         }
 
     def _row(self) -> list:
         return [
-            self.id, self.type, self.input, self.params, self.priority, self.owner, self.submitted_at, self.seq,
-            self.max_attempts, self.state, self.node, self.attempt, self.started_at, self.finished_at,
-            self.not_before, self.progress, self.progress_note, self.result, self.error, self.abort_requested,
+            self.id,
+            self.type,
+            self.input,
+            self.params,
+            self.priority,
+            self.owner,
+            self.submitted_at,
+            self.seq,
+            self.max_attempts,
+            self.state,
+            self.node,
+            self.attempt,
+            self.started_at,
+            self.finished_at,
+            self.not_before,
+            self.progress,
+            self.progress_note,
+            self.result,
+            self.error,
+            self.abort_requested,
             self.history,
         ]
 
@@ -138,7 +165,9 @@ class RetryPolicy:
 class TaskQueue:
     """consensus.fsm.StateMachine for the task log."""
 
-    def __init__(self, policy: RetryPolicy = RetryPolicy(), idempotency_ttl_ms: int = IDEMPOTENCY_TTL_MS) -> None:
+    def __init__(
+        self, policy: RetryPolicy = RetryPolicy(), idempotency_ttl_ms: int = IDEMPOTENCY_TTL_MS
+    ) -> None:
         self.policy = policy
         self.idempotency_ttl_ms = idempotency_ttl_ms
         self.tasks: dict[str, Task] = {}
@@ -374,7 +403,10 @@ class TaskQueue:
 
     def _op_requeue_node(self, cmd: dict) -> dict:
         """Give back every task running on a node (it restarted and lost them)."""
-        return {"node": cmd["node"], "requeued": self._requeue_node(cmd["node"], cmd["at"], cmd.get("reason", "died"))}
+        return {
+            "node": cmd["node"],
+            "requeued": self._requeue_node(cmd["node"], cmd["at"], cmd.get("reason", "died")),
+        }
 
     def _op_claim(self, cmd: dict) -> dict:
         """Grant up to `max` tasks (one per free slot) to the claiming node."""
@@ -391,9 +423,15 @@ class TaskQueue:
             if task is None:
                 break
             granted.append(task.to_dict())
-        return {"task": granted[0] if granted else None, "tasks": granted, "reason": "" if granted else reason}
+        return {
+            "task": granted[0] if granted else None,
+            "tasks": granted,
+            "reason": "" if granted else reason,
+        }
 
-    def _grant_one(self, node: str, slots: int, at: int, types: list | None, window: int) -> tuple[Task | None, str]:
+    def _grant_one(
+        self, node: str, slots: int, at: int, types: list | None, window: int
+    ) -> tuple[Task | None, str]:
         busy = len(self._running.get(node, ()))
         if busy >= slots:
             return None, "no free slot"
@@ -405,7 +443,8 @@ class TaskQueue:
             (
                 len(self._running.get(n, ()))
                 for n, i in self.nodes.items()
-                if i["alive"] and i.get("last_claim", -window) >= at - window
+                if i["alive"]
+                and i.get("last_claim", -window) >= at - window
                 and len(self._running.get(n, ())) < i["slots"]
             ),
             default=busy,
@@ -476,8 +515,11 @@ class TaskQueue:
         task = self._owned_task(cmd)
         if task.state != QUEUED:
             hint = " (abort stops a running task)" if task.state == RUNNING else ""
-            raise TaskError("conflict", f"task {task.id} is {task.state}; only a queued task can be cancelled{hint}",
-                            state=task.state)
+            raise TaskError(
+                "conflict",
+                f"task {task.id} is {task.state}; only a queued task can be cancelled{hint}",
+                state=task.state,
+            )
         self._move(task, CANCELLED, cmd["at"], f"cancelled by {cmd.get('by', '?')}")
         return task.to_dict()
 
@@ -488,12 +530,20 @@ class TaskQueue:
         elif task.state == RUNNING:
             task.abort_requested = True
         else:
-            raise TaskError("conflict", f"task {task.id} is {task.state}; it has already finished", state=task.state)
+            raise TaskError(
+                "conflict",
+                f"task {task.id} is {task.state}; it has already finished",
+                state=task.state,
+            )
         return task.to_dict()
 
     def _op_expire(self, cmd: dict) -> dict:
         before = cmd["before"]
-        gone = [t.id for t in self.tasks.values() if t.state in FINISHED and (t.finished_at or 0) < before]
+        gone = [
+            t.id
+            for t in self.tasks.values()
+            if t.state in FINISHED and (t.finished_at or 0) < before
+        ]
         for task_id in gone:
             task = self.tasks.pop(task_id)
             self._counts[task.state] -= 1

@@ -28,7 +28,9 @@ def free_ports(count: int) -> list[int]:
 
 
 class KVCluster:
-    def __init__(self, root: Path, size: int = 3, memory: bool = False, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, root: Path, size: int = 3, memory: bool = False, extra_args: list[str] | None = None
+    ) -> None:
         self.root = root
         self.ids = [f"n{i + 1}" for i in range(size)]
         ports = free_ports(2 * size)
@@ -43,13 +45,24 @@ class KVCluster:
 
     def start(self, node: str) -> None:
         cmd = [
-            sys.executable, "-m", "consensus.kvserver", "--id", node, "--members", self.members_arg(),
-            "--rpc", self.rpc[node], "--log-level", "INFO",
+            sys.executable,
+            "-m",
+            "consensus.kvserver",
+            "--id",
+            node,
+            "--members",
+            self.members_arg(),
+            "--rpc",
+            self.rpc[node],
+            "--log-level",
+            "INFO",
         ]
         cmd += ["--memory"] if self.memory else ["--data-dir", str(self.root / node)]
         cmd += self.extra_args
         log = open(self.root / f"{node}.log", "ab")
-        self.procs[node] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+        self.procs[node] = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ}
+        )
 
     def start_all(self) -> None:
         for node in self.ids:
@@ -77,13 +90,15 @@ class KVCluster:
     def index_of(self, node: str) -> int:
         return self.ids.index(node)
 
-    async def wait_for_leader(self, client: KVClient, among: list[str] | None = None, timeout: float = 20.0) -> str:
+    async def wait_for_leader(
+        self, client: KVClient, among: list[str] | None = None, timeout: float = 20.0
+    ) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for node in among or list(self.procs):
                 try:
                     status = await client.status(self.index_of(node), timeout=0.5)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     continue
                 if status["role"] == "leader":
                     return node

@@ -26,15 +26,34 @@ ADMIN_PASSWORD = "admin-password-for-tests"
 TOKEN_SECRET = "token-secret-for-tests-0123456789"
 
 
-def mint_token(cluster_name: str, user: str = "admin", secret: str = TOKEN_SECRET, ttl: int = 3600) -> str:
+def mint_token(
+    cluster_name: str, user: str = "admin", secret: str = TOKEN_SECRET, ttl: int = 3600
+) -> str:
     now = int(time.time())
-    return jwt.encode({"sub": user, "role": "admin", "iat": now, "exp": now + ttl, "iss": f"ragraft:{cluster_name}"},
-                      secret, algorithm="HS256")
+    return jwt.encode(
+        {
+            "sub": user,
+            "role": "admin",
+            "iat": now,
+            "exp": now + ttl,
+            "iss": f"ragraft:{cluster_name}",
+        },
+        secret,
+        algorithm="HS256",
+    )
 
 
 class NodeCluster:
-    def __init__(self, root: Path, size: int = 3, extra_toml: str = "", env: dict[str, str] | None = None,
-                 joiners: int = 0, models: bool = False, dashboard: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        extra_toml: str = "",
+        env: dict[str, str] | None = None,
+        joiners: int = 0,
+        models: bool = False,
+        dashboard: bool = False,
+    ) -> None:
         """`models=False` starts control-plane nodes (noop tasks only, no model loading);
         `models=True` loads the bundled models on every node, as in production."""
         self.root = root
@@ -55,10 +74,16 @@ class NodeCluster:
         lines.append(extra_toml)
         self.config = root / "cluster.toml"
         self.config.write_text("\n".join(lines))
-        model_env = ({"RAGRAFT_LOAD_MODELS": "1", "RAGRAFT_MODEL_CACHE": str(MODEL_CACHE)} if models
-                     else {"RAGRAFT_LOAD_MODELS": "0"})
-        auth_env = {"RAGRAFT_ADMIN_PASSWORD": ADMIN_PASSWORD, "RAGRAFT_TOKEN_SECRET": TOKEN_SECRET,
-                    "RAGRAFT_DASHBOARD": "1" if dashboard else "0"}
+        model_env = (
+            {"RAGRAFT_LOAD_MODELS": "1", "RAGRAFT_MODEL_CACHE": str(MODEL_CACHE)}
+            if models
+            else {"RAGRAFT_LOAD_MODELS": "0"}
+        )
+        auth_env = {
+            "RAGRAFT_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "RAGRAFT_TOKEN_SECRET": TOKEN_SECRET,
+            "RAGRAFT_DASHBOARD": "1" if dashboard else "0",
+        }
         self.env = {**os.environ, **auth_env, **model_env, **(env or {})}
         self._token: str | None = None
         self.procs: dict[str, subprocess.Popen] = {}
@@ -66,8 +91,21 @@ class NodeCluster:
     def start(self, node: str, *extra: str) -> None:
         log = open(self.root / f"{node}.log", "ab")
         self.procs[node] = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "node", "--config", str(self.config), "--id", node, *extra],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+            [
+                sys.executable,
+                "-m",
+                "node.cli",
+                "node",
+                "--config",
+                str(self.config),
+                "--id",
+                node,
+                *extra,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
         )
 
     def start_all(self) -> None:
@@ -79,7 +117,7 @@ class NodeCluster:
         text = self.config.read_text()
         start = text.index(f'id = "{node}"')
         end = text.find("[[nodes]]", start)
-        return text[start:end if end >= 0 else len(text)]
+        return text[start : end if end >= 0 else len(text)]
 
     def kill(self, node: str) -> None:
         proc = self.procs.pop(node)
@@ -96,15 +134,27 @@ class NodeCluster:
                 proc.kill()
         self.procs.clear()
 
-    def request(self, node: str, method: str, path: str, body: Any = None, timeout: float = 10,
-                token: str | None = None) -> tuple[int, Any]:
+    def request(
+        self,
+        node: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 10,
+        token: str | None = None,
+    ) -> tuple[int, Any]:
         """JSON request as the admin (or with `token`; token="" sends none)."""
         status, body, _ = self.request_with_headers(node, method, path, body, timeout, token)
         return status, body
 
     def login(self, node: str, username: str = "admin", password: str = ADMIN_PASSWORD) -> str:
-        status, body, _ = self.request_with_headers(node, "POST", "/api/v1/auth/token",
-                                                    {"username": username, "password": password}, token="")
+        status, body, _ = self.request_with_headers(
+            node,
+            "POST",
+            "/api/v1/auth/token",
+            {"username": username, "password": password},
+            token="",
+        )
         assert status == 200, body
         return body["access_token"]
 
@@ -115,16 +165,31 @@ class NodeCluster:
             self._token = mint_token("test")
         return self._token
 
-    def request_with_headers(self, node: str, method: str, path: str, body: Any = None,
-                             timeout: float = 10, token: str | None = None) -> tuple[int, Any, dict[str, str]]:
+    def request_with_headers(
+        self,
+        node: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 10,
+        token: str | None = None,
+    ) -> tuple[int, Any, dict[str, str]]:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"}
-        needs_auth = path not in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v1/auth/token")
+        needs_auth = path not in (
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/openapi.json",
+            "/api/v1/auth/token",
+        )
         if token is None and needs_auth:
             token = self.admin_token(node)
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(self.api[node] + path, data=data, method=method, headers=headers)
+        req = urllib.request.Request(
+            self.api[node] + path, data=data, method=method, headers=headers
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null"), dict(resp.headers)
@@ -149,8 +214,10 @@ class NodeCluster:
                     pending.discard(node)
             time.sleep(0.5)
         if pending:
-            raise AssertionError(f"models not loaded within {timeout} s on {sorted(pending)}: {last}; "
-                                 f"logs in {self.root}")
+            raise AssertionError(
+                f"models not loaded within {timeout} s on {sorted(pending)}: {last}; "
+                f"logs in {self.root}"
+            )
 
     def _accounts_ready(self, nodes: list[str]) -> bool:
         """The leader sets up the admin account a moment after the first election;
@@ -158,8 +225,13 @@ class NodeCluster:
         password = self.env.get("RAGRAFT_ADMIN_PASSWORD")
         if not password:
             return True
-        status, _, _ = self.request_with_headers(nodes[0], "POST", "/api/v1/auth/token",
-                                                 {"username": "admin", "password": password}, token="")
+        status, _, _ = self.request_with_headers(
+            nodes[0],
+            "POST",
+            "/api/v1/auth/token",
+            {"username": "admin", "password": password},
+            token="",
+        )
         return status == 200
 
     def wait_applied(self, reader: str, writer: str, timeout: float = 10) -> None:
@@ -168,7 +240,9 @@ class NodeCluster:
         commit = self.request(writer, "GET", "/api/v1/cluster")[1]["commit_index"]
         deadline = time.monotonic() + timeout
         while self.request(reader, "GET", "/api/v1/cluster")[1]["applied_index"] < commit:
-            assert time.monotonic() < deadline, f"{reader} did not apply index {commit} within {timeout} s"
+            assert time.monotonic() < deadline, (
+                f"{reader} did not apply index {commit} within {timeout} s"
+            )
             time.sleep(0.05)
 
     def read_barrier(self, reader: str, timeout: float = 10, token: str | None = None) -> int:
@@ -217,8 +291,11 @@ def users_toml(**passwords: str) -> str:
     """[[security.users]] sections: a user of role "user" per name=password."""
     from node.auth import hash_password
 
-    return "".join(f'[[security.users]]\nname = "{name}"\nrole = "user"\n'
-                   f'password_hash = "{hash_password(password)}"\n' for name, password in passwords.items())
+    return "".join(
+        f'[[security.users]]\nname = "{name}"\nrole = "user"\n'
+        f'password_hash = "{hash_password(password)}"\n'
+        for name, password in passwords.items()
+    )
 
 
 @contextlib.contextmanager
@@ -237,7 +314,9 @@ def running_cluster(root: Path, **kwargs: Any) -> Iterator[NodeCluster]:
 
 def add_text_document(cluster: NodeCluster, title: str, text: str, timeout: float = 60) -> dict:
     """Upload a text document through the API and wait until it is ingested."""
-    status, body = cluster.request("n1", "POST", "/api/v1/kb/documents", {"title": title, "text": text})
+    status, body = cluster.request(
+        "n1", "POST", "/api/v1/kb/documents", {"title": title, "text": text}
+    )
     assert status == 202, body
     task_id = body["tasks"][0]["id"]
     deadline = time.monotonic() + timeout

@@ -60,7 +60,9 @@ class Net:
         peer.stable.crash()
         peer.snaps.crash()
         first, last = peer.log.bounds()
-        restored = RestoredState(peer.stable.load(), peer.snaps.latest(), peer.log.entries(first, last + 1))
+        restored = RestoredState(
+            peer.stable.load(), peer.snaps.latest(), peer.log.entries(first, last + 1)
+        )
         peer.applied = []  # the state machine is rebuilt: from the snapshot, then the log
         self._start(node, restored, persist=False)
         return peer

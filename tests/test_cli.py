@@ -21,14 +21,27 @@ pytestmark = pytest.mark.e2e
 CITATION = re.compile(r"^\[\d+\] .+ \(doc \S+, chunk \d+\)", re.MULTILINE)
 
 
-def ragraft(cluster: NodeCluster, home: Path, *args: str, stdin: str | None = None, timeout: float = 120,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def ragraft(
+    cluster: NodeCluster,
+    home: Path,
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     full_env = {**cluster.env, "RAGRAFT_CONFIG_DIR": str(home), **(env or {})}
     if not env or "RAGRAFT_API_KEY" not in env:
         full_env.pop("RAGRAFT_API_KEY", None)  # only the credentials under test
-    return subprocess.run([sys.executable, "-m", "node.cli", *args, "--config", str(cluster.config)],
-                          input=stdin, capture_output=True, text=True, timeout=timeout, env=full_env,
-                          cwd=cluster.root, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *args, "--config", str(cluster.config)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cluster.root,
+        check=False,
+    )
 
 
 def login(cluster: NodeCluster, home: Path) -> None:
@@ -44,9 +57,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
 
 def test_no_node_answers_lists_the_urls_and_suggests_ragraft_up(tmp_path: Path) -> None:
     urls = [f"http://127.0.0.1:{port}" for port in free_ports(2)]
-    out = subprocess.run([sys.executable, "-m", "node.cli", "status", "--url", urls[0], "--url", urls[1]],
-                         capture_output=True, text=True, timeout=60, check=False,
-                         env={"PATH": "/usr/bin:/bin", "RAGRAFT_CONFIG_DIR": str(tmp_path)})
+    out = subprocess.run(
+        [sys.executable, "-m", "node.cli", "status", "--url", urls[0], "--url", urls[1]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "RAGRAFT_CONFIG_DIR": str(tmp_path)},
+    )
     assert out.returncode == 1
     assert all(url in out.stderr for url in urls) and "ragraft up" in out.stderr
 
@@ -71,7 +89,9 @@ def test_login_submit_wait_list_show_cancel(cluster: NodeCluster, tmp_path: Path
 
     out = ragraft(cluster, tmp_path, "submit", "200", "--type", "noop", "--wait")
     assert out.returncode == 0, out.stderr
-    assert "slept" in out.stdout and "completed" in out.stderr  # the answer; progress lines on stderr
+    assert (
+        "slept" in out.stdout and "completed" in out.stderr
+    )  # the answer; progress lines on stderr
     out = ragraft(cluster, tmp_path, "submit", "200", "--type", "noop", "--wait", "--json")
     assert out.returncode == 0, out.stderr
     task = json.loads(out.stdout)
@@ -79,8 +99,15 @@ def test_login_submit_wait_list_show_cancel(cluster: NodeCluster, tmp_path: Path
 
     out = ragraft(cluster, tmp_path, "tasks", "--state", "completed")
     assert out.returncode == 0 and task["id"] in out.stdout and "completed" in out.stdout
-    assert out.stdout.splitlines()[0].split() == ["id", "type", "state", "priority", "node", "submitted",
-                                                  "progress"]
+    assert out.stdout.splitlines()[0].split() == [
+        "id",
+        "type",
+        "state",
+        "priority",
+        "node",
+        "submitted",
+        "progress",
+    ]
     listed = json.loads(ragraft(cluster, tmp_path, "tasks", "--json").stdout)
     assert listed["total"] >= 2 and task["id"] in [t["id"] for t in listed["items"]]
     out = ragraft(cluster, tmp_path, "show", task["id"])
@@ -91,31 +118,52 @@ def test_login_submit_wait_list_show_cancel(cluster: NodeCluster, tmp_path: Path
     out = ragraft(cluster, tmp_path, "cancel", task["id"])
     assert out.returncode == 1 and "it is completed" in out.stderr  # says why: it already finished
     out = ragraft(cluster, tmp_path, "cancel", task["id"], "--json")
-    assert out.returncode == 1 and json.loads(out.stdout)["error"]["details"]["state"] == "completed"
+    assert (
+        out.returncode == 1 and json.loads(out.stdout)["error"]["details"]["state"] == "completed"
+    )
     out = ragraft(cluster, tmp_path, "show", "no-such-task")
     assert out.returncode == 1 and "no task no-such-task" in out.stderr
 
     out = ragraft(cluster, tmp_path, "status")
     assert out.returncode == 0, out.stderr
-    assert "leader" in out.stdout and "n1" in out.stdout and "quorum yes" in out.stdout and "tasks:" in out.stdout
+    assert (
+        "leader" in out.stdout
+        and "n1" in out.stdout
+        and "quorum yes" in out.stdout
+        and "tasks:" in out.stdout
+    )
     status = json.loads(ragraft(cluster, tmp_path, "status", "--json").stdout)
-    assert status["cluster"]["quorum"] and len(status["nodes"]["items"]) == 3 and status["stats"]["completed"] >= 2
+    assert (
+        status["cluster"]["quorum"]
+        and len(status["nodes"]["items"]) == 3
+        and status["stats"]["completed"] >= 2
+    )
 
 
 def test_cancel_abort_retry(cluster: NodeCluster, tmp_path: Path) -> None:
     login(cluster, tmp_path)
     # Fill all six slots (3 nodes x 2) with long urgent tasks: a low-priority one stays queued.
-    busy = [ragraft(cluster, tmp_path, "submit", "30000", "--type", "noop", "--priority", "9").stdout.strip()
-            for _ in range(6)]
-    waiting = ragraft(cluster, tmp_path, "submit", "1", "--type", "noop", "--priority", "0").stdout.strip()
+    busy = [
+        ragraft(
+            cluster, tmp_path, "submit", "30000", "--type", "noop", "--priority", "9"
+        ).stdout.strip()
+        for _ in range(6)
+    ]
+    waiting = ragraft(
+        cluster, tmp_path, "submit", "1", "--type", "noop", "--priority", "0"
+    ).stdout.strip()
     assert all(busy) and waiting
     try:
         deadline = time.monotonic() + 10
-        while "running" not in ragraft(cluster, tmp_path, "show", busy[0]).stdout.split("timeline")[0]:
+        while (
+            "running" not in ragraft(cluster, tmp_path, "show", busy[0]).stdout.split("timeline")[0]
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.2)
         out = ragraft(cluster, tmp_path, "cancel", busy[0])
-        assert out.returncode == 1 and "it is running" in out.stderr and "ragraft abort" in out.stderr
+        assert (
+            out.returncode == 1 and "it is running" in out.stderr and "ragraft abort" in out.stderr
+        )
         out = ragraft(cluster, tmp_path, "cancel", waiting)
         assert out.returncode == 0 and "cancelled" in out.stdout, out.stderr
         out = ragraft(cluster, tmp_path, "retry", waiting)
@@ -149,28 +197,45 @@ def model_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClus
         yield cluster
 
 
-def test_kb_add_ls_rm_and_a_question_answered_with_citations(model_cluster: NodeCluster, tmp_path: Path) -> None:
+def test_kb_add_ls_rm_and_a_question_answered_with_citations(
+    model_cluster: NodeCluster, tmp_path: Path
+) -> None:
     home = tmp_path / "home"
     login(model_cluster, home)
     note = tmp_path / "lighthouse.md"
-    note.write_text("# Lighthouses\n\nThe lighthouse keeper polishes the great lens every Tuesday.\n")
-    out = ragraft(model_cluster, home, "kb", "add", str(note), str(tmp_path / "missing.txt"), "--tags", "sea")
+    note.write_text(
+        "# Lighthouses\n\nThe lighthouse keeper polishes the great lens every Tuesday.\n"
+    )
+    out = ragraft(
+        model_cluster, home, "kb", "add", str(note), str(tmp_path / "missing.txt"), "--tags", "sea"
+    )
     assert out.returncode == 1  # one of the two files cannot be read ...
-    assert "cannot read" in out.stderr and "lighthouse.md: ingested as" in out.stdout  # ... the other went in
+    assert (
+        "cannot read" in out.stderr and "lighthouse.md: ingested as" in out.stdout
+    )  # ... the other went in
     assert "completed" in out.stderr  # the ingest was followed to its end
     docs = json.loads(ragraft(model_cluster, home, "kb", "ls", "--json").stdout)["items"]
     doc = next(d for d in docs if d["title"] == "lighthouse.md")
     out = ragraft(model_cluster, home, "kb", "ls")
     assert doc["id"] in out.stdout and "ready" in out.stdout and "sea" in out.stdout
 
-    out = ragraft(model_cluster, home, "submit", "What does the lighthouse keeper polish?", "--max-tokens", "24",
-                  "--wait")
+    out = ragraft(
+        model_cluster,
+        home,
+        "submit",
+        "What does the lighthouse keeper polish?",
+        "--max-tokens",
+        "24",
+        "--wait",
+    )
     assert out.returncode == 0, out.stderr
     answer, _, sources = out.stdout.partition("\n\n")
     assert answer.strip() and "completed" in out.stderr
     assert CITATION.search(sources) and f"(doc {doc['id']}, chunk 0)" in sources, out.stdout
     out = ragraft(model_cluster, home, "kb", "search", "great lens", "-k", "1")
-    assert out.returncode == 0 and "lens" in out.stdout and CITATION.search(out.stdout.splitlines()[0])
+    assert (
+        out.returncode == 0 and "lens" in out.stdout and CITATION.search(out.stdout.splitlines()[0])
+    )
 
     out = ragraft(model_cluster, home, "kb", "rm", doc["id"])
     assert out.returncode == 0 and f"deleted {doc['id']}" in out.stdout, out.stderr

@@ -33,8 +33,12 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.1):
 def test_tasks_submitted_anywhere_run_once_spread_over_nodes(cluster):
     ids = []
     for i in range(30):
-        status, task = cluster.request(cluster.ids[i % 3], "POST", "/api/v1/tasks",
-                                       {"type": "noop", "input": {"duration_ms": 150}})
+        status, task = cluster.request(
+            cluster.ids[i % 3],
+            "POST",
+            "/api/v1/tasks",
+            {"type": "noop", "input": {"duration_ms": 150}},
+        )
         assert status == 201 and task["state"] == "queued", task
         ids.append(task["id"])
 
@@ -57,10 +61,16 @@ def test_tasks_submitted_anywhere_run_once_spread_over_nodes(cluster):
 
 def test_cancel_queued_never_runs_and_errors_are_clear(cluster):
     # fill every slot (3 nodes x 2) with long tasks, then queue one more
-    long = [cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 4000}})[1]
-            for _ in range(6)]
+    long = [
+        cluster.request(
+            "n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 4000}}
+        )[1]
+        for _ in range(6)
+    ]
     wait_for(lambda: cluster.request("n1", "GET", "/api/v1/stats")[1]["running"] == 6)
-    status, victim = cluster.request("n2", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 10}})
+    status, victim = cluster.request(
+        "n2", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 10}}
+    )
     status, cancelled = cluster.request("n3", "DELETE", f"/api/v1/tasks/{victim['id']}")
     assert status == 200 and cancelled["state"] == "cancelled"
     status, body = cluster.request("n1", "DELETE", f"/api/v1/tasks/{long[0]['id']}")
@@ -72,21 +82,41 @@ def test_cancel_queued_never_runs_and_errors_are_clear(cluster):
     assert status == 422 and body["error"]["details"]["field"] == "type"
     wait_for(lambda: cluster.request("n1", "GET", "/api/v1/stats")[1]["completed"] == 6, timeout=30)
     status, task = cluster.request("n2", "GET", f"/api/v1/tasks/{victim['id']}")
-    assert task["state"] == "cancelled" and task["node"] is None and task["attempt"] == 0  # it never ran
+    assert (
+        task["state"] == "cancelled" and task["node"] is None and task["attempt"] == 0
+    )  # it never ran
     # abort a running task: it stops at its next checkpoint
-    status, slow = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 20000}})
-    wait_for(lambda: cluster.request("n1", "GET", f"/api/v1/tasks/{slow['id']}")[1].get("state") == "running")
+    status, slow = cluster.request(
+        "n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 20000}}
+    )
+    wait_for(
+        lambda: (
+            cluster.request("n1", "GET", f"/api/v1/tasks/{slow['id']}")[1].get("state") == "running"
+        )
+    )
     assert cluster.request("n2", "POST", f"/api/v1/tasks/{slow['id']}/abort")[0] == 200
-    wait_for(lambda: cluster.request("n1", "GET", f"/api/v1/tasks/{slow['id']}")[1].get("state") == "cancelled",
-             timeout=5)
+    wait_for(
+        lambda: (
+            cluster.request("n1", "GET", f"/api/v1/tasks/{slow['id']}")[1].get("state")
+            == "cancelled"
+        ),
+        timeout=5,
+    )
     status, again = cluster.request("n3", "POST", f"/api/v1/tasks/{slow['id']}/retry")
     assert status == 201 and again["id"] != slow["id"] and again["input"] == slow["input"]
 
 
 def test_without_a_majority_reads_work_marked_stale_and_writes_fail_clearly(cluster):
-    status, task = cluster.request("n3", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 0}})
+    status, task = cluster.request(
+        "n3", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 0}}
+    )
     assert status == 201
-    wait_for(lambda: cluster.request("n3", "GET", f"/api/v1/tasks/{task['id']}")[1].get("state") == "completed")
+    wait_for(
+        lambda: (
+            cluster.request("n3", "GET", f"/api/v1/tasks/{task['id']}")[1].get("state")
+            == "completed"
+        )
+    )
     cluster.kill("n1")
     cluster.kill("n2")
     time.sleep(1.5)  # the survivor notices the leader is gone
@@ -108,13 +138,23 @@ def test_http_refusals_are_json_errors(tmp_path):
     try:
         cluster.wait_ready()
         status, body = cluster.request("n1", "GET", "/api/v1/nope")
-        assert status == 404 and body["error"]["code"] == "not_found" and "/openapi.json" in body["error"]["message"]
+        assert (
+            status == 404
+            and body["error"]["code"] == "not_found"
+            and "/openapi.json" in body["error"]["message"]
+        )
         status, body = cluster.request("n1", "PUT", "/api/v1/tasks")
         assert status == 405 and body["error"]["code"] == "method_not_allowed"
-        status, body = cluster.request("n1", "POST", "/api/v1/tasks",
-                                       {"type": "noop", "input": {"pad": "x" * (3 * 1024 * 1024)}})
+        status, body = cluster.request(
+            "n1",
+            "POST",
+            "/api/v1/tasks",
+            {"type": "noop", "input": {"pad": "x" * (3 * 1024 * 1024)}},
+        )
         assert status == 413 and body["error"]["code"] == "too_large"
-        status, body = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "qa", "input": {"query": "q" * 9000}})
+        status, body = cluster.request(
+            "n1", "POST", "/api/v1/tasks", {"type": "qa", "input": {"query": "q" * 9000}}
+        )
         assert status == 422 and body["error"]["details"]["field"] == "input.query"
     finally:
         cluster.stop_all()

@@ -308,13 +308,13 @@ _membership = st.builds(
 )
 _meta = st.builds(SnapshotMeta, _u64, _u64, _membership, _u64)
 
+
 def _msg(cls: type, **extra: st.SearchStrategy) -> st.SearchStrategy:
     return st.builds(cls, term=_u64, src=_ids, dst=_ids, **extra)
 
+
 _messages = st.one_of(
-    _msg(
-        VoteRequest, last_index=_u64, last_term=_u64, pre=st.booleans(), transfer=st.booleans()
-    ),
+    _msg(VoteRequest, last_index=_u64, last_term=_u64, pre=st.booleans(), transfer=st.booleans()),
     _msg(VoteResponse, granted=st.booleans(), pre=st.booleans()),
     _msg(
         AppendRequest,
@@ -334,10 +334,12 @@ _messages = st.one_of(
     _msg(ReadIndexResponse, index=_u64, ctx=_blob),
 )
 
+
 @settings(max_examples=300, deadline=None)
 @given(_messages)
 def test_property_round_trip(msg: object) -> None:
     assert decode(encode(msg)) == msg  # type: ignore[arg-type]
+
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))

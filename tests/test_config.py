@@ -15,8 +15,15 @@ def base() -> dict:
     return {
         "cluster": {"name": "t"},
         "nodes": [
-            {"id": f"n{i}", "host": "127.0.0.1", "raft_port": 7100 + i, "gossip_port": 7200 + i,
-             "api_port": 8100 + i, "dashboard_port": 8300 + i, "data_dir": f"d/n{i}"}
+            {
+                "id": f"n{i}",
+                "host": "127.0.0.1",
+                "raft_port": 7100 + i,
+                "gossip_port": 7200 + i,
+                "api_port": 8100 + i,
+                "dashboard_port": 8300 + i,
+                "data_dir": f"d/n{i}",
+            }
             for i in (1, 2, 3)
         ],
         "raft": {"tick_ms": 50},
@@ -41,7 +48,10 @@ def test_repository_cluster_toml_is_valid():
         (lambda c: c["raft"].update(tick_ms=0), "raft.tick_ms"),
         (lambda c: c["raft"].update(election_ticks=1), "raft.election_ticks"),
         (lambda c: c["raft"].update(speed=3), "raft.speed"),
-        (lambda c: c["cluster"].update(curve_public_key="x" * 40), "cluster.curve_public_key/curve_secret_key"),
+        (
+            lambda c: c["cluster"].update(curve_public_key="x" * 40),
+            "cluster.curve_public_key/curve_secret_key",
+        ),
         (lambda c: c.pop("nodes"), "nodes"),
         (lambda c: c.update(security={"encryption_key": "not-base64!"}), "security.encryption_key"),
         (lambda c: c.update(security={"encryption_key": "c2hvcnQ="}), "security.encryption_key"),
@@ -68,8 +78,15 @@ def test_bad_values_name_their_key(mutate, key):
 
 
 def test_environment_overrides_secrets_and_tick():
-    config = parse(base(), Path("c.toml"), env={
-        "RAGRAFT_CLUSTER_PUBLIC_KEY": "p" * 40, "RAGRAFT_CLUSTER_SECRET_KEY": "s" * 40, "RAGRAFT_TICK_MS": "20"})
+    config = parse(
+        base(),
+        Path("c.toml"),
+        env={
+            "RAGRAFT_CLUSTER_PUBLIC_KEY": "p" * 40,
+            "RAGRAFT_CLUSTER_SECRET_KEY": "s" * 40,
+            "RAGRAFT_TICK_MS": "20",
+        },
+    )
     assert config.curve_enabled and config.curve_secret == "s" * 40
     assert config.raft.tick_ms == 20
 
@@ -86,11 +103,24 @@ def test_unknown_node_id_lists_the_known_ones():
 
 
 def test_model_and_data_settings_from_the_environment():
-    config = parse({**base(), "models": {"cache_dir": "cache"}}, Path("/srv/c.toml"), env={
-        "RAGRAFT_LOAD_MODELS": "0", "RAGRAFT_GENERATOR": "openai:http://x/v1#m", "RAGRAFT_DATA_DIR": "/data"})
+    config = parse(
+        {**base(), "models": {"cache_dir": "cache"}},
+        Path("/srv/c.toml"),
+        env={
+            "RAGRAFT_LOAD_MODELS": "0",
+            "RAGRAFT_GENERATOR": "openai:http://x/v1#m",
+            "RAGRAFT_DATA_DIR": "/data",
+        },
+    )
     assert not config.models.load
     assert config.models.generator == "openai:http://x/v1#m"
     assert config.models.cache_dir == Path("/srv/cache")  # relative to the file
-    assert [n.data_dir for n in config.nodes] == [Path("/data/n1"), Path("/data/n2"), Path("/data/n3")]
+    assert [n.data_dir for n in config.nodes] == [
+        Path("/data/n1"),
+        Path("/data/n2"),
+        Path("/data/n3"),
+    ]
     defaults = parse(base(), Path("c.toml"), env={})
-    assert defaults.models.load and defaults.models.cache_dir is None and defaults.rag.mode == "hybrid"
+    assert (
+        defaults.models.load and defaults.models.cache_dir is None and defaults.rag.mode == "hybrid"
+    )

@@ -13,8 +13,15 @@ from tests.kvcluster import KVCluster
 pytestmark = pytest.mark.e2e
 
 
-async def _load(cluster: KVCluster, client, live: list[str], stop: asyncio.Event, acked: dict, issued: dict,
-                worker: int) -> None:
+async def _load(
+    cluster: KVCluster,
+    client,
+    live: list[str],
+    stop: asyncio.Event,
+    acked: dict,
+    issued: dict,
+    worker: int,
+) -> None:
     seq = 0
     while not stop.is_set():
         seq += 1
@@ -40,7 +47,10 @@ def test_kill_leader_under_load_loses_nothing_and_recovers_fast(tmp_path):
             stop = asyncio.Event()
             acked: dict[str, float] = {}
             issued: dict[str, float] = {}
-            workers = [asyncio.create_task(_load(cluster, client, live, stop, acked, issued, w)) for w in range(8)]
+            workers = [
+                asyncio.create_task(_load(cluster, client, live, stop, acked, issued, w))
+                for w in range(8)
+            ]
             await asyncio.sleep(1.5)
             before_kill = len(acked)
             cluster.kill(leader)
@@ -54,7 +64,9 @@ def test_kill_leader_under_load_loses_nothing_and_recovers_fast(tmp_path):
             after = [acked[k] for k in acked if issued[k] > killed_at]
             assert after, "no put succeeded after the leader was killed"
             recovery = min(after) - killed_at
-            print(f"\nleader {leader} killed; first put issued after the kill acknowledged in {recovery * 1000:.0f} ms")
+            print(
+                f"\nleader {leader} killed; first put issued after the kill acknowledged in {recovery * 1000:.0f} ms"
+            )
             assert recovery < 2.0
 
             new_leader = await cluster.wait_for_leader(client, among=live)
@@ -62,12 +74,16 @@ def test_kill_leader_under_load_loses_nothing_and_recovers_fast(tmp_path):
             for node in live:
                 keys = set((await client.call(cluster.index_of(node), "keys", {}))["keys"])
                 missing = set(acked) - keys
-                assert not missing, f"{node} lost {len(missing)} acknowledged puts, e.g. {sorted(missing)[:3]}"
+                assert not missing, (
+                    f"{node} lost {len(missing)} acknowledged puts, e.g. {sorted(missing)[:3]}"
+                )
 
             # the killed leader restarts from its data dir and catches up
             cluster.start(leader)
             await asyncio.sleep(0.5)
-            keys = set((await client.call(cluster.index_of(leader), "keys", {}, timeout=10))["keys"])
+            keys = set(
+                (await client.call(cluster.index_of(leader), "keys", {}, timeout=10))["keys"]
+            )
             assert set(acked) <= keys
         finally:
             client.close()
@@ -90,7 +106,9 @@ def test_restarted_follower_catches_up_through_snapshot(tmp_path):
             await client.put("early", b"1", server=cluster.index_of(leader))
             cluster.kill(follower)
             lead = cluster.index_of(leader)
-            await asyncio.gather(*(client.put(f"k{i}", b"v" * 100, server=lead) for i in range(1000)))
+            await asyncio.gather(
+                *(client.put(f"k{i}", b"v" * 100, server=lead) for i in range(1000))
+            )
             status = await client.status(lead)
             assert status["snapshot_index"] > 0, "the leader should have compacted its log"
             cluster.start(follower)
@@ -100,7 +118,7 @@ def test_restarted_follower_catches_up_through_snapshot(tmp_path):
                     s = await client.status(cluster.index_of(follower), timeout=0.5)
                     if s["applied"] >= status["commit"]:
                         break
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     pass
                 await asyncio.sleep(0.1)
             s = await client.status(cluster.index_of(follower))

@@ -21,21 +21,37 @@ from tests.nodecluster import ADMIN_PASSWORD, NodeCluster, users_toml
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 SHOTS = Path(__file__).parent.parent / "artifacts" / "dashboard"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
-    cluster = NodeCluster(tmp_path_factory.mktemp("dashboard"), models=True, dashboard=True,
-                          extra_toml=users_toml(alice="alice-password"))
+    cluster = NodeCluster(
+        tmp_path_factory.mktemp("dashboard"),
+        models=True,
+        dashboard=True,
+        extra_toml=users_toml(alice="alice-password"),
+    )
     cluster.start_all()
     try:
         cluster.wait_ready(timeout=90)
         cluster.wait_models()
-        _, body = cluster.request("n1", "POST", "/api/v1/kb/documents", {
-            "title": "Lighthouses", "text": "The lighthouse keeper polishes the great lens every Tuesday."})
+        _, body = cluster.request(
+            "n1",
+            "POST",
+            "/api/v1/kb/documents",
+            {
+                "title": "Lighthouses",
+                "text": "The lighthouse keeper polishes the great lens every Tuesday.",
+            },
+        )
         wait_state(cluster, body["tasks"][0]["id"], "completed")
         yield cluster
     finally:
@@ -44,7 +60,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: apt-get install chromium (see .ci/run)"
+    assert Path(CHROMIUM).exists(), (
+        "Debian's chromium is missing: apt-get install chromium (see .ci/run)"
+    )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield browser
@@ -61,7 +79,9 @@ def wait_state(cluster: NodeCluster, task_id: str, state: str, timeout: float = 
         time.sleep(0.3)
 
 
-def logged_in(browser: Browser, url: str, user: str = "admin", password: str = ADMIN_PASSWORD) -> Page:
+def logged_in(
+    browser: Browser, url: str, user: str = "admin", password: str = ADMIN_PASSWORD
+) -> Page:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
     page.get_by_placeholder("username").fill(user)
@@ -73,7 +93,8 @@ def logged_in(browser: Browser, url: str, user: str = "admin", password: str = A
 
 def source_data(page: Page, name: str) -> dict:
     """The data of a named Bokeh ColumnDataSource as the browser holds it."""
-    return page.evaluate("""name => {
+    return page.evaluate(
+        """name => {
         for (const doc of Bokeh.documents) {
             const model = doc.get_model_by_name(name);
             if (model) {
@@ -84,7 +105,9 @@ def source_data(page: Page, name: str) -> dict:
             }
         }
         return null;
-    }""", name)
+    }""",
+        name,
+    )
 
 
 def submit(cluster: NodeCluster, node: str, body: dict) -> dict:
@@ -98,7 +121,9 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def test_login_is_required_and_wrong_passwords_are_refused(cluster: NodeCluster, browser: Browser) -> None:
+def test_login_is_required_and_wrong_passwords_are_refused(
+    cluster: NodeCluster, browser: Browser
+) -> None:
     page = browser.new_page()
     page.goto(cluster.dashboard_urls["n2"])
     page.fill("input[type=password]", "wrong")
@@ -108,7 +133,9 @@ def test_login_is_required_and_wrong_passwords_are_refused(cluster: NodeCluster,
     page.close()
 
 
-def test_submit_a_question_and_watch_it_reach_its_answer(cluster: NodeCluster, browser: Browser) -> None:
+def test_submit_a_question_and_watch_it_reach_its_answer(
+    cluster: NodeCluster, browser: Browser
+) -> None:
     page = logged_in(browser, cluster.dashboard_urls["n1"])
     shot(page, "overview")
     page.locator(".bk-tab", has_text="Submit").click()
@@ -126,7 +153,9 @@ def test_submit_a_question_and_watch_it_reach_its_answer(cluster: NodeCluster, b
             if not seen or seen[-1] != state:
                 seen.append(state)
         time.sleep(0.1)
-    assert "running" in seen and seen == [s for s in ("queued", "running", "completed") if s in seen], seen
+    assert "running" in seen and seen == [
+        s for s in ("queued", "running", "completed") if s in seen
+    ], seen
     expect(page.locator(".answer").first).to_be_visible()
     timeline = page.locator(".submit-result li")
     for state in ("queued", "running", "completed"):
@@ -139,13 +168,19 @@ def test_submit_a_question_and_watch_it_reach_its_answer(cluster: NodeCluster, b
     page.close()
 
 
-def test_filter_sort_and_page_through_more_than_a_thousand_tasks(cluster: NodeCluster, browser: Browser) -> None:
-    bodies = [{"type": "noop", "input": {"duration_ms": 1}, "priority": i % 10} for i in range(1050)]
+def test_filter_sort_and_page_through_more_than_a_thousand_tasks(
+    cluster: NodeCluster, browser: Browser
+) -> None:
+    bodies = [
+        {"type": "noop", "input": {"duration_ms": 1}, "priority": i % 10} for i in range(1050)
+    ]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda b: submit(cluster, ("n1", "n2", "n3")[b["priority"] % 3], b), bodies))
     _, everything = cluster.request("n1", "GET", "/api/v1/tasks?type=noop&limit=1")
     assert everything["total"] >= 1050
-    _, sevens = cluster.request("n1", "GET", "/api/v1/tasks?type=noop&priority=7&sort=submitted&limit=500")
+    _, sevens = cluster.request(
+        "n1", "GET", "/api/v1/tasks?type=noop&priority=7&sort=submitted&limit=500"
+    )
     page = logged_in(browser, cluster.dashboard_urls["n3"])
     page.locator(".bk-tab", has_text="Tasks").click()
     info = page.locator(".page-info")
@@ -165,7 +200,9 @@ def test_filter_sort_and_page_through_more_than_a_thousand_tasks(cluster: NodeCl
     page.locator(".f-priority select").select_option("7")
     page.locator(".f-sort select").select_option("oldest first")
     expect(info).to_contain_text(f"page 1 · {sevens['total']} tasks", timeout=10_000)
-    first = page.locator(".tasks-table .tabulator-row").first.locator(".tabulator-cell[tabulator-field=id]")
+    first = page.locator(".tasks-table .tabulator-row").first.locator(
+        ".tabulator-cell[tabulator-field=id]"
+    )
     expect(first).to_have_text(sevens["items"][0]["id"])
     for row in page.locator(".tasks-table .tabulator-row").all()[:10]:
         expect(row.locator(".tabulator-cell[tabulator-field=priority]")).to_have_text("7")
@@ -174,7 +211,9 @@ def test_filter_sort_and_page_through_more_than_a_thousand_tasks(cluster: NodeCl
     page.close()
 
 
-def test_overview_charts_and_cards_follow_the_cluster(cluster: NodeCluster, browser: Browser) -> None:
+def test_overview_charts_and_cards_follow_the_cluster(
+    cluster: NodeCluster, browser: Browser
+) -> None:
     page = logged_in(browser, cluster.dashboard_urls["n2"])
     page.wait_for_function("() => window.Bokeh && Bokeh.documents.length > 0")
     # the cards and the charts' data are the API's
@@ -210,7 +249,10 @@ def test_overview_charts_and_cards_follow_the_cluster(cluster: NodeCluster, brow
         expect(row.locator(".tabulator-cell[tabulator-field=term]")).not_to_be_empty()
     # every node's CPU history, as n2's gossip saw it, reached the browser
     deadline = time.monotonic() + 10
-    while any(len((source_data(page, f"cpu_percent-{n}") or {"t": []})["t"]) < 2 for n in ("n1", "n2", "n3")):
+    while any(
+        len((source_data(page, f"cpu_percent-{n}") or {"t": []})["t"]) < 2
+        for n in ("n1", "n2", "n3")
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.5)
     shot(page, "nodes")
@@ -219,22 +261,28 @@ def test_overview_charts_and_cards_follow_the_cluster(cluster: NodeCluster, brow
     page.close()
 
 
-def test_a_user_sees_only_their_tasks_and_cannot_change_the_knowledge_base(cluster: NodeCluster,
-                                                                          browser: Browser) -> None:
+def test_a_user_sees_only_their_tasks_and_cannot_change_the_knowledge_base(
+    cluster: NodeCluster, browser: Browser
+) -> None:
     page = logged_in(browser, cluster.dashboard_urls["n2"], "alice", "alice-password")
     page.locator(".bk-tab", has_text="Tasks").click()
-    expect(page.locator(".page-info")).to_contain_text("page 1 · 0 tasks", timeout=10_000)  # admin's are hidden
+    expect(page.locator(".page-info")).to_contain_text(
+        "page 1 · 0 tasks", timeout=10_000
+    )  # admin's are hidden
     page.locator(".bk-tab", has_text="Submit").click()
     page.locator(".s-type select").select_option("retrieve")
     page.locator("textarea").fill("lighthouse lens")
     page.get_by_role("button", name="Submit").click()
-    expect(page.locator(".submit-result .passage").first).to_contain_text("great lens", timeout=60_000)
+    expect(page.locator(".submit-result .passage").first).to_contain_text(
+        "great lens", timeout=60_000
+    )
     page.locator(".bk-tab", has_text="Tasks").click()
     expect(page.locator(".page-info")).to_contain_text("page 1 · 1 tasks", timeout=10_000)
     expect(page.locator(".tasks-table .tabulator-row")).to_contain_text("alice")
     page.locator(".bk-tab", has_text="Knowledge").click()
     page.locator(".documents-table .tabulator-row", has_text="Lighthouses").locator(
-        ".tabulator-cell[tabulator-field=title]").click()
+        ".tabulator-cell[tabulator-field=title]"
+    ).click()
     page.get_by_role("button", name="Delete selected document").click()
     expect(page.get_by_text("delete refused: only an admin")).to_be_visible(timeout=10_000)
     assert cluster.request("n1", "GET", "/api/v1/kb/documents")[1]["total"] >= 1
@@ -243,10 +291,13 @@ def test_a_user_sees_only_their_tasks_and_cannot_change_the_knowledge_base(clust
 
 
 def test_cancel_a_queued_task_from_the_table(cluster: NodeCluster, browser: Browser) -> None:
-    blockers = [submit(cluster, "n1", {"type": "noop", "input": {"duration_ms": 30_000}, "priority": 9})
-                for _ in range(6)]  # two slots on each of three nodes: all busy
-    _, waiting = cluster.request("n2", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 1},
-                                                                  "priority": 0})
+    blockers = [
+        submit(cluster, "n1", {"type": "noop", "input": {"duration_ms": 30_000}, "priority": 9})
+        for _ in range(6)
+    ]  # two slots on each of three nodes: all busy
+    _, waiting = cluster.request(
+        "n2", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 1}, "priority": 0}
+    )
     page = logged_in(browser, cluster.dashboard_urls["n3"])
     page.locator(".bk-tab", has_text="Tasks").click()
     page.get_by_placeholder("id, text, owner, error").fill(waiting["id"])
@@ -269,7 +320,9 @@ def test_cancel_a_queued_task_from_the_table(cluster: NodeCluster, browser: Brow
     expect(row).to_have_count(1, timeout=15_000)
     row.locator("input[type='checkbox']").click()
     page.get_by_role("button", name="Cancel selected").click()
-    expect(page.get_by_text(f"{running['id']}: cancel refused")).to_contain_text("running", timeout=15_000)
+    expect(page.get_by_text(f"{running['id']}: cancel refused")).to_contain_text(
+        "running", timeout=15_000
+    )
     page.get_by_role("button", name="Abort selected").click()
     wait_state(cluster, running["id"], "cancelled", timeout=15)
     expect(row).to_contain_text("cancelled", timeout=10_000)
@@ -277,34 +330,47 @@ def test_cancel_a_queued_task_from_the_table(cluster: NodeCluster, browser: Brow
     page.close()
 
 
-def test_upload_files_watch_them_ingested_then_replace_search_and_delete(cluster: NodeCluster, browser: Browser,
-                                                                         tmp_path: Path) -> None:
+def test_upload_files_watch_them_ingested_then_replace_search_and_delete(
+    cluster: NodeCluster, browser: Browser, tmp_path: Path
+) -> None:
     pdf = FPDF()
     pdf.set_font("Helvetica", size=12)
     pdf.add_page()
     pdf.multi_cell(0, 8, "The harbour master rings the brass bell at noon.")
     path = tmp_path / "harbour.pdf"
     path.write_bytes(bytes(pdf.output()))
-    (tmp_path / "tides.md").write_text("# Tides\n\nThe spring tide floods the causeway twice a month.")
-    (tmp_path / "ferry.html").write_text("<html><body><p>The ferry leaves the pier at seven.</p></body></html>")
+    (tmp_path / "tides.md").write_text(
+        "# Tides\n\nThe spring tide floods the causeway twice a month."
+    )
+    (tmp_path / "ferry.html").write_text(
+        "<html><body><p>The ferry leaves the pier at seven.</p></body></html>"
+    )
     page = logged_in(browser, cluster.dashboard_urls["n1"])
     page.locator(".bk-tab", has_text="Knowledge").click()
-    page.locator("input[type=file]").set_input_files([str(path), str(tmp_path / "tides.md"),
-                                                      str(tmp_path / "ferry.html")])
+    page.locator("input[type=file]").set_input_files(
+        [str(path), str(tmp_path / "tides.md"), str(tmp_path / "ferry.html")]
+    )
     page.get_by_role("button", name="Upload").click()
     for name in ("harbour.pdf", "tides.md", "ferry.html"):  # one line each, followed to its end
         expect(page.get_by_text(f"{name}: queued as")).to_be_visible(timeout=15_000)
-        expect(page.locator(".upload-line", has_text=name)).to_contain_text("ready: 1 chunks by n", timeout=60_000)
-        expect(page.locator(".documents-table .tabulator-row", has_text=name).filter(has_text="ready")).to_be_visible()
+        expect(page.locator(".upload-line", has_text=name)).to_contain_text(
+            "ready: 1 chunks by n", timeout=60_000
+        )
+        expect(
+            page.locator(".documents-table .tabulator-row", has_text=name).filter(has_text="ready")
+        ).to_be_visible()
     row = page.locator(".documents-table .tabulator-row", has_text="harbour")
     # replace it: select the row, choose a new file, the document's version 2 is ingested
-    (tmp_path / "harbour-v2.txt").write_text("The harbour master now rings the silver bell at dusk.")
+    (tmp_path / "harbour-v2.txt").write_text(
+        "The harbour master now rings the silver bell at dusk."
+    )
     row.locator(".tabulator-cell[tabulator-field=title]").click()
     page.locator("input[type=file]").set_input_files(str(tmp_path / "harbour-v2.txt"))
     page.get_by_role("button", name="Replace selected with file").click()
     expect(page.get_by_text("harbour-v2.txt: version 2 of")).to_be_visible(timeout=15_000)
-    expect(row.filter(has_text="ready").locator(".tabulator-cell[tabulator-field=version]")).to_have_text(
-        "2", timeout=60_000)
+    expect(
+        row.filter(has_text="ready").locator(".tabulator-cell[tabulator-field=version]")
+    ).to_have_text("2", timeout=60_000)
     page.get_by_placeholder("a query").fill("silver bell")
     page.get_by_role("button", name="Search").click()
     expect(page.locator(".passage").first).to_contain_text("silver bell", timeout=15_000)
@@ -318,7 +384,9 @@ def test_upload_files_watch_them_ingested_then_replace_search_and_delete(cluster
     page.close()
 
 
-def test_a_killed_node_is_marked_dead_on_another_nodes_dashboard(cluster: NodeCluster, browser: Browser) -> None:
+def test_a_killed_node_is_marked_dead_on_another_nodes_dashboard(
+    cluster: NodeCluster, browser: Browser
+) -> None:
     page = logged_in(browser, cluster.dashboard_urls["n1"])
     on_victim = logged_in(browser, cluster.dashboard_urls["n3"])
     banner = on_victim.get_by_text("stopped answering")
@@ -333,7 +401,9 @@ def test_a_killed_node_is_marked_dead_on_another_nodes_dashboard(cluster: NodeCl
     # the page served by the dead node says so and links to the others
     expect(banner).to_be_visible(timeout=10_000)
     for node in ("n1", "n2"):
-        expect(on_victim.get_by_role("link", name=node)).to_have_attribute("href", cluster.dashboard_urls[node])
+        expect(on_victim.get_by_role("link", name=node)).to_have_attribute(
+            "href", cluster.dashboard_urls[node]
+        )
     shot(on_victim, "serving-node-died")
     on_victim.close()
     page.close()

@@ -33,8 +33,21 @@ def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: 
     layout = NodeCluster(tmp_path, models=True)  # only for its cluster.toml and environment
     data = tmp_path / "elsewhere"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "up", "--config", str(layout.config), "--data-dir", str(data)],
-        env=layout.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "up",
+            "--config",
+            str(layout.config),
+            "--data-dir",
+            str(data),
+        ],
+        env=layout.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
         start_new_session=True,  # its nodes share the group: a failed test can kill them all
     )
     lines: list[str] = []
@@ -58,7 +71,9 @@ def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: 
                 ready = json.loads(resp.read())
             assert ready["ready"] and ready["models"]["generator"] == "SmolLM2-135M-Instruct"
             assert (data / node / "raft").is_dir()  # --data-dir moved every node's data
-        assert "models: loading embedding model" in output, output  # progress was shown while the models loaded
+        assert "models: loading embedding model" in output, (
+            output
+        )  # progress was shown while the models loaded
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
         assert not any(answers(layout.api[node] + "/healthz") for node in layout.ids)

@@ -33,21 +33,50 @@ def test_join_as_learner_then_voter_and_remove(tmp_path):
         assert voters(cluster, "n1") == ["n1", "n2", "n3", "n4"]
         # the new node has the whole log: the task submitted before it joined
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and cluster.request("n4", "GET", f"/api/v1/tasks/{task['id']}")[0] != 200:
+        while (
+            time.monotonic() < deadline
+            and cluster.request("n4", "GET", f"/api/v1/tasks/{task['id']}")[0] != 200
+        ):
             time.sleep(0.2)
         assert cluster.request("n4", "GET", f"/api/v1/tasks/{task['id']}")[0] == 200
         out = subprocess.run(
-            [sys.executable, "-m", "node.cli", "node", "remove", "n3", "--config", str(cluster.config),
-             "--url", cluster.api["n4"]],
-            capture_output=True, text=True, timeout=60, env=cluster.env,
+            [
+                sys.executable,
+                "-m",
+                "node.cli",
+                "node",
+                "remove",
+                "n3",
+                "--config",
+                str(cluster.config),
+                "--url",
+                cluster.api["n4"],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cluster.env,
         )
         assert out.returncode == 0, out.stderr
         assert "removed n3" in out.stdout
         assert voters(cluster, "n1") == ["n1", "n2", "n4"]
         bad = subprocess.run(
-            [sys.executable, "-m", "node.cli", "node", "remove", "n9", "--config", str(cluster.config),
-             "--url", cluster.api["n1"]],
-            capture_output=True, text=True, timeout=60, env=cluster.env,
+            [
+                sys.executable,
+                "-m",
+                "node.cli",
+                "node",
+                "remove",
+                "n9",
+                "--config",
+                str(cluster.config),
+                "--url",
+                cluster.api["n1"],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=cluster.env,
         )
         assert bad.returncode != 0 and "n9 is not a member" in bad.stderr
     finally:

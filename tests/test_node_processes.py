@@ -38,8 +38,10 @@ def write_config(tmp_path) -> dict[str, int]:
 
 def cluster_view(port: int) -> dict | None:
     try:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/cluster",
-                                         headers={"Authorization": f"Bearer {mint_token('curve-test')}"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/cluster",
+            headers={"Authorization": f"Bearer {mint_token('curve-test')}"},
+        )
         with urllib.request.urlopen(request, timeout=0.5) as r:
             return json.loads(r.read())
     except OSError:
@@ -53,11 +55,31 @@ def test_nodes_with_the_cluster_key_elect_and_an_outsider_cannot_join(tmp_path):
     procs = []
     try:
         for node, keys in (("n1", good), ("n2", good), ("n3", bad)):
-            env = {**os.environ, "RAGRAFT_CLUSTER_PUBLIC_KEY": keys[0], "RAGRAFT_CLUSTER_SECRET_KEY": keys[1],
-                   "RAGRAFT_TOKEN_SECRET": TOKEN_SECRET, "RAGRAFT_LOAD_MODELS": "0"}
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "node.cli", "node", "--config", str(tmp_path / "cluster.toml"), "--id", node],
-                env=env, stdout=open(tmp_path / f"{node}.log", "wb"), stderr=subprocess.STDOUT, cwd=tmp_path))
+            env = {
+                **os.environ,
+                "RAGRAFT_CLUSTER_PUBLIC_KEY": keys[0],
+                "RAGRAFT_CLUSTER_SECRET_KEY": keys[1],
+                "RAGRAFT_TOKEN_SECRET": TOKEN_SECRET,
+                "RAGRAFT_LOAD_MODELS": "0",
+            }
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "node.cli",
+                        "node",
+                        "--config",
+                        str(tmp_path / "cluster.toml"),
+                        "--id",
+                        node,
+                    ],
+                    env=env,
+                    stdout=open(tmp_path / f"{node}.log", "wb"),
+                    stderr=subprocess.STDOUT,
+                    cwd=tmp_path,
+                )
+            )
         deadline = time.monotonic() + 30
         leader = None
         while time.monotonic() < deadline and leader is None:

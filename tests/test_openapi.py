@@ -32,8 +32,11 @@ def registered_routes() -> set[tuple[str, str]]:
     raft = SimpleNamespace(id="n1")  # only its id is read while routes are registered
     metrics = MetricsExporter("n1", raft, state, None, None, None, dict)
     app = build_http(config, raft, state, None, None, None, EventHub("n1", state), metrics)  # type: ignore[arg-type]
-    return {(route.method.lower(), route.resource.canonical) for route in app.router.routes()
-            if route.method != "HEAD" and route.resource is not None}
+    return {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
 
 
 def test_every_route_is_documented_and_every_documented_route_exists() -> None:
@@ -46,8 +49,9 @@ def test_every_route_is_documented_and_every_documented_route_exists() -> None:
         for method, op in ops.items():
             assert op["responses"], (method, path)
             for parameter in re.findall(r"{(\w+)}", path):
-                assert any(p["name"] == parameter and p["in"] == "path" for p in op.get("parameters", [])), \
-                    (method, path, parameter)
+                assert any(
+                    p["name"] == parameter and p["in"] == "path" for p in op.get("parameters", [])
+                ), (method, path, parameter)
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +61,40 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
 
 
 @pytest.mark.e2e
-def test_schemathesis_finds_no_server_error_and_no_response_outside_the_schema(cluster: NodeCluster) -> None:
+def test_schemathesis_finds_no_server_error_and_no_response_outside_the_schema(
+    cluster: NodeCluster,
+) -> None:
     status, spec = cluster.request("n2", "GET", "/openapi.json")
     assert status == 200 and spec["openapi"] == "3.1.0"
     run = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", cluster.api["n2"] + "/openapi.json",
-         "-H", f"Authorization: Bearer {cluster.admin_token()}",
-         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
-                     "response_schema_conformance",
-         # membership changes would take the cluster apart; the event stream never ends; every valid
-         # chat request runs a generation (tests/test_openai_api.py drives that route with the openai client)
-         "--exclude-path-regex", "/cluster/members|/events|/v1/chat",
-         "--max-examples", "25", "--workers", "1", "--seed", "7", "--request-timeout", "30"],
-        capture_output=True, text=True, timeout=600, cwd=cluster.root,
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            cluster.api["n2"] + "/openapi.json",
+            "-H",
+            f"Authorization: Bearer {cluster.admin_token()}",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,"
+            "response_schema_conformance",
+            # membership changes would take the cluster apart; the event stream never ends; every valid
+            # chat request runs a generation (tests/test_openai_api.py drives that route with the openai client)
+            "--exclude-path-regex",
+            "/cluster/members|/events|/v1/chat",
+            "--max-examples",
+            "25",
+            "--workers",
+            "1",
+            "--seed",
+            "7",
+            "--request-timeout",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cluster.root,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "API Operations" in run.stdout

@@ -43,24 +43,41 @@ def make_pdf(pages: list[str], **encryption: object) -> bytes:
     return bytes(pdf.output())
 
 
-def multipart(files: list[tuple[str, bytes, str]], fields: dict[str, str] | None = None) -> tuple[bytes, str]:
+def multipart(
+    files: list[tuple[str, bytes, str]], fields: dict[str, str] | None = None
+) -> tuple[bytes, str]:
     boundary = "ragraft-" + uuid.uuid4().hex
     out = bytearray()
     for name, value in (fields or {}).items():
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").encode()
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        ).encode()
     for filename, data, content_type in files:
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-                f"Content-Type: {content_type}\r\n\r\n").encode() + data + b"\r\n"
+        out += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                f"Content-Type: {content_type}\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     out += f"--{boundary}--\r\n".encode()
     return bytes(out), f"multipart/form-data; boundary={boundary}"
 
 
-def upload(cluster: NodeCluster, node: str, files: list[tuple[str, bytes, str]],
-           fields: dict[str, str] | None = None) -> tuple[int, Any]:
+def upload(
+    cluster: NodeCluster,
+    node: str,
+    files: list[tuple[str, bytes, str]],
+    fields: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     body, content_type = multipart(files, fields)
-    req = urllib.request.Request(cluster.api[node] + "/api/v1/kb/documents", data=body, method="POST",
-                                 headers={"Content-Type": content_type,
-                                          "Authorization": f"Bearer {cluster.admin_token()}"})
+    req = urllib.request.Request(
+        cluster.api[node] + "/api/v1/kb/documents",
+        data=body,
+        method="POST",
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {cluster.admin_token()}"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -80,7 +97,10 @@ def wait_task(cluster: NodeCluster, task_id: str, node: str = "n1", timeout: flo
 
 
 def digests(cluster: NodeCluster) -> dict[str, str]:
-    return {node: cluster.request(node, "GET", "/api/v1/kb/stats")[1]["digest"] for node in cluster.procs}
+    return {
+        node: cluster.request(node, "GET", "/api/v1/kb/stats")[1]["digest"]
+        for node in cluster.procs
+    }
 
 
 def wait_same_digest(cluster: NodeCluster, timeout: float = 20) -> str:
@@ -99,8 +119,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
     root = tmp_path_factory.mktemp("ragcluster")
     # Small snapshot interval, so the knowledge base is compacted into snapshots
     # (the encryption and restart tests look at them).
-    cluster = NodeCluster(root, models=True, extra_toml="[raft]\nsnapshot_entries = 40\n",
-                          env={"RAGRAFT_ENCRYPTION_KEY": ENCRYPTION_KEY})
+    cluster = NodeCluster(
+        root,
+        models=True,
+        extra_toml="[raft]\nsnapshot_entries = 40\n",
+        env={"RAGRAFT_ENCRYPTION_KEY": ENCRYPTION_KEY},
+    )
     cluster.start_all()
     try:
         cluster.wait_ready(timeout=60)
@@ -116,10 +140,26 @@ def corpus_docs(cluster: NodeCluster) -> dict[str, dict]:
     to n2 in one request; returns the finished ingest task of each document."""
     pages = sorted(CORPUS.glob("library/*.html"))[:3]
     files = [(p.name, p.read_bytes(), "text/html") for p in pages]
-    files.append(("marker.md", f"# Marsupials\n\nThe secret animal is the {MARKER}, "
-                  "a small marsupial that lives on Rottnest Island.\n".encode(), "text/markdown"))
-    files.append(("lighthouse.pdf", make_pdf(["The lighthouse keeper polishes the great lens every Tuesday.",
-                                              "Page two says the lamp burns whale oil."]), "application/pdf"))
+    files.append(
+        (
+            "marker.md",
+            f"# Marsupials\n\nThe secret animal is the {MARKER}, "
+            "a small marsupial that lives on Rottnest Island.\n".encode(),
+            "text/markdown",
+        )
+    )
+    files.append(
+        (
+            "lighthouse.pdf",
+            make_pdf(
+                [
+                    "The lighthouse keeper polishes the great lens every Tuesday.",
+                    "Page two says the lamp burns whale oil.",
+                ]
+            ),
+            "application/pdf",
+        )
+    )
     status, body = upload(cluster, "n2", files, {"tags": "corpus"})
     assert status == 202, body
     assert len(body["documents"]) == len(files) == len(body["tasks"])
@@ -130,8 +170,9 @@ def corpus_docs(cluster: NodeCluster) -> dict[str, dict]:
     return done
 
 
-def test_upload_is_ingested_once_and_every_replica_is_identical(cluster: NodeCluster,
-                                                                corpus_docs: dict[str, dict]) -> None:
+def test_upload_is_ingested_once_and_every_replica_is_identical(
+    cluster: NodeCluster, corpus_docs: dict[str, dict]
+) -> None:
     for doc_id, task in corpus_docs.items():
         assert task["state"] == "completed", task
         assert task["attempt"] == 1  # embedded once, on one node
@@ -147,23 +188,39 @@ def test_upload_is_ingested_once_and_every_replica_is_identical(cluster: NodeClu
     assert stats["searchable_chunks"] == sum(t["result"]["chunks"] for t in corpus_docs.values())
 
 
-def test_every_node_searches_the_same_passages(cluster: NodeCluster, corpus_docs: dict[str, dict]) -> None:
+def test_every_node_searches_the_same_passages(
+    cluster: NodeCluster, corpus_docs: dict[str, dict]
+) -> None:
     answers = {}
     for node in cluster.ids:
-        status, body = cluster.request(node, "GET", "/api/v1/kb/search?q=lighthouse+lens+polish&k=3&mode=hybrid")
+        status, body = cluster.request(
+            node, "GET", "/api/v1/kb/search?q=lighthouse+lens+polish&k=3&mode=hybrid"
+        )
         assert status == 200, body
         answers[node] = [(p["doc_id"], p["chunk"]) for p in body["passages"]]
         assert "lens" in body["passages"][0]["text"]
-        assert body["passages"][0]["vector_score"] is not None and body["passages"][0]["keyword_score"] is not None
+        assert (
+            body["passages"][0]["vector_score"] is not None
+            and body["passages"][0]["keyword_score"] is not None
+        )
     assert len({tuple(a) for a in answers.values()}) == 1
     status, body = cluster.request("n1", "GET", "/api/v1/kb/search?q=lighthouse&mode=semantic")
     assert status == 422 and "mode" in body["error"]["message"]
 
 
-def test_qa_answers_with_citations_mapped_to_passages(cluster: NodeCluster, corpus_docs: dict[str, dict]) -> None:
-    status, task = cluster.request("n3", "POST", "/api/v1/tasks", {
-        "type": "qa", "input": {"query": "What does the lighthouse keeper polish every Tuesday?"},
-        "params": {"top_k": 3, "max_new_tokens": 40}})
+def test_qa_answers_with_citations_mapped_to_passages(
+    cluster: NodeCluster, corpus_docs: dict[str, dict]
+) -> None:
+    status, task = cluster.request(
+        "n3",
+        "POST",
+        "/api/v1/tasks",
+        {
+            "type": "qa",
+            "input": {"query": "What does the lighthouse keeper polish every Tuesday?"},
+            "params": {"top_k": 3, "max_new_tokens": 40},
+        },
+    )
     assert status == 201, task
     task = wait_task(cluster, task["id"])
     assert task["state"] == "completed", task
@@ -178,26 +235,51 @@ def test_qa_answers_with_citations_mapped_to_passages(cluster: NodeCluster, corp
         assert f"[{citation['n']}]" in result["answer"]
     timings = result["timings"]
     assert timings["retrieve_ms"] > 0 and timings["generate_ms"] > 0
-    assert 0 < timings["new_tokens"] <= 40 and timings["prompt_tokens"] > 20 and timings["tokens_per_s"] > 0
-    assert result["models"] == {"embedding": "all-MiniLM-L6-v2", "generator": "SmolLM2-135M-Instruct"}
+    assert (
+        0 < timings["new_tokens"] <= 40
+        and timings["prompt_tokens"] > 20
+        and timings["tokens_per_s"] > 0
+    )
+    assert result["models"] == {
+        "embedding": "all-MiniLM-L6-v2",
+        "generator": "SmolLM2-135M-Instruct",
+    }
 
 
 def test_retrieve_and_generate_tasks(cluster: NodeCluster, corpus_docs: dict[str, dict]) -> None:
-    status, retrieve = cluster.request("n1", "POST", "/api/v1/tasks", {
-        "type": "retrieve", "input": {"query": "marsupial on Rottnest Island"},
-        "params": {"top_k": 2, "mode": "keyword", "tags": ["corpus"]}})
+    status, retrieve = cluster.request(
+        "n1",
+        "POST",
+        "/api/v1/tasks",
+        {
+            "type": "retrieve",
+            "input": {"query": "marsupial on Rottnest Island"},
+            "params": {"top_k": 2, "mode": "keyword", "tags": ["corpus"]},
+        },
+    )
     assert status == 201
-    status, generate = cluster.request("n2", "POST", "/api/v1/tasks", {
-        "type": "generate", "input": {"prompt": "Write one short sentence about the sea."},
-        "params": {"max_new_tokens": 12, "temperature": 0.7, "seed": 7}})
+    status, generate = cluster.request(
+        "n2",
+        "POST",
+        "/api/v1/tasks",
+        {
+            "type": "generate",
+            "input": {"prompt": "Write one short sentence about the sea."},
+            "params": {"max_new_tokens": 12, "temperature": 0.7, "seed": 7},
+        },
+    )
     assert status == 201
     retrieve, generate = wait_task(cluster, retrieve["id"]), wait_task(cluster, generate["id"])
     assert retrieve["state"] == "completed" and MARKER in retrieve["result"]["passages"][0]["text"]
     assert generate["state"] == "completed" and generate["result"]["answer"].strip()
     assert generate["result"]["timings"]["new_tokens"] <= 12
     # bad parameters are refused at submission with the field named
-    status, body = cluster.request("n1", "POST", "/api/v1/tasks", {
-        "type": "qa", "input": {"query": "x"}, "params": {"top_k": 0}})
+    status, body = cluster.request(
+        "n1",
+        "POST",
+        "/api/v1/tasks",
+        {"type": "qa", "input": {"query": "x"}, "params": {"top_k": 0}},
+    )
     assert status == 422 and body["error"]["details"]["field"] == "params.top_k"
     status, body = cluster.request("n1", "POST", "/api/v1/tasks", {"type": "ingest", "input": {}})
     assert status == 422 and "/api/v1/kb/documents" in body["error"]["message"]
@@ -205,23 +287,37 @@ def test_retrieve_and_generate_tasks(cluster: NodeCluster, corpus_docs: dict[str
 
 BAD_FILES = [
     ("corrupt.pdf", b"%PDF-1.7\n" + os.urandom(2000), "application/pdf", "corrupt"),
-    ("locked.pdf", make_pdf(["Top secret."], owner_password="o", user_password="u"), "application/pdf", "password"),
+    (
+        "locked.pdf",
+        make_pdf(["Top secret."], owner_password="o", user_password="u"),
+        "application/pdf",
+        "password",
+    ),
     ("image.png", b"\x89PNG\r\n\x1a\n" + os.urandom(500), "image/png", "unsupported"),
     ("latin1.txt", "caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1"), "text/plain", "UTF-8"),
 ]
 
 
-def test_bad_files_fail_their_own_ingest_task_and_nothing_else(cluster: NodeCluster,
-                                                               corpus_docs: dict[str, dict]) -> None:
+def test_bad_files_fail_their_own_ingest_task_and_nothing_else(
+    cluster: NodeCluster, corpus_docs: dict[str, dict]
+) -> None:
     before = wait_same_digest(cluster)
-    good = ("good.txt", b"Bad neighbours do not stop the good file from being indexed.", "text/plain")
-    status, body = upload(cluster, "n1", [(name, data, ctype) for name, data, ctype, _ in BAD_FILES] + [good])
+    good = (
+        "good.txt",
+        b"Bad neighbours do not stop the good file from being indexed.",
+        "text/plain",
+    )
+    status, body = upload(
+        cluster, "n1", [(name, data, ctype) for name, data, ctype, _ in BAD_FILES] + [good]
+    )
     assert status == 202, body
     tasks = [wait_task(cluster, t["id"]) for t in body["tasks"]]
     for (name, _, _, expected), task, doc in zip(BAD_FILES, tasks, body["documents"]):
         assert task["state"] == "failed", (name, task)
         assert task["attempt"] == 1, f"{name}: a bad file must not be retried"
-        assert name in task["error"] and re.search(expected, task["error"], re.IGNORECASE), task["error"]
+        assert name in task["error"] and re.search(expected, task["error"], re.IGNORECASE), task[
+            "error"
+        ]
         status, record = cluster.request("n2", "GET", f"/api/v1/kb/documents/{doc['doc_id']}")
         assert record["state"] == "failed" and expected.lower() in record["error"].lower()
     assert tasks[-1]["state"] == "completed"
@@ -236,11 +332,14 @@ def test_bad_files_fail_their_own_ingest_task_and_nothing_else(cluster: NodeClus
     assert status == 413 and "max_upload_mb" in body["error"]["message"]
 
 
-def test_no_document_text_is_readable_in_any_data_directory(cluster: NodeCluster,
-                                                            corpus_docs: dict[str, dict]) -> None:
+def test_no_document_text_is_readable_in_any_data_directory(
+    cluster: NodeCluster, corpus_docs: dict[str, dict]
+) -> None:
     # Enough further entries that every node has taken a snapshot holding the knowledge base.
     for i in range(45):
-        status, _ = cluster.request(cluster.ids[i % 3], "POST", "/api/v1/tasks", {"type": "noop", "input": {}})
+        status, _ = cluster.request(
+            cluster.ids[i % 3], "POST", "/api/v1/tasks", {"type": "noop", "input": {}}
+        )
         assert status == 201
     deadline = time.monotonic() + 30
     roots = [cluster.root / "data" / node for node in cluster.ids]
@@ -257,8 +356,9 @@ def test_no_document_text_is_readable_in_any_data_directory(cluster: NodeCluster
             assert needle not in data, f"{needle!r} readable in {path}"
 
 
-def test_restarted_node_reloads_its_index_from_the_snapshot(cluster: NodeCluster,
-                                                            corpus_docs: dict[str, dict]) -> None:
+def test_restarted_node_reloads_its_index_from_the_snapshot(
+    cluster: NodeCluster, corpus_docs: dict[str, dict]
+) -> None:
     digest = wait_same_digest(cluster)
     tasks_before = cluster.request("n1", "GET", "/api/v1/tasks?type=ingest&limit=500")[1]["total"]
     cluster.procs["n3"].terminate()
@@ -273,10 +373,15 @@ def test_restarted_node_reloads_its_index_from_the_snapshot(cluster: NodeCluster
     assert match, restart_log[:2000]
     assert int(match.group(1)) > 0
     # nothing was ingested again
-    assert cluster.request("n1", "GET", "/api/v1/tasks?type=ingest&limit=500")[1]["total"] == tasks_before
+    assert (
+        cluster.request("n1", "GET", "/api/v1/tasks?type=ingest&limit=500")[1]["total"]
+        == tasks_before
+    )
 
 
-def test_generating_for_30_s_never_stalls_raft(cluster: NodeCluster, corpus_docs: dict[str, dict]) -> None:
+def test_generating_for_30_s_never_stalls_raft(
+    cluster: NodeCluster, corpus_docs: dict[str, dict]
+) -> None:
     """Generation tasks keep the nodes' CPUs busy for 30 s; no election may happen and
     the API keeps answering quickly."""
     views = {n: cluster.request(n, "GET", "/api/v1/cluster")[1] for n in cluster.ids}
@@ -287,8 +392,12 @@ def test_generating_for_30_s_never_stalls_raft(cluster: NodeCluster, corpus_docs
     latencies = []
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        running = cluster.request("n1", "GET", "/api/v1/tasks?state=running&type=generate")[1]["total"]
-        queued = cluster.request("n1", "GET", "/api/v1/tasks?state=queued&type=generate")[1]["total"]
+        running = cluster.request("n1", "GET", "/api/v1/tasks?state=running&type=generate")[1][
+            "total"
+        ]
+        queued = cluster.request("n1", "GET", "/api/v1/tasks?state=queued&type=generate")[1][
+            "total"
+        ]
         if running and busy_since is None:
             busy_since = time.monotonic()
         if busy_since is not None and not running and not queued:
@@ -296,16 +405,25 @@ def test_generating_for_30_s_never_stalls_raft(cluster: NodeCluster, corpus_docs
         if busy_since is not None and time.monotonic() - busy_since >= 30:
             break
         if running + queued < 2:
-            status, task = cluster.request(cluster.ids[len(submitted) % 3], "POST", "/api/v1/tasks", {
-                "type": "generate", "input": {"prompt": "Tell a long story about a lighthouse."},
-                "params": {"max_new_tokens": 160, "temperature": 0.8}})
+            status, task = cluster.request(
+                cluster.ids[len(submitted) % 3],
+                "POST",
+                "/api/v1/tasks",
+                {
+                    "type": "generate",
+                    "input": {"prompt": "Tell a long story about a lighthouse."},
+                    "params": {"max_new_tokens": 160, "temperature": 0.8},
+                },
+            )
             assert status == 201
             submitted.append(task["id"])
         started = time.perf_counter()
         cluster.request(cluster.ids[len(latencies) % 3], "GET", "/healthz")
         latencies.append(time.perf_counter() - started)
         time.sleep(0.3)
-    assert busy_since is not None and time.monotonic() - busy_since >= 30, "could not keep a node generating"
+    assert busy_since is not None and time.monotonic() - busy_since >= 30, (
+        "could not keep a node generating"
+    )
     for node in cluster.ids:
         view = cluster.request(node, "GET", "/api/v1/cluster")[1]
         assert (view["leader"], view["term"]) == (leader, term), f"an election happened: {view}"
@@ -313,22 +431,33 @@ def test_generating_for_30_s_never_stalls_raft(cluster: NodeCluster, corpus_docs
     assert latencies[int(len(latencies) * 0.95)] < 0.5, latencies[-5:]
 
 
-def test_replace_disable_and_delete_a_document_at_run_time(cluster: NodeCluster,
-                                                           corpus_docs: dict[str, dict]) -> None:
+def test_replace_disable_and_delete_a_document_at_run_time(
+    cluster: NodeCluster, corpus_docs: dict[str, dict]
+) -> None:
     def top_text(query: str) -> list[str]:
-        status, body = cluster.request("n3", "GET", f"/api/v1/kb/search?q={query}&k=3&mode=keyword&tags=zoo")
+        status, body = cluster.request(
+            "n3", "GET", f"/api/v1/kb/search?q={query}&k=3&mode=keyword&tags=zoo"
+        )
         assert status == 200, body
         return [p["text"] for p in body["passages"]]
 
     fields = {"id": "zoo-notes", "tags": "zoo"}
-    status, body = upload(cluster, "n1", [("zoo.txt", b"The zoo keeps one okapi named Nimbus.", "text/plain")], fields)
+    status, body = upload(
+        cluster, "n1", [("zoo.txt", b"The zoo keeps one okapi named Nimbus.", "text/plain")], fields
+    )
     assert status == 202 and wait_task(cluster, body["tasks"][0]["id"])["state"] == "completed"
-    status, body = upload(cluster, "n2", [("zoo.txt", b"The zoo keeps two tapirs named Pixel and Pica.",
-                                           "text/plain")], fields)
+    status, body = upload(
+        cluster,
+        "n2",
+        [("zoo.txt", b"The zoo keeps two tapirs named Pixel and Pica.", "text/plain")],
+        fields,
+    )
     assert status == 202 and body["documents"][0]["version"] == 2
     assert wait_task(cluster, body["tasks"][0]["id"])["state"] == "completed"
     wait_same_digest(cluster)
-    assert any("tapirs" in t for t in top_text("zoo+tapirs")) and not any("okapi" in t for t in top_text("okapi"))
+    assert any("tapirs" in t for t in top_text("zoo+tapirs")) and not any(
+        "okapi" in t for t in top_text("okapi")
+    )
     doc = cluster.request("n1", "GET", "/api/v1/kb/documents/zoo-notes")[1]
     assert doc["version"] == 2 and doc["serving"]["version"] == 2
 
@@ -348,11 +477,20 @@ def test_replace_disable_and_delete_a_document_at_run_time(cluster: NodeCluster,
     assert status == 404 and body["error"]["code"] == "not_found"
 
 
-def test_aborting_a_running_generation_stops_it_within_seconds(cluster: NodeCluster,
-                                                                corpus_docs: dict[str, dict]) -> None:
-    status, task = cluster.request("n2", "POST", "/api/v1/tasks", {
-        "type": "generate", "input": {"prompt": "Write a very long essay about every lighthouse you know."},
-        "params": {"max_new_tokens": 2000, "temperature": 0.9, "stop": []}, "priority": 9})
+def test_aborting_a_running_generation_stops_it_within_seconds(
+    cluster: NodeCluster, corpus_docs: dict[str, dict]
+) -> None:
+    status, task = cluster.request(
+        "n2",
+        "POST",
+        "/api/v1/tasks",
+        {
+            "type": "generate",
+            "input": {"prompt": "Write a very long essay about every lighthouse you know."},
+            "params": {"max_new_tokens": 2000, "temperature": 0.9, "stop": []},
+            "priority": 9,
+        },
+    )
     assert status == 201
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

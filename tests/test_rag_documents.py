@@ -126,8 +126,16 @@ def test_html_keeps_visible_text_and_block_structure() -> None:
     assert parsed.media_type == MEDIA_HTML
     assert parsed.title == "Page & Title"
     text = parsed.pages[0]
-    for gone in ("script text", "color: red", "Home | About", "Previous topic", "¶",
-                 "invisible", "enable js", "Page & Title"):
+    for gone in (
+        "script text",
+        "color: red",
+        "Home | About",
+        "Previous topic",
+        "¶",
+        "invisible",
+        "enable js",
+        "Page & Title",
+    ):
         assert gone not in text
     assert text.startswith("Main heading\n\nFirst paragraph spans lines.\n\nSecond\nline two")
     assert "alpha\nbeta" in text
@@ -148,7 +156,9 @@ def test_pdf_pages_title_and_progress() -> None:
     assert parsed.media_type == MEDIA_PDF
     assert parsed.title == "Report"
     assert [squash(p) for p in parsed.pages] == [
-        "First page. It has two sentences.", "", "Third page text.",
+        "First page. It has two sentences.",
+        "",
+        "Third page text.",
     ]
     assert calls == [(1, 3, "pages parsed"), (2, 3, "pages parsed"), (3, 3, "pages parsed")]
 
@@ -269,7 +279,12 @@ def test_too_large_names_size_and_limit() -> None:
 
 def test_document_meta_round_trips_and_validates() -> None:
     meta = DocumentMeta(
-        id="d1", title="T", source="t.md", media_type=MEDIA_MARKDOWN, version=2, size=10,
+        id="d1",
+        title="T",
+        source="t.md",
+        media_type=MEDIA_MARKDOWN,
+        version=2,
+        size=10,
         tags=("a", "b"),
     )
     assert DocumentMeta.from_dict(meta.to_dict()) == meta
@@ -277,8 +292,9 @@ def test_document_meta_round_trips_and_validates() -> None:
     with pytest.raises(ValueError):
         DocumentMeta(id="d", title="", source="", media_type=MEDIA_TEXT, version=0, size=1)
     with pytest.raises(ValueError):
-        DocumentMeta(id="d", title="", source="", media_type=MEDIA_TEXT, version=1, size=1,
-                     tags=["list"])  # type: ignore[arg-type]
+        DocumentMeta(
+            id="d", title="", source="", media_type=MEDIA_TEXT, version=1, size=1, tags=["list"]
+        )  # type: ignore[arg-type]
     assert normalise_tags([" a ", "", "b", "a"]) == ("a", "b")
 
 
@@ -329,8 +345,15 @@ def test_an_unbroken_run_longer_than_size_is_hard_cut() -> None:
 
 @pytest.mark.parametrize(
     ("size", "overlap", "message"),
-    [(0, 0, "size"), (-5, 0, "size"), (100, -1, "overlap"), (100, 100, "smaller"),
-     (100, 150, "smaller"), (10.5, 0, "size"), (True, 0, "size")],
+    [
+        (0, 0, "size"),
+        (-5, 0, "size"),
+        (100, -1, "overlap"),
+        (100, 100, "smaller"),
+        (100, 150, "smaller"),
+        (10.5, 0, "size"),
+        (True, 0, "size"),
+    ],
 )
 def test_bad_sizes_are_refused(size: object, overlap: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -43,7 +43,9 @@ def test_batches_stay_under_the_entry_size_and_keep_order() -> None:
         assert len(packed) <= 64 * 1024
         assert len(batch["vectors"]) == 384 * 4 * len(batch["chunks"])
     # one chunk larger than the bound still travels (alone)
-    big = _batches([ChunkText(0, 1, "x" * 100_000)], np.ones((1, 384), np.float32), entry_bytes=1024)
+    big = _batches(
+        [ChunkText(0, 1, "x" * 100_000)], np.ones((1, 384), np.float32), entry_bytes=1024
+    )
     assert len(big) == 1
 
 
@@ -57,12 +59,15 @@ def test_prepare_ingest_refuses_bad_files_with_the_parser_message() -> None:
     assert batches[0]["chunks"][0]["text"].startswith("One sentence")
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"top_k": 0}, "top_k"),
-    ({"top_k": "5"}, "top_k"),
-    ({"mode": "semantic"}, "mode"),
-    ({"min_score": "high"}, "min_score"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": "5"}, "top_k"),
+        ({"mode": "semantic"}, "mode"),
+        ({"min_score": "high"}, "min_score"),
+    ],
+)
 def test_bad_retrieval_parameters_are_bad_input(params: dict, message: str) -> None:
     engine = RagEngine(KnowledgeBase(), HashEmbedder(), None)
     with pytest.raises(BadInput, match=message):
@@ -83,9 +88,19 @@ def apply(state: NodeState, index: int, cmd: dict) -> dict:
 
 
 def upload_cmd(task_id: str = "T1", data: bytes = b"hello world") -> dict:
-    return {"op": "kb.upload", "at": 1000, "task": {"id": task_id, "priority": 7, "owner": "ann"},
-            "doc": {"doc_id": "d1", "title": "Hello", "source": "hello.txt", "media_type": "text/plain",
-                    "tags": ["x"], "data": data}}
+    return {
+        "op": "kb.upload",
+        "at": 1000,
+        "task": {"id": task_id, "priority": 7, "owner": "ann"},
+        "doc": {
+            "doc_id": "d1",
+            "title": "Hello",
+            "source": "hello.txt",
+            "media_type": "text/plain",
+            "tags": ["x"],
+            "data": data,
+        },
+    }
 
 
 def test_an_upload_and_its_ingest_task_are_one_entry() -> None:
@@ -94,7 +109,12 @@ def test_an_upload_and_its_ingest_task_are_one_entry() -> None:
     assert result["document"]["state"] == "uploaded"
     task = state.tasks.get("T1")
     assert task is not None and task.type == "ingest" and task.priority == 7 and task.owner == "ann"
-    assert task.input == {"doc_id": "d1", "version": 1, "filename": "hello.txt", "media_type": "text/plain"}
+    assert task.input == {
+        "doc_id": "d1",
+        "version": 1,
+        "filename": "hello.txt",
+        "media_type": "text/plain",
+    }
     # a refused upload leaves neither a document nor a task
     bad = apply(state, 2, upload_cmd("T2", data=b""))
     assert bad["error"]["code"] == "invalid"

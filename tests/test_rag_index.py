@@ -37,6 +37,7 @@ def brute_force(ids: np.ndarray, vectors: np.ndarray, query: np.ndarray, k: int)
 
 # ---- vector index ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def no_exact_scan(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force the FAISS code paths that only large indexes take in production."""
@@ -174,6 +175,7 @@ def test_vector_index_rejects_bad_input_without_change() -> None:
 
 # ---- fusion ---------------------------------------------------------------------------
 
+
 def test_reciprocal_rank_fusion() -> None:
     by_vector = [(1, 0.9), (2, 0.8), (3, 0.7)]
     by_keyword = [(3, 12.0), (1, 4.0), (3, 1.0)]  # a repeat counts at its best rank
@@ -190,8 +192,15 @@ def test_reciprocal_rank_fusion() -> None:
 
 # ---- keyword index --------------------------------------------------------------------
 
+
 def test_tokenizer_is_simple_and_deterministic() -> None:
-    assert tokenize("The Raft LOG, and the log's entries!") == ["raft", "log", "log", "s", "entries"]
+    assert tokenize("The Raft LOG, and the log's entries!") == [
+        "raft",
+        "log",
+        "log",
+        "s",
+        "entries",
+    ]
     assert tokenize("分布式检索") == ["分布", "布式", "式检", "检索"]
     assert tokenize("ｆｕｌｌ width café") == ["full", "width", "café"]
 
@@ -231,7 +240,11 @@ def test_bm25_remove_equals_never_added() -> None:
     without = KeywordIndex()
     without.add((i, t) for i, t in texts.items() if i not in (2, 4))
     assert full.to_bytes() == restored.to_bytes() == without.to_bytes()
-    assert full.search("beta delta zeta", 5) == without.search("beta delta zeta", 5) == [(1, pytest.approx(full.score("beta", [1])[1]))]
+    assert (
+        full.search("beta delta zeta", 5)
+        == without.search("beta delta zeta", 5)
+        == [(1, pytest.approx(full.score("beta", [1])[1]))]
+    )
     with pytest.raises(ValueError):
         full.add([(1, "again")])
 
@@ -261,13 +274,17 @@ def toy_embed(texts: Sequence[str]) -> np.ndarray:
     return rows
 
 
-def chunk_commands(doc_id: str, version: int, texts: Sequence[str], batch: int = 2,
-                   announce: bool = True) -> Iterator[dict]:
-    batches = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+def chunk_commands(
+    doc_id: str, version: int, texts: Sequence[str], batch: int = 2, announce: bool = True
+) -> Iterator[dict]:
+    batches = [texts[i : i + batch] for i in range(0, len(texts), batch)]
     for n, part in enumerate(batches):
         first = n * batch
         yield {
-            "op": "kb.put_chunks", "doc_id": doc_id, "version": version, "batch_no": n,
+            "op": "kb.put_chunks",
+            "doc_id": doc_id,
+            "version": version,
+            "batch_no": n,
             "n_batches": len(batches) if announce else None,
             "chunks": [{"ordinal": first + j, "page": 1, "text": t} for j, t in enumerate(part)],
             "vectors": vectors_to_bytes(toy_embed(part)),
@@ -275,16 +292,32 @@ def chunk_commands(doc_id: str, version: int, texts: Sequence[str], batch: int =
 
 
 def upload_command(doc_id: str, at: int, tags: Sequence[str] = (), title: str = "") -> dict:
-    return {"op": "kb.put_upload", "doc_id": doc_id, "title": title or doc_id.title(),
-            "source": f"{doc_id}.txt", "media_type": "text/plain", "tags": list(tags),
-            "data": f"raw bytes of {doc_id} at {at}".encode(), "at": at}
+    return {
+        "op": "kb.put_upload",
+        "doc_id": doc_id,
+        "title": title or doc_id.title(),
+        "source": f"{doc_id}.txt",
+        "media_type": "text/plain",
+        "tags": list(tags),
+        "data": f"raw bytes of {doc_id} at {at}".encode(),
+        "at": at,
+    }
 
 
-def ingest_commands(doc_id: str, version: int, texts: Sequence[str], at: int,
-                    tags: Sequence[str] = ()) -> list[dict]:
-    return [upload_command(doc_id, at, tags), *chunk_commands(doc_id, version, texts),
-            {"op": "kb.finish_ingest", "doc_id": doc_id, "version": version, "node": "n1",
-             "at": at + 1}]
+def ingest_commands(
+    doc_id: str, version: int, texts: Sequence[str], at: int, tags: Sequence[str] = ()
+) -> list[dict]:
+    return [
+        upload_command(doc_id, at, tags),
+        *chunk_commands(doc_id, version, texts),
+        {
+            "op": "kb.finish_ingest",
+            "doc_id": doc_id,
+            "version": version,
+            "node": "n1",
+            "at": at + 1,
+        },
+    ]
 
 
 def run(kb: KnowledgeBase, commands: Sequence[dict]) -> list[dict]:
@@ -297,13 +330,19 @@ def run(kb: KnowledgeBase, commands: Sequence[dict]) -> list[dict]:
     return results
 
 
-RAFT = ["raft elects a leader with randomized election timeouts",
-        "the leader appends entries to the replicated log of every follower",
-        "a log entry is committed once a majority of nodes store it"]
-FAISS = ["faiss searches dense vectors by inner product",
-         "an hnsw graph finds approximate nearest neighbours quickly"]
-COOKING = ["simmer the tomato sauce with garlic and basil",
-           "bake the bread until the crust is golden"]
+RAFT = [
+    "raft elects a leader with randomized election timeouts",
+    "the leader appends entries to the replicated log of every follower",
+    "a log entry is committed once a majority of nodes store it",
+]
+FAISS = [
+    "faiss searches dense vectors by inner product",
+    "an hnsw graph finds approximate nearest neighbours quickly",
+]
+COOKING = [
+    "simmer the tomato sauce with garlic and basil",
+    "bake the bread until the crust is golden",
+]
 
 
 @pytest.fixture
@@ -384,9 +423,11 @@ def test_delete_removes_everything(kb: KnowledgeBase) -> None:
 
 
 def test_replace_swaps_versions_atomically(kb: KnowledgeBase) -> None:
-    new_texts = ["raft version two explains joint consensus membership changes",
-                 "joint consensus overlaps old and new configurations",
-                 "membership changes happen one server at a time"]
+    new_texts = [
+        "raft version two explains joint consensus membership changes",
+        "joint consensus overlaps old and new configurations",
+        "membership changes happen one server at a time",
+    ]
     run(kb, [upload_command("raft", 400, tags=["consensus", "v2"])])
     staged = list(chunk_commands("raft", 2, new_texts))
     run(kb, staged[:1])  # half of version 2 is in
@@ -397,13 +438,21 @@ def test_replace_swaps_versions_atomically(kb: KnowledgeBase) -> None:
         assert "joint consensus" not in " ".join(p.text for p in found)
         assert "raft" in docs_of(found)
     assert search(kb, "leader", k=5, tags=["v2"]) == []  # still v1's tags
-    run(kb, staged[1:] + [{"op": "kb.finish_ingest", "doc_id": "raft", "version": 2,
-                           "node": "n2", "at": 401}])
+    run(
+        kb,
+        staged[1:]
+        + [{"op": "kb.finish_ingest", "doc_id": "raft", "version": 2, "node": "n2", "at": 401}],
+    )
     found = search(kb, "leader joint consensus membership", "keyword", k=10)
     raft_texts = {p.text for p in found if p.doc_id == "raft"}
     assert raft_texts and raft_texts <= set(new_texts)
     doc = kb.get("raft")
-    assert (doc["version"], doc["state"], doc["chunk_count"], doc["ingested_by"]) == (2, "ready", 3, "n2")
+    assert (doc["version"], doc["state"], doc["chunk_count"], doc["ingested_by"]) == (
+        2,
+        "ready",
+        3,
+        "n2",
+    )
     assert doc["serving"]["version"] == 2 and doc["created_at"] == 100 and doc["updated_at"] == 401
     assert kb.stats()["chunks"] == kb.stats()["vector_index"]["size"] == 7
     assert docs_of(search(kb, "membership", k=5, tags=["v2"]))[0] == "raft"
@@ -412,8 +461,18 @@ def test_replace_swaps_versions_atomically(kb: KnowledgeBase) -> None:
 def test_failed_ingest_keeps_the_serving_version(kb: KnowledgeBase) -> None:
     before = [p.chunk_id for p in search(kb, "leader log", k=5)]
     run(kb, [upload_command("raft", 400), *list(chunk_commands("raft", 2, ["broken text"]))])
-    result = run(kb, [{"op": "kb.fail_ingest", "doc_id": "raft", "version": 2,
-                       "error": "corrupt PDF", "at": 401}])[0]
+    result = run(
+        kb,
+        [
+            {
+                "op": "kb.fail_ingest",
+                "doc_id": "raft",
+                "version": 2,
+                "error": "corrupt PDF",
+                "at": 401,
+            }
+        ],
+    )[0]
     assert result["serving_version"] == 1
     doc = kb.get("raft")
     assert (doc["state"], doc["error"], doc["serving"]["version"]) == ("failed", "corrupt PDF", 1)
@@ -428,8 +487,13 @@ def test_raw_bytes_are_dropped_once_ingested() -> None:
     assert kb.upload_data("doc") == b"raw bytes of doc at 1"
     assert kb.upload_data("doc", version=2) is None
     assert kb.stats()["pending_upload_bytes"] == len(b"raw bytes of doc at 1")
-    run(kb, [*chunk_commands("doc", 1, ["some text"]),
-             {"op": "kb.finish_ingest", "doc_id": "doc", "version": 1, "node": "n1", "at": 2}])
+    run(
+        kb,
+        [
+            *chunk_commands("doc", 1, ["some text"]),
+            {"op": "kb.finish_ingest", "doc_id": "doc", "version": 1, "node": "n1", "at": 2},
+        ],
+    )
     assert kb.upload_data("doc") is None
     assert kb.stats()["pending_upload_bytes"] == 0
     assert b"raw bytes of doc" not in kb.snapshot()
@@ -447,17 +511,45 @@ def test_rejected_commands_leave_no_trace(kb: KnowledgeBase) -> None:
         {**good, "batch_no": 1, "n_batches": 5},  # differs from the announced 2
         {**good, "batch_no": 1, "vectors": good["vectors"][:-4]},
         {**good, "batch_no": 1, "vectors": vectors_to_bytes(2 * toy_embed(["x y", "y z"]))},
-        {**good, "batch_no": 1, "chunks": [{"ordinal": 0, "page": 1, "text": "dup"},
-                                           {"ordinal": 5, "page": 1, "text": "ok"}]},
-        {**good, "batch_no": 1, "chunks": [{"ordinal": 2, "page": 1, "text": ""},
-                                           {"ordinal": 3, "page": 1, "text": "ok"}]},
+        {
+            **good,
+            "batch_no": 1,
+            "chunks": [
+                {"ordinal": 0, "page": 1, "text": "dup"},
+                {"ordinal": 5, "page": 1, "text": "ok"},
+            ],
+        },
+        {
+            **good,
+            "batch_no": 1,
+            "chunks": [
+                {"ordinal": 2, "page": 1, "text": ""},
+                {"ordinal": 3, "page": 1, "text": "ok"},
+            ],
+        },
         {"op": "kb.finish_ingest", "doc_id": "faiss", "version": 2, "node": "n1", "at": 5},
         {"op": "kb.finish_ingest", "doc_id": "raft", "version": 1, "node": "n2", "at": 5},
         {"op": "kb.set_enabled", "doc_id": "raft", "enabled": "no", "at": 5},
-        {"op": "kb.put_upload", "doc_id": " padded", "title": "", "source": "", "media_type": "",
-         "tags": [], "data": b"x", "at": 1},
-        {"op": "kb.put_upload", "doc_id": "empty", "title": "", "source": "", "media_type": "",
-         "tags": [], "data": b"", "at": 1},
+        {
+            "op": "kb.put_upload",
+            "doc_id": " padded",
+            "title": "",
+            "source": "",
+            "media_type": "",
+            "tags": [],
+            "data": b"x",
+            "at": 1,
+        },
+        {
+            "op": "kb.put_upload",
+            "doc_id": "empty",
+            "title": "",
+            "source": "",
+            "media_type": "",
+            "tags": [],
+            "data": b"",
+            "at": 1,
+        },
     ]
     for cmd in bad_commands:
         result = kb.execute(cmd)
@@ -469,7 +561,9 @@ def test_rejected_commands_leave_no_trace(kb: KnowledgeBase) -> None:
     assert kb.execute(duplicate)["duplicate"] is True
     assert kb.digest() == digest
     # So is a retried finish by the node that finished the version: same answer.
-    again = kb.execute({"op": "kb.finish_ingest", "doc_id": "raft", "version": 1, "node": "n1", "at": 9})
+    again = kb.execute(
+        {"op": "kb.finish_ingest", "doc_id": "raft", "version": 1, "node": "n1", "at": 9}
+    )
     assert again["state"] == "ready" and again["duplicate"] is True
     assert kb.digest() == digest and kb.snapshot() == snapshot
     with pytest.raises(KBError):
@@ -588,7 +682,9 @@ def test_real_embedder_retrieves_paraphrases(embedder: Any) -> None:
 
     assert embedder.dim == 384 and embedder.model_id == "all-MiniLM-L6-v2"
     progress: list[tuple[int, int]] = []
-    vectors = embedder.encode(FACTS, batch_size=8, progress=lambda d, t, _w: progress.append((d, t)))
+    vectors = embedder.encode(
+        FACTS, batch_size=8, progress=lambda d, t, _w: progress.append((d, t))
+    )
     assert vectors.shape == (20, 384) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert progress[-1] == (20, 20) and len(progress) == 3
@@ -599,11 +695,21 @@ def test_real_embedder_retrieves_paraphrases(embedder: Any) -> None:
 
     kb = KnowledgeBase()
     run(kb, [upload_command("facts", 1)])
-    run(kb, [{"op": "kb.put_chunks", "doc_id": "facts", "version": 1, "batch_no": 0,
-              "n_batches": 1, "chunks": [{"ordinal": i, "page": None, "text": t}
-                                         for i, t in enumerate(FACTS)],
-              "vectors": vectors_to_bytes(vectors)},
-             {"op": "kb.finish_ingest", "doc_id": "facts", "version": 1, "node": "n1", "at": 2}])
+    run(
+        kb,
+        [
+            {
+                "op": "kb.put_chunks",
+                "doc_id": "facts",
+                "version": 1,
+                "batch_no": 0,
+                "n_batches": 1,
+                "chunks": [{"ordinal": i, "page": None, "text": t} for i, t in enumerate(FACTS)],
+                "vectors": vectors_to_bytes(vectors),
+            },
+            {"op": "kb.finish_ingest", "doc_id": "facts", "version": 1, "node": "n1", "at": 2},
+        ],
+    )
     for question, expected in PARAPHRASES.items():
         query = embedder.encode_query(question)
         for mode in ("vector", "hybrid"):

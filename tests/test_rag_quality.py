@@ -11,12 +11,18 @@ from node.rag.embedding import Embedder
 from node.rag.engine import RagEngine
 from node.rag.knowledge import KnowledgeBase
 
-FLOORS = {"hybrid": (0.85, 0.72), "keyword": (0.85, 0.75), "vector": (0.72, 0.6)}  # recall@5, MRR@10
+FLOORS = {
+    "hybrid": (0.85, 0.72),
+    "keyword": (0.85, 0.75),
+    "vector": (0.72, 0.6),
+}  # recall@5, MRR@10
 
 
 @pytest.mark.timeout(400)
 def test_recall_and_mrr_stay_above_their_floors() -> None:
-    engine = RagEngine(KnowledgeBase(), Embedder(), None)  # a missing model fails here, it is not skipped
+    engine = RagEngine(
+        KnowledgeBase(), Embedder(), None
+    )  # a missing model fails here, it is not skipped
     names = build_kb(engine)
     items = qa_items()
     assert len(items) >= 60
@@ -24,4 +30,6 @@ def test_recall_and_mrr_stay_above_their_floors() -> None:
     for mode, (recall_floor, mrr_floor) in FLOORS.items():
         assert figures[mode]["recall_at_5"] >= recall_floor, (mode, figures)
         assert figures[mode]["mrr_at_10"] >= mrr_floor, (mode, figures)
-    assert figures["hybrid"]["recall_at_5"] >= figures["vector"]["recall_at_5"]  # fusion earns its keep
+    assert (
+        figures["hybrid"]["recall_at_5"] >= figures["vector"]["recall_at_5"]
+    )  # fusion earns its keep

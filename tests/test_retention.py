@@ -17,9 +17,13 @@ def dir_size(path) -> int:
 
 
 def test_data_directory_levels_off_under_steady_load(tmp_path):
-    cluster = NodeCluster(tmp_path, extra_toml=(
-        "[raft]\nsnapshot_entries = 300\nsegment_bytes = 65536\n"
-        "[tasks]\nslots = 2\nretention_seconds = 2\nsweep_seconds = 1\n"))
+    cluster = NodeCluster(
+        tmp_path,
+        extra_toml=(
+            "[raft]\nsnapshot_entries = 300\nsegment_bytes = 65536\n"
+            "[tasks]\nslots = 2\nretention_seconds = 2\nsweep_seconds = 1\n"
+        ),
+    )
     cluster.start_all()
     try:
         cluster.wait_ready()
@@ -29,8 +33,12 @@ def test_data_directory_levels_off_under_steady_load(tmp_path):
         submitted = 0
         while time.monotonic() - start < 24:
             for _ in range(10):
-                status, _ = cluster.request(cluster.ids[submitted % 3], "POST", "/api/v1/tasks",
-                                            {"type": "noop", "input": {"duration_ms": 0}})
+                status, _ = cluster.request(
+                    cluster.ids[submitted % 3],
+                    "POST",
+                    "/api/v1/tasks",
+                    {"type": "noop", "input": {"duration_ms": 0}},
+                )
                 assert status == 201
                 submitted += 1
             time.sleep(0.2)
@@ -38,9 +46,11 @@ def test_data_directory_levels_off_under_steady_load(tmp_path):
                 sizes.append(dir_size(data))
                 totals.append(cluster.request("n1", "GET", "/api/v1/tasks?limit=1")[1]["total"])
         third = len(sizes) // 3
-        early, late = max(sizes[third:2 * third]), max(sizes[2 * third:])
-        print(f"\n{submitted} tasks submitted; data dir sizes (KiB): {[s // 1024 for s in sizes]}; "
-              f"tasks kept: {totals}")
+        early, late = max(sizes[third : 2 * third]), max(sizes[2 * third :])
+        print(
+            f"\n{submitted} tasks submitted; data dir sizes (KiB): {[s // 1024 for s in sizes]}; "
+            f"tasks kept: {totals}"
+        )
         assert submitted > 300
         assert late <= early * 1.5, f"data dir still growing: {early} -> {late} bytes"
         assert max(totals[third:]) < submitted / 3, "finished tasks are not being expired"

@@ -17,17 +17,37 @@ def build(seed: int) -> TaskQueue:
     running: list[dict] = []
     for i in range(300):
         at += rng.randint(0, 50)
-        q.execute({"op": "submit", "id": f"T{i:04d}", "type": "noop", "input": {}, "priority": rng.randint(0, 9),
-                   "owner": "alice", "at": at})
+        q.execute(
+            {
+                "op": "submit",
+                "id": f"T{i:04d}",
+                "type": "noop",
+                "input": {},
+                "priority": rng.randint(0, 9),
+                "owner": "alice",
+                "at": at,
+            }
+        )
         if rng.random() < 0.5:
-            running += q.execute({"op": "claim", "node": "n1", "slots": 4, "at": at, "max": 4})["tasks"]
+            running += q.execute({"op": "claim", "node": "n1", "slots": 4, "at": at, "max": 4})[
+                "tasks"
+            ]
         for task in list(running):
             if rng.random() < 0.3:
                 running.remove(task)
                 op = rng.choice(("complete", "complete", "fail"))
-                cmd = {"op": op, "id": task["id"], "attempt": task["attempt"], "node": "n1", "at": at}
-                cmd.update({"result": {}} if op == "complete" else {"error": "boom",
-                                                                     "retryable": rng.random() < 0.5})
+                cmd = {
+                    "op": op,
+                    "id": task["id"],
+                    "attempt": task["attempt"],
+                    "node": "n1",
+                    "at": at,
+                }
+                cmd.update(
+                    {"result": {}}
+                    if op == "complete"
+                    else {"error": "boom", "retryable": rng.random() < 0.5}
+                )
                 assert not refused(q.execute(cmd))
         if rng.random() < 0.05:
             queued = [t for t in q.tasks.values() if t.state == "queued"]
@@ -71,8 +91,11 @@ def test_latency_histograms_count_each_finished_run_once() -> None:
     q = build(7)
     now = max(t.finished_at or t.submitted_at for t in q.tasks.values()) + 10
     out = task_history.history(q.tasks, now, window_ms=now, points=10)
-    ran = [t.finished_at - t.started_at for t in q.tasks.values()
-           if t.finished_at is not None and t.started_at is not None]
+    ran = [
+        t.finished_at - t.started_at
+        for t in q.tasks.values()
+        if t.finished_at is not None and t.started_at is not None
+    ]
     latency = out["latency"]
     assert sum(latency["run"]) == len(ran) == sum(latency["wait"])
     edges = latency["edges_ms"]

@@ -13,13 +13,29 @@ from node.tasks import TaskQueue
 def queue() -> TaskQueue:
     q = TaskQueue()
     for i in range(1000):
-        q.execute({"op": "submit", "id": f"T{i:05d}", "type": ("qa", "noop", "retrieve")[i % 3],
-                   "input": {"query": f"question number {i}"}, "priority": i % 10,
-                   "owner": ("alice", "bob")[i % 2], "at": 1_000 + i})
+        q.execute(
+            {
+                "op": "submit",
+                "id": f"T{i:05d}",
+                "type": ("qa", "noop", "retrieve")[i % 3],
+                "input": {"query": f"question number {i}"},
+                "priority": i % 10,
+                "owner": ("alice", "bob")[i % 2],
+                "at": 1_000 + i,
+            }
+        )
     granted = q.execute({"op": "claim", "node": "n1", "slots": 50, "at": 5_000, "max": 50})["tasks"]
     for task in granted[:20]:
-        q.execute({"op": "complete", "id": task["id"], "attempt": task["attempt"], "node": "n1",
-                   "result": {}, "at": 6_000})
+        q.execute(
+            {
+                "op": "complete",
+                "id": task["id"],
+                "attempt": task["attempt"],
+                "node": "n1",
+                "result": {},
+                "at": 6_000,
+            }
+        )
     return q
 
 
@@ -62,14 +78,22 @@ def test_other_sorts_page_through_the_heap(queue: TaskQueue) -> None:
     assert keys == sorted(keys, reverse=True) and total == 1000
     assert first[0].priority == 9 and len({t.id for t in first + second}) == 200
     ascending, _, _ = page(queue, sort="waited", state="completed")
-    assert [t.started_at - t.submitted_at for t in ascending] == sorted(t.started_at - t.submitted_at
-                                                                       for t in ascending)
+    assert [t.started_at - t.submitted_at for t in ascending] == sorted(
+        t.started_at - t.submitted_at for t in ascending
+    )
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"state": "done"}, "state"), ({"sort": "colour"}, "sort"), ({"limit": "0"}, "limit"),
-    ({"priority": "x"}, "priority"), ({"cursor": "!!!"}, "cursor"), ({"q": "x" * 300}, "q"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"state": "done"}, "state"),
+        ({"sort": "colour"}, "sort"),
+        ({"limit": "0"}, "limit"),
+        ({"priority": "x"}, "priority"),
+        ({"cursor": "!!!"}, "cursor"),
+        ({"q": "x" * 300}, "q"),
+    ],
+)
 def test_bad_parameters_name_their_field(queue: TaskQueue, params: dict, field: str) -> None:
     with pytest.raises(QueryError) as err:
         page(queue, **params)

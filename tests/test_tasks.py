@@ -21,7 +21,15 @@ class Q:
         return self.sm.apply(self.index, msgpack.packb(cmd, use_bin_type=True))
 
     def submit(self, task_id: str, priority: int = 5, at: int = 0, **kw):
-        return self(op="submit", id=task_id, type=kw.pop("type", "noop"), input={}, priority=priority, at=at, **kw)
+        return self(
+            op="submit",
+            id=task_id,
+            type=kw.pop("type", "noop"),
+            input={},
+            priority=priority,
+            at=at,
+            **kw,
+        )
 
     def claim(self, node: str, at: int = 0, slots: int = 1):
         return self(op="claim", node=node, at=at, slots=slots)["task"]
@@ -31,10 +39,19 @@ def test_lifecycle_and_history():
     q = Q()
     assert q.submit("t1", at=1)["state"] == "queued"
     task = q.claim("n1", at=2)
-    assert task["id"] == "t1" and task["state"] == "running" and task["attempt"] == 1 and task["node"] == "n1"
+    assert (
+        task["id"] == "t1"
+        and task["state"] == "running"
+        and task["attempt"] == 1
+        and task["node"] == "n1"
+    )
     q(op="progress", id="t1", attempt=1, node="n1", progress=0.5, note="half")
     done = q(op="complete", id="t1", attempt=1, node="n1", result={"answer": 42}, at=3)
-    assert done["state"] == "completed" and done["result"] == {"answer": 42} and done["finished_at"] == 3
+    assert (
+        done["state"] == "completed"
+        and done["result"] == {"answer": 42}
+        and done["finished_at"] == 3
+    )
     assert [h["state"] for h in done["history"]] == ["queued", "running", "completed"]
     assert q.sm.counts() == {"queued": 0, "running": 0, "completed": 1, "failed": 0, "cancelled": 0}
 
@@ -117,7 +134,10 @@ def test_abort_running_and_queued():
     flagged = q(op="abort", id="run", at=1)
     assert flagged["state"] == "running" and flagged["abort_requested"]
     assert q(op="progress", id="run", attempt=1, node="n1", progress=0.1)["abort_requested"]
-    assert q(op="fail", id="run", attempt=1, node="n1", error="aborted", aborted=True, at=2)["state"] == "cancelled"
+    assert (
+        q(op="fail", id="run", attempt=1, node="n1", error="aborted", aborted=True, at=2)["state"]
+        == "cancelled"
+    )
 
 
 def test_dead_node_tasks_are_requeued_and_expire_cleans_up():
@@ -164,7 +184,9 @@ def test_replicas_fed_the_same_log_are_identical_and_snapshots_round_trip():
                 if rng.random() < 0.5
                 else {}
             )
-            cmds = [dict(op="submit", id=f"t{i}", type="noop", priority=rng.randrange(10), at=i, **key)]
+            cmds = [
+                dict(op="submit", id=f"t{i}", type="noop", priority=rng.randrange(10), at=i, **key)
+            ]
         elif op < 0.7:
             cmds = [dict(op="claim", node=rng.choice(["n1", "n2"]), slots=3, at=i)]
         elif op < 0.85:

@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tui.app import RagraftApp
 from node.api_client import ApiClient
+from tui.app import RagraftApp
 from tui.views.detail import TaskDetail
 from tui.views.login import LoginScreen
 
@@ -24,41 +24,120 @@ time.tzset()
 
 T0 = 1_795_000_000_000
 TASKS = [
-    {"id": f"01M85TASK{i:04d}", "type": ("qa", "noop", "retrieve")[i % 3],
-     "state": ("completed", "running", "queued", "failed", "cancelled")[i % 5], "priority": (5, 9, 0)[i % 3],
-     "owner": "admin", "node": (None if i % 5 == 2 else f"n{1 + i % 3}"), "attempt": 1,
-     "submitted_at": T0 + i * 1000, "started_at": T0 + i * 1000 + 40, "finished_at": T0 + i * 1000 + 900,
-     "waited_ms": 40, "ran_ms": 860, "progress": 0.5 if i % 5 == 1 else 1.0, "progress_note": "generating",
-     "error": "connection refused" if i % 5 == 3 else None, "input_excerpt": f"question {i} about lighthouses"}
+    {
+        "id": f"01M85TASK{i:04d}",
+        "type": ("qa", "noop", "retrieve")[i % 3],
+        "state": ("completed", "running", "queued", "failed", "cancelled")[i % 5],
+        "priority": (5, 9, 0)[i % 3],
+        "owner": "admin",
+        "node": (None if i % 5 == 2 else f"n{1 + i % 3}"),
+        "attempt": 1,
+        "submitted_at": T0 + i * 1000,
+        "started_at": T0 + i * 1000 + 40,
+        "finished_at": T0 + i * 1000 + 900,
+        "waited_ms": 40,
+        "ran_ms": 860,
+        "progress": 0.5 if i % 5 == 1 else 1.0,
+        "progress_note": "generating",
+        "error": "connection refused" if i % 5 == 3 else None,
+        "input_excerpt": f"question {i} about lighthouses",
+    }
     for i in range(12)
 ]
-DETAIL = {**TASKS[0], "input": {"query": "What does the keeper polish?"}, "params": {}, "max_attempts": 3,
-          "history": [{"state": "queued", "node": None, "attempt": 0, "at": T0, "note": "submitted"},
-                      {"state": "running", "node": "n1", "attempt": 1, "at": T0 + 40, "note": "claimed"},
-                      {"state": "completed", "node": "n1", "attempt": 1, "at": T0 + 900, "note": ""}],
-          "result": {"answer": "The keeper polishes the great lens [1].",
-                     "citations": [{"n": 1, "doc_id": "doc-1", "chunk": 0, "title": "Lighthouses"}],
-                     "passages": [{"n": 1, "doc_id": "doc-1", "title": "Lighthouses", "chunk": 0, "page": 1,
-                                   "text": "The lighthouse keeper polishes the great lens every Tuesday.",
-                                   "score": 0.0328, "vector_score": 0.61, "keyword_score": 2.3}],
-                     "timings": {"retrieve_ms": 12.5, "generate_ms": 840.0, "new_tokens": 11}}}
+DETAIL = {
+    **TASKS[0],
+    "input": {"query": "What does the keeper polish?"},
+    "params": {},
+    "max_attempts": 3,
+    "history": [
+        {"state": "queued", "node": None, "attempt": 0, "at": T0, "note": "submitted"},
+        {"state": "running", "node": "n1", "attempt": 1, "at": T0 + 40, "note": "claimed"},
+        {"state": "completed", "node": "n1", "attempt": 1, "at": T0 + 900, "note": ""},
+    ],
+    "result": {
+        "answer": "The keeper polishes the great lens [1].",
+        "citations": [{"n": 1, "doc_id": "doc-1", "chunk": 0, "title": "Lighthouses"}],
+        "passages": [
+            {
+                "n": 1,
+                "doc_id": "doc-1",
+                "title": "Lighthouses",
+                "chunk": 0,
+                "page": 1,
+                "text": "The lighthouse keeper polishes the great lens every Tuesday.",
+                "score": 0.0328,
+                "vector_score": 0.61,
+                "keyword_score": 2.3,
+            }
+        ],
+        "timings": {"retrieve_ms": 12.5, "generate_ms": 840.0, "new_tokens": 11},
+    },
+}
 ANSWERS: dict[str, Any] = {
-    "/api/v1/stats": {"queued": 4, "running": 2, "completed": 120, "failed": 3, "cancelled": 1,
-                      "throughput": {"completed_per_s_1m": 1.5, "completed_per_s_5m": 1.2},
-                      "wait_ms": {"p50": 40, "p95": 350}, "run_ms": {"p50": 860, "p95": 2400}},
-    "/api/v1/cluster": {"leader": "n1", "term": 3, "commit_index": 1042, "applied_index": 1042, "quorum": True},
-    "/api/v1/nodes": {"items": [
-        {"id": f"n{i}", "raft_role": "leader" if i == 1 else "follower", "status": "dead" if i == 3 else "alive",
-         "running": ["x"] * (i - 1), "slots": 2,
-         "metrics": {"cpu_percent": 10.0 * i, "mem_used": 2 * 2**30, "mem_total": 8 * 2**30,
-                     "slots_used": i - 1, "slots_total": 2, "models": "ready"}} for i in (1, 2, 3)]},
+    "/api/v1/stats": {
+        "queued": 4,
+        "running": 2,
+        "completed": 120,
+        "failed": 3,
+        "cancelled": 1,
+        "throughput": {"completed_per_s_1m": 1.5, "completed_per_s_5m": 1.2},
+        "wait_ms": {"p50": 40, "p95": 350},
+        "run_ms": {"p50": 860, "p95": 2400},
+    },
+    "/api/v1/cluster": {
+        "leader": "n1",
+        "term": 3,
+        "commit_index": 1042,
+        "applied_index": 1042,
+        "quorum": True,
+    },
+    "/api/v1/nodes": {
+        "items": [
+            {
+                "id": f"n{i}",
+                "raft_role": "leader" if i == 1 else "follower",
+                "status": "dead" if i == 3 else "alive",
+                "running": ["x"] * (i - 1),
+                "slots": 2,
+                "metrics": {
+                    "cpu_percent": 10.0 * i,
+                    "mem_used": 2 * 2**30,
+                    "mem_total": 8 * 2**30,
+                    "slots_used": i - 1,
+                    "slots_total": 2,
+                    "models": "ready",
+                },
+            }
+            for i in (1, 2, 3)
+        ]
+    },
     "/api/v1/tasks?": {"items": TASKS, "next_cursor": "c2", "total": 126},
     "/api/v1/tasks/": DETAIL,
-    "/api/v1/kb/documents": {"items": [
-        {"id": "doc-1", "title": "Lighthouses", "state": "ready", "version": 2, "size": 5321, "chunk_count": 7,
-         "ingested_by": "n2", "tags": ["sea"]},
-        {"id": "doc-2", "title": "scan.pdf", "state": "failed", "version": 1, "size": 80_000, "chunk_count": 0,
-         "ingested_by": None, "tags": []}], "total": 2},
+    "/api/v1/kb/documents": {
+        "items": [
+            {
+                "id": "doc-1",
+                "title": "Lighthouses",
+                "state": "ready",
+                "version": 2,
+                "size": 5321,
+                "chunk_count": 7,
+                "ingested_by": "n2",
+                "tags": ["sea"],
+            },
+            {
+                "id": "doc-2",
+                "title": "scan.pdf",
+                "state": "failed",
+                "version": 1,
+                "size": 80_000,
+                "chunk_count": 0,
+                "ingested_by": None,
+                "tags": [],
+            },
+        ],
+        "total": 2,
+    },
 }
 
 

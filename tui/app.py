@@ -93,12 +93,16 @@ class RagraftApp(App[None]):
     @work(exclusive=True, group="refresh")
     async def refresh_all(self) -> None:
         try:
-            stats, nodes, cluster = await asyncio.gather(self.api.request("GET", "/api/v1/stats"),
-                                                         self.api.request("GET", "/api/v1/nodes"),
-                                                         self.api.request("GET", "/api/v1/cluster"))
+            stats, nodes, cluster = await asyncio.gather(
+                self.api.request("GET", "/api/v1/stats"),
+                self.api.request("GET", "/api/v1/nodes"),
+                self.api.request("GET", "/api/v1/cluster"),
+            )
             self.query_one(Overview).show(stats, nodes, cluster)
             await self.reload_tasks()
-            self.query_one(KnowledgeView).show(await self.api.request("GET", "/api/v1/kb/documents"))
+            self.query_one(KnowledgeView).show(
+                await self.api.request("GET", "/api/v1/kb/documents")
+            )
         except ApiError as exc:
             self.say(f"[red]{exc}[/]")
         except NoMatches:
@@ -145,7 +149,7 @@ class RagraftApp(App[None]):
 
     async def action_page(self, step: int) -> None:
         view = self.query_one(TaskList)
-        if (view.next_page() if step > 0 else view.previous_page()):
+        if view.next_page() if step > 0 else view.previous_page():
             await self.reload_tasks()
 
     async def action_selected(self, action: str) -> None:
@@ -154,9 +158,11 @@ class RagraftApp(App[None]):
             await self.task_action(action, task_id)
 
     async def task_action(self, action: str, task_id: str) -> None:
-        method, path = {"cancel": ("DELETE", f"/api/v1/tasks/{task_id}"),
-                        "abort": ("POST", f"/api/v1/tasks/{task_id}/abort"),
-                        "retry": ("POST", f"/api/v1/tasks/{task_id}/retry")}[action]
+        method, path = {
+            "cancel": ("DELETE", f"/api/v1/tasks/{task_id}"),
+            "abort": ("POST", f"/api/v1/tasks/{task_id}/abort"),
+            "retry": ("POST", f"/api/v1/tasks/{task_id}/retry"),
+        }[action]
         try:
             answer = await self.api.request(method, path)
         except ApiError as exc:
@@ -187,7 +193,9 @@ class RagraftApp(App[None]):
         view = self.query_one(KnowledgeView)
         if message.kind == "search" and message.value:
             try:
-                view.results(await self.api.request("GET", f"/api/v1/kb/search?q={quote(message.value)}&k=5"))
+                view.results(
+                    await self.api.request("GET", f"/api/v1/kb/search?q={quote(message.value)}&k=5")
+                )
             except ApiError as exc:
                 self.say(f"[red]{exc}[/]")
         elif message.kind == "add" and message.value:
@@ -207,8 +215,10 @@ class RagraftApp(App[None]):
         task_id = answer["tasks"][0]["id"]
         while True:  # follow the ingest task to its end
             task = await self.api.request("GET", f"/api/v1/tasks/{task_id}")
-            view.progress(task["progress"] if task["state"] != "completed" else 1.0,
-                          f"{path.name}: {task['state']} {task.get('progress_note', '')}")
+            view.progress(
+                task["progress"] if task["state"] != "completed" else 1.0,
+                f"{path.name}: {task['state']} {task.get('progress_note', '')}",
+            )
             if task["state"] in ("completed", "failed", "cancelled"):
                 if task["state"] != "completed":
                     self.say(f"[red]{path.name}: {task.get('error')}[/]")

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import time
 
-STATE_STYLE = {"queued": "yellow", "running": "cyan", "completed": "green", "failed": "red",
-               "cancelled": "magenta"}
+STATE_STYLE = {
+    "queued": "yellow",
+    "running": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
 
 
 def state(value: str) -> str:

@@ -55,8 +55,13 @@ class Dashboard:
         button = pn.widgets.Button(name="Log in", button_type="primary")
         self.login_error = pn.pane.Markdown("")
         button.on_click(self._login)
-        self.root[:] = [pn.pane.Markdown(f"## ragraft · node {html.escape(self.node_id)}"), self.user,
-                        self.password, button, self.login_error]
+        self.root[:] = [
+            pn.pane.Markdown(f"## ragraft · node {html.escape(self.node_id)}"),
+            self.user,
+            self.password,
+            button,
+            self.login_error,
+        ]
 
     async def _login(self, _: Any) -> None:
         try:
@@ -66,7 +71,9 @@ class Dashboard:
             return
         self._main_view()
         await self.refresh(slow=True)
-        self._follower = asyncio.create_task(self._follow_events(), name=f"dashboard-events-{self.api.user}")
+        self._follower = asyncio.create_task(
+            self._follow_events(), name=f"dashboard-events-{self.api.user}"
+        )
         pn.state.add_periodic_callback(self._tick, period=TICK_MS)
 
     # ------------------------------------------------------------ layout
@@ -77,9 +84,17 @@ class Dashboard:
         self.submit = SubmitView(self.api)
         self.knowledge = KnowledgeView(self.api)
         self.nodes = NodesView()
-        self.tabs = pn.Tabs(*(v.panel for v in (self.overview, self.tasks, self.submit, self.knowledge,
-                                                 self.nodes)), dynamic=False, sizing_mode="stretch_width")
-        header = pn.pane.Markdown(f"## ragraft · node {html.escape(self.node_id)} · {html.escape(self.api.user)}")
+        self.tabs = pn.Tabs(
+            *(
+                v.panel
+                for v in (self.overview, self.tasks, self.submit, self.knowledge, self.nodes)
+            ),
+            dynamic=False,
+            sizing_mode="stretch_width",
+        )
+        header = pn.pane.Markdown(
+            f"## ragraft · node {html.escape(self.node_id)} · {html.escape(self.api.user)}"
+        )
         self.root[:] = [watchdog(self.node_id, self.peers), header, self.status, self.tabs]
 
     # ------------------------------------------------------------ live updates
@@ -121,7 +136,9 @@ class Dashboard:
                 self._last_slow = time.monotonic()
                 nodes = (await self.api.request("GET", "/api/v1/nodes"))["items"]
                 self.overview.show_nodes(nodes)
-                self.overview.show_history(await self.api.request("GET", "/api/v1/stats/history?minutes=10&points=60"))
+                self.overview.show_history(
+                    await self.api.request("GET", "/api/v1/stats/history?minutes=10&points=60")
+                )
                 self.nodes.show(await self.api.request("GET", "/api/v1/cluster"), nodes)
                 self.nodes.show_history(await self.api.request("GET", "/api/v1/nodes/history"))
             self.status.object = ""

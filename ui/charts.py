@@ -14,11 +14,31 @@ from bokeh.models import ColumnDataSource, HoverTool, Legend
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-STATE_COLOURS = {"queued": "#b7791f", "running": "#2b6cb0", "completed": "#2f855a", "failed": "#c53030",
-                 "cancelled": "#805ad5"}
+STATE_COLOURS = {
+    "queued": "#b7791f",
+    "running": "#2b6cb0",
+    "completed": "#2f855a",
+    "failed": "#c53030",
+    "cancelled": "#805ad5",
+}
 STATES = list(STATE_COLOURS)
 # The API's latency bucket edges (node/task_history.py); the axis is drawn before the first answer.
-LATENCY_EDGES_MS = (0, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000)
+LATENCY_EDGES_MS = (
+    0,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    30_000,
+    60_000,
+    300_000,
+)
 
 
 def in_document(model: Any, change: Callable[[], None]) -> None:
@@ -41,8 +61,14 @@ def set_factors(axis_range: Any, factors: list[str]) -> None:
 
 
 def _figure(title: str, *, height: int = 230, x_axis_type: str = "auto", **kw: Any) -> figure:
-    fig = figure(title=title, height=height, sizing_mode="stretch_width", x_axis_type=x_axis_type,
-                 toolbar_location=None, **kw)
+    fig = figure(
+        title=title,
+        height=height,
+        sizing_mode="stretch_width",
+        x_axis_type=x_axis_type,
+        toolbar_location=None,
+        **kw,
+    )
     fig.title.text_font_size = "11pt"
     fig.yaxis.minor_tick_line_color = None
     return fig
@@ -52,29 +78,48 @@ class StatesOverTime:
     """Tasks in each state at evenly spaced instants (GET /stats/history)."""
 
     def __init__(self) -> None:
-        self.source = ColumnDataSource({"t": [], **{s: [] for s in STATES}}, name="states-over-time")
+        self.source = ColumnDataSource(
+            {"t": [], **{s: [] for s in STATES}}, name="states-over-time"
+        )
         self.figure = _figure("tasks by state (last 10 min)", x_axis_type="datetime")
         legend = []
         for state in STATES:
-            line = self.figure.line("t", state, source=self.source, color=STATE_COLOURS[state], line_width=2)
+            line = self.figure.line(
+                "t", state, source=self.source, color=STATE_COLOURS[state], line_width=2
+            )
             legend.append((state, [line]))
-        self.figure.add_layout(Legend(items=legend, location="top_left", label_text_font_size="8pt"), "right")
-        self.figure.add_tools(HoverTool(tooltips=[("time", "@t{%H:%M:%S}"), *[(s, f"@{s}") for s in STATES]],
-                                        formatters={"@t": "datetime"}, mode="vline"))
+        self.figure.add_layout(
+            Legend(items=legend, location="top_left", label_text_font_size="8pt"), "right"
+        )
+        self.figure.add_tools(
+            HoverTool(
+                tooltips=[("time", "@t{%H:%M:%S}"), *[(s, f"@{s}") for s in STATES]],
+                formatters={"@t": "datetime"},
+                mode="vline",
+            )
+        )
 
     def update(self, history: dict) -> None:
-        replace_data(self.source, {"t": history["t"], **{s: history["states"].get(s, []) for s in STATES}})
+        replace_data(
+            self.source, {"t": history["t"], **{s: history["states"].get(s, []) for s in STATES}}
+        )
 
 
 class QueueDepth:
     def __init__(self) -> None:
         self.source = ColumnDataSource({"t": [], "queued": []}, name="queue-depth")
         self.figure = _figure("queue depth (last 10 min)", x_axis_type="datetime")
-        self.figure.varea("t", 0, "queued", source=self.source, color=STATE_COLOURS["queued"], alpha=0.35)
-        self.figure.line("t", "queued", source=self.source, color=STATE_COLOURS["queued"], line_width=2)
+        self.figure.varea(
+            "t", 0, "queued", source=self.source, color=STATE_COLOURS["queued"], alpha=0.35
+        )
+        self.figure.line(
+            "t", "queued", source=self.source, color=STATE_COLOURS["queued"], line_width=2
+        )
 
     def update(self, history: dict) -> None:
-        replace_data(self.source, {"t": history["t"], "queued": history["states"].get("queued", [])})
+        replace_data(
+            self.source, {"t": history["t"], "queued": history["states"].get("queued", [])}
+        )
 
 
 class TasksPerNode:
@@ -83,19 +128,32 @@ class TasksPerNode:
     SHOWN = ("running", "completed", "failed", "cancelled")
 
     def __init__(self, nodes: list[str]) -> None:
-        self.source = ColumnDataSource({"node": [], **{s: [] for s in self.SHOWN}}, name="tasks-per-node")
+        self.source = ColumnDataSource(
+            {"node": [], **{s: [] for s in self.SHOWN}}, name="tasks-per-node"
+        )
         self.figure = _figure("tasks per node", y_range=list(nodes))
-        self.figure.hbar_stack(list(self.SHOWN), y="node", height=0.6, source=self.source,
-                               color=[STATE_COLOURS[s] for s in self.SHOWN], legend_label=list(self.SHOWN))
+        self.figure.hbar_stack(
+            list(self.SHOWN),
+            y="node",
+            height=0.6,
+            source=self.source,
+            color=[STATE_COLOURS[s] for s in self.SHOWN],
+            legend_label=list(self.SHOWN),
+        )
         self.figure.legend.label_text_font_size = "8pt"
         self.figure.add_layout(self.figure.legend[0], "right")  # beside the bars, not over them
-        self.figure.add_tools(HoverTool(tooltips=[("node", "@node"), *[(s, f"@{s}") for s in self.SHOWN]]))
+        self.figure.add_tools(
+            HoverTool(tooltips=[("node", "@node"), *[(s, f"@{s}") for s in self.SHOWN]])
+        )
 
     def update(self, by_node: dict[str, dict[str, int]]) -> None:
         nodes = sorted(set(by_node) | set(self.figure.y_range.factors))
         by_node = {n: by_node.get(n, {}) for n in nodes}
         set_factors(self.figure.y_range, nodes)
-        replace_data(self.source, {"node": nodes, **{s: [by_node[n].get(s, 0) for n in nodes] for s in self.SHOWN}})
+        replace_data(
+            self.source,
+            {"node": nodes, **{s: [by_node[n].get(s, 0) for n in nodes] for s in self.SHOWN}},
+        )
 
 
 class LatencyHistogram:
@@ -103,20 +161,39 @@ class LatencyHistogram:
 
     def __init__(self) -> None:
         self.source = ColumnDataSource({"bucket": [], "wait": [], "run": []}, name="latency")
-        self.figure = _figure("latency (tasks finished in the last 10 min)",
-                              x_range=_bucket_labels(LATENCY_EDGES_MS))
-        self.figure.vbar(x="bucket", top="run", source=self.source, width=0.8, color="#2b6cb0", alpha=0.7,
-                         legend_label="run")
-        self.figure.vbar(x="bucket", top="wait", source=self.source, width=0.4, color="#b7791f", alpha=0.9,
-                         legend_label="wait")
+        self.figure = _figure(
+            "latency (tasks finished in the last 10 min)", x_range=_bucket_labels(LATENCY_EDGES_MS)
+        )
+        self.figure.vbar(
+            x="bucket",
+            top="run",
+            source=self.source,
+            width=0.8,
+            color="#2b6cb0",
+            alpha=0.7,
+            legend_label="run",
+        )
+        self.figure.vbar(
+            x="bucket",
+            top="wait",
+            source=self.source,
+            width=0.4,
+            color="#b7791f",
+            alpha=0.9,
+            legend_label="wait",
+        )
         self.figure.xaxis.major_label_orientation = 0.8
         self.figure.legend.label_text_font_size = "8pt"
-        self.figure.add_tools(HoverTool(tooltips=[("bucket", "@bucket"), ("run", "@run"), ("wait", "@wait")]))
+        self.figure.add_tools(
+            HoverTool(tooltips=[("bucket", "@bucket"), ("run", "@run"), ("wait", "@wait")])
+        )
 
     def update(self, latency: dict) -> None:
         labels = _bucket_labels(latency["edges_ms"])
         set_factors(self.figure.x_range, labels)
-        replace_data(self.source, {"bucket": labels, "wait": latency["wait"], "run": latency["run"]})
+        replace_data(
+            self.source, {"bucket": labels, "wait": latency["wait"], "run": latency["run"]}
+        )
 
 
 class NodeHistory:
@@ -138,9 +215,13 @@ class NodeHistory:
         for node in sorted(data):
             source = self.sources.get(node)
             if source is None:  # a node seen for the first time gets its line
-                source = self.sources[node] = ColumnDataSource({"t": [], "v": []}, name=f"{self.field}-{node}")
+                source = self.sources[node] = ColumnDataSource(
+                    {"t": [], "v": []}, name=f"{self.field}-{node}"
+                )
                 colour = Category10_10[(len(self.sources) - 1) % 10]
-                self.figure.line("t", "v", source=source, color=colour, line_width=2, legend_label=node)
+                self.figure.line(
+                    "t", "v", source=source, color=colour, line_width=2, legend_label=node
+                )
                 self.figure.legend.label_text_font_size = "8pt"
                 self.figure.legend.location = "top_left"
             source.data = data[node]

@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger("ragraft.ui")
 
 
-async def start_dashboard(node_id: str, host: str, port: int, api_url: str,
-                          peers: dict[str, str]) -> Callable[[], Awaitable[None]]:
+async def start_dashboard(
+    node_id: str, host: str, port: int, api_url: str, peers: dict[str, str]
+) -> Callable[[], Awaitable[None]]:
     """Start serving; returns the function that stops it.  Panel is imported here,
     so a node with the dashboard off never pays for it."""
     import os
@@ -29,12 +30,23 @@ async def start_dashboard(node_id: str, host: str, port: int, api_url: str,
     from ui.app import page
 
     local_api = api_url.replace("0.0.0.0", "127.0.0.1")
+
     def session() -> object:  # a plain function: Panel calls it once per browser session
         return page(local_api, node_id, peers)
 
-    server = pn.serve({"/": session}, port=port, address=host,
-                      websocket_origin="*", show=False, liveness=True, start=False, title=f"ragraft · {node_id}",
-                      loop=IOLoop.current(), check_unused_sessions=5000, unused_session_lifetime=15000)
+    server = pn.serve(
+        {"/": session},
+        port=port,
+        address=host,
+        websocket_origin="*",
+        show=False,
+        liveness=True,
+        start=False,
+        title=f"ragraft · {node_id}",
+        loop=IOLoop.current(),
+        check_unused_sessions=5000,
+        unused_session_lifetime=15000,
+    )
     server.start()
     log.info("dashboard on http://%s:%d", host, port)
 

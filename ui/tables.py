@@ -22,8 +22,13 @@ class LiveTable:
         self.rows: list[dict[str, Any]] = []
 
     def show(self, rows: list[dict[str, Any]]) -> None:
-        same_rows = (bool(rows) and len(rows) == len(self.rows)
-                     and all(a[self.key] == b[self.key] and a.keys() == b.keys() for a, b in zip(rows, self.rows)))
+        same_rows = (
+            bool(rows)
+            and len(rows) == len(self.rows)
+            and all(
+                a[self.key] == b[self.key] and a.keys() == b.keys() for a, b in zip(rows, self.rows)
+            )
+        )
         if same_rows:
             patch: dict[str, list[tuple[int, Any]]] = {}
             for i, (old, new) in enumerate(zip(self.rows, rows)):

@@ -18,8 +18,10 @@ class NodeWatchdog(ReactiveHTML):
     message = param.String(doc="the banner's HTML (escaped by the caller)")
 
     # fixed at the top of the window: it must be seen whatever the page is scrolled to
-    _template = ('<div id="banner" class="node-down" style="display:none;position:fixed;top:0;left:0;right:0;'
-                 'z-index:1000;background:#c53030;color:white;padding:8px;font-weight:bold"></div>')
+    _template = (
+        '<div id="banner" class="node-down" style="display:none;position:fixed;top:0;left:0;right:0;'
+        'z-index:1000;background:#c53030;color:white;padding:8px;font-weight:bold"></div>'
+    )
     _scripts: ClassVar[dict[str, str]] = {
         "render": """
             banner.innerHTML = data.message;
@@ -34,7 +36,9 @@ class NodeWatchdog(ReactiveHTML):
 
 
 def watchdog(node_id: str, peers: dict[str, str]) -> NodeWatchdog:
-    links = " · ".join(f'<a href="{html.escape(url)}" style="color:white">{html.escape(n)}</a>'
-                       for n, url in sorted(peers.items()))
+    links = " · ".join(
+        f'<a href="{html.escape(url)}" style="color:white">{html.escape(n)}</a>'
+        for n, url in sorted(peers.items())
+    )
     message = f"Node {html.escape(node_id)}, which serves this page, stopped answering. Open another node: {links}"
     return NodeWatchdog(message=message, sizing_mode="stretch_width", height=0, min_height=0)

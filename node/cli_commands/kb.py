@@ -49,8 +49,11 @@ def add(client: Client, args: argparse.Namespace, out: Output) -> int:
                     failed += 1
                     continue
                 document, task = answer["documents"][0], answer["tasks"][0]
-                progress.update(key, f"{label}: uploaded as {document['doc_id']} v{document['version']}; "
-                                "waiting for a node to ingest it")
+                progress.update(
+                    key,
+                    f"{label}: uploaded as {document['doc_id']} v{document['version']}; "
+                    "waiting for a node to ingest it",
+                )
                 uploads[key] = {"file": name, "document": document}
                 watched[key] = (task["id"], f"{label}:")
             if args.no_wait:
@@ -59,7 +62,9 @@ def add(client: Client, args: argparse.Namespace, out: Output) -> int:
                 finished = follow(client, progress, watched)
     except KeyboardInterrupt:
         ids = ", ".join(task_id for task_id, _ in watched.values()) or "none"
-        out.note(f"\nragraft: stopped following; accepted uploads are still ingested (tasks: {ids})")
+        out.note(
+            f"\nragraft: stopped following; accepted uploads are still ingested (tasks: {ids})"
+        )
         return 130
     for key, upload in uploads.items():
         document, task = upload["document"], finished.get(key)
@@ -68,11 +73,15 @@ def add(client: Client, args: argparse.Namespace, out: Output) -> int:
             continue
         name = Path(upload["file"]).name
         if task is None:
-            out.print(f"{name}: uploaded as {document['doc_id']} v{document['version']} "
-                      f"(ingest task {watched[key][0]})")
+            out.print(
+                f"{name}: uploaded as {document['doc_id']} v{document['version']} "
+                f"(ingest task {watched[key][0]})"
+            )
         elif task["state"] == "completed":
-            out.print(f"{name}: ingested as {document['doc_id']} v{document['version']} "
-                      f"({_count(task['result'].get('chunks'), 'chunk')}, on {task.get('node')})")
+            out.print(
+                f"{name}: ingested as {document['doc_id']} v{document['version']} "
+                f"({_count(task['result'].get('chunks'), 'chunk')}, on {task.get('node')})"
+            )
         else:
             failed += 1
             out.note(f"ragraft: {name}: not ingested: " + " ".join(result_lines(task)))
@@ -89,6 +98,7 @@ def _upload_progress(progress: Progress, key: str, label: str) -> Any:
     def report(sent: int, total: int) -> None:
         if sent == total or progress.out.live:  # a line per chunk would flood a log
             progress.update(key, f"{label}: uploading {size(sent)} of {size(total)}", sent / total)
+
     return report
 
 
@@ -98,13 +108,30 @@ def ls(client: Client, args: argparse.Namespace, out: Output) -> int:
         out.json(docs)
         return 0
     if not docs["items"]:
-        out.print("no documents" + (" match" if args.state or args.tag else " yet: add some with `ragraft kb add FILE`"))
+        out.print(
+            "no documents"
+            + (" match" if args.state or args.tag else " yet: add some with `ragraft kb add FILE`")
+        )
         return 0
-    rows = [[d["id"], one_line(d.get("title") or "", 40), d["state"] if d.get("enabled", True) else "disabled",
-             d["version"], d["chunk_count"], size(d.get("size")), ",".join(d.get("tags") or []) or "—",
-             d.get("ingested_by") or "—", clock(d.get("updated_at"))] for d in docs["items"]]
-    out.table(["id", "title", "state", "version", "chunks", "size", "tags", "ingested by", "updated"], rows,
-              style_column=2)
+    rows = [
+        [
+            d["id"],
+            one_line(d.get("title") or "", 40),
+            d["state"] if d.get("enabled", True) else "disabled",
+            d["version"],
+            d["chunk_count"],
+            size(d.get("size")),
+            ",".join(d.get("tags") or []) or "—",
+            d.get("ingested_by") or "—",
+            clock(d.get("updated_at")),
+        ]
+        for d in docs["items"]
+    ]
+    out.table(
+        ["id", "title", "state", "version", "chunks", "size", "tags", "ingested by", "updated"],
+        rows,
+        style_column=2,
+    )
     return 0
 
 
@@ -122,14 +149,18 @@ def rm(client: Client, args: argparse.Namespace, out: Output) -> int:
         if out.json_mode:
             out.json(answer)
         else:
-            out.print(f"deleted {doc_id} (v{answer.get('version')}, "
-                      f"{_count(answer.get('removed_chunks', 0), 'chunk')} removed)")
+            out.print(
+                f"deleted {doc_id} (v{answer.get('version')}, "
+                f"{_count(answer.get('removed_chunks', 0), 'chunk')} removed)"
+            )
     return 1 if failed else 0
 
 
 def search(client: Client, args: argparse.Namespace, out: Output) -> int:
-    answer = client.get("/api/v1/kb/search", {"q": " ".join(args.query), "k": args.k, "mode": args.mode,
-                                              "tags": args.tags})
+    answer = client.get(
+        "/api/v1/kb/search",
+        {"q": " ".join(args.query), "k": args.k, "mode": args.mode, "tags": args.tags},
+    )
     if out.json_mode:
         out.json(answer)
         return 0

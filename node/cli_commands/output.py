@@ -16,9 +16,20 @@ import time
 from collections.abc import Sequence
 from typing import Any, Self, TextIO
 
-STATE_STYLES = {"queued": "yellow", "running": "cyan", "completed": "green", "failed": "red",
-                "cancelled": "magenta", "ready": "green", "uploaded": "yellow", "ingesting": "cyan",
-                "alive": "green", "suspect": "yellow", "dead": "red", "leader": "bold"}
+STATE_STYLES = {
+    "queued": "yellow",
+    "running": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "ready": "green",
+    "uploaded": "yellow",
+    "ingesting": "cyan",
+    "alive": "green",
+    "suspect": "yellow",
+    "dead": "red",
+    "leader": "bold",
+}
 
 
 def _fancy(stream: TextIO) -> bool:
@@ -26,7 +37,9 @@ def _fancy(stream: TextIO) -> bool:
 
 
 class Output:
-    def __init__(self, json_mode: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None) -> None:
+    def __init__(
+        self, json_mode: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None
+    ) -> None:
         self.json_mode = json_mode
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
@@ -43,14 +56,22 @@ class Output:
         """A notice for the person at the terminal (stderr: never mixed into results)."""
         print(text, file=self.stderr, flush=True)
 
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], style_column: int | None = None,
-              title: str | None = None) -> None:
+    def table(
+        self,
+        headers: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        style_column: int | None = None,
+        title: str | None = None,
+    ) -> None:
         """Rows as a table; `style_column`'s values (states) are coloured on a terminal."""
         cells = [["" if c is None else str(c) for c in row] for row in rows]
         widths = [max(len(r[i]) for r in [list(headers), *cells]) for i in range(len(headers))]
         # rich only when the table fits: on a narrow terminal it would cut or drop
         # columns, while plain lines wrap and lose nothing.
-        if self.rich_tables and sum(widths) + 2 * (len(widths) - 1) <= shutil.get_terminal_size().columns:
+        if (
+            self.rich_tables
+            and sum(widths) + 2 * (len(widths) - 1) <= shutil.get_terminal_size().columns
+        ):
             self._rich_table(headers, cells, style_column, title)
             return
         if title:
@@ -58,19 +79,30 @@ class Output:
         for row in [list(headers), *cells]:
             self.print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
-    def _rich_table(self, headers: Sequence[str], cells: list[list[str]], style_column: int | None,
-                    title: str | None) -> None:
+    def _rich_table(
+        self,
+        headers: Sequence[str],
+        cells: list[list[str]],
+        style_column: int | None,
+        title: str | None,
+    ) -> None:
         from rich.console import Console
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
+        table = Table(
+            title=title, title_justify="left", box=None, header_style="bold", pad_edge=False
+        )
         for header in headers:
             table.add_column(header, no_wrap=True)
         for row in cells:
             # Text(): the cells are data, not rich markup ("[1]" or "[b]" must print as is).
-            table.add_row(*(Text(c, style=STATE_STYLES.get(c, "") if i == style_column else "")
-                            for i, c in enumerate(row)))
+            table.add_row(
+                *(
+                    Text(c, style=STATE_STYLES.get(c, "") if i == style_column else "")
+                    for i, c in enumerate(row)
+                )
+            )
         Console(file=self.stdout).print(table)
 
 
@@ -98,9 +130,15 @@ class Progress:
             )
             from rich.progress import Progress as RichProgress
 
-            self._display = RichProgress(SpinnerColumn(finished_text="•"), TextColumn("{task.description}"),
-                                         BarColumn(bar_width=24), TaskProgressColumn(), TimeElapsedColumn(),
-                                         console=Console(file=out.stderr), transient=False)
+            self._display = RichProgress(
+                SpinnerColumn(finished_text="•"),
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=24),
+                TaskProgressColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=out.stderr),
+                transient=False,
+            )
 
     def __enter__(self) -> Self:
         if self._display is not None:
@@ -111,7 +149,9 @@ class Progress:
         if self._display is not None:
             self._display.stop()
 
-    def update(self, key: str, text: str, fraction: float | None = None, done: bool = False) -> None:
+    def update(
+        self, key: str, text: str, fraction: float | None = None, done: bool = False
+    ) -> None:
         """Show `text` for row `key`; `fraction` (0..1) fills its bar, None = unknown yet."""
         if self.out.json_mode:
             return
@@ -121,7 +161,9 @@ class Progress:
             step = f"{text}|{int(fraction * 10)}" if fraction is not None and not done else text
             if self._last.get(key) != step:
                 self._last[key] = step
-                self.out.note(text if fraction is None or done else f"{text} ({fraction * 100:.0f}%)")
+                self.out.note(
+                    text if fraction is None or done else f"{text} ({fraction * 100:.0f}%)"
+                )
             return
         from rich.text import Text
 
@@ -136,7 +178,9 @@ class Progress:
         if fraction is None:
             self._display.update(row, description=description, total=None)
         else:
-            self._display.update(row, description=description, total=1.0, completed=max(0.0, min(1.0, fraction)))
+            self._display.update(
+                row, description=description, total=1.0, completed=max(0.0, min(1.0, fraction))
+            )
         if done:
             self._display.update(row, total=1.0, completed=1.0 if fraction is None else fraction)
             self._display.stop_task(row)
@@ -184,4 +228,4 @@ def percent(value: Any) -> str:
 
 def one_line(text: Any, limit: int = 200) -> str:
     flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

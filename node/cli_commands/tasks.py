@@ -19,7 +19,9 @@ POLL_SECONDS = 0.3  # progress reports are committed entries: a few per second a
 
 
 # ------------------------------------------------------------------ following
-def follow(client: Client, progress: Progress, watched: Mapping[str, tuple[str, str]]) -> dict[str, dict]:
+def follow(
+    client: Client, progress: Progress, watched: Mapping[str, tuple[str, str]]
+) -> dict[str, dict]:
     """Poll every watched task (key -> (task id, label)) and show its state and
     progress note until all have finished; the finished tasks by key."""
     finished: dict[str, dict] = {}
@@ -49,7 +51,9 @@ def describe(task: dict, label: str) -> tuple[str, float | None]:
         return f"{label} running on {node}: {note}", float(task.get("progress") or 0.0)
     if state == "completed":
         ran = _ran_ms(task)
-        return f"{label} completed on {node}" + (f" in {duration(ran)}" if ran is not None else ""), 1.0
+        return f"{label} completed on {node}" + (
+            f" in {duration(ran)}" if ran is not None else ""
+        ), 1.0
     if state == "failed":
         return f"{label} failed: {task.get('error') or 'no reason given'}", None
     return f"{label} {state}", None
@@ -65,7 +69,9 @@ def result_lines(task: dict) -> list[str]:
     """A finished task's outcome for people: the answer and its citations, the
     passages of a retrieval, or what went wrong."""
     if task["state"] == "failed":
-        return [f"failed after {task.get('attempt')} attempt(s): {task.get('error') or 'no reason given'}"]
+        return [
+            f"failed after {task.get('attempt')} attempt(s): {task.get('error') or 'no reason given'}"
+        ]
     if task["state"] == "cancelled":
         last = task.get("history", [])[-1:] or [{}]
         return [f"cancelled{': ' + last[0]['note'] if last[0].get('note') else ''}"]
@@ -86,10 +92,14 @@ def result_lines(task: dict) -> list[str]:
             lines += ["", "sources (given to the model, not cited in its answer):"]
             lines += [_source_line(p) for p in result["passages"]]
     elif "passages" in result:
-        lines += [f"{_source_line(p)}  score {p.get('score', 0):.3f}\n    {one_line(p.get('text', ''))}"
-                  for p in result["passages"]] or ["no passages matched"]
+        lines += [
+            f"{_source_line(p)}  score {p.get('score', 0):.3f}\n    {one_line(p.get('text', ''))}"
+            for p in result["passages"]
+        ] or ["no passages matched"]
     elif "chunks" in result and "doc_id" in result:
-        lines.append(f"ingested {result['doc_id']} v{result.get('version')}: {result['chunks']} chunks")
+        lines.append(
+            f"ingested {result['doc_id']} v{result.get('version')}: {result['chunks']} chunks"
+        )
     elif "slept_ms" in result:
         lines.append(f"slept {duration(result['slept_ms'])}")
     else:
@@ -99,8 +109,10 @@ def result_lines(task: dict) -> list[str]:
 
 def _source_line(item: dict) -> str:
     """`[1] title (doc id, chunk n)`: a citation or a passage."""
-    return f"[{item.get('n')}] {item.get('title') or item.get('doc_id')} (doc {item.get('doc_id')}, " \
-           f"chunk {item.get('chunk')})"
+    return (
+        f"[{item.get('n')}] {item.get('title') or item.get('doc_id')} (doc {item.get('doc_id')}, "
+        f"chunk {item.get('chunk')})"
+    )
 
 
 def timings_line(result: Any) -> str:
@@ -130,16 +142,28 @@ def submit(client: Client, args: argparse.Namespace, out: Output) -> int:
         try:
             task_input = {"duration_ms": float(args.text)}
         except ValueError:
-            raise ClientError(f"for --type noop the argument is a duration in ms, not {args.text!r} "
-                              "(e.g. `ragraft submit 500 --type noop`)") from None
+            raise ClientError(
+                f"for --type noop the argument is a duration in ms, not {args.text!r} "
+                "(e.g. `ragraft submit 500 --type noop`)"
+            ) from None
     else:
         task_input = {"prompt" if args.type == "generate" else "query": args.text}
-    params = {name: value for name, value in (("top_k", args.top_k), ("mode", args.mode),
-                                              ("max_new_tokens", args.max_tokens), ("temperature", args.temperature))
-              if value is not None}
+    params = {
+        name: value
+        for name, value in (
+            ("top_k", args.top_k),
+            ("mode", args.mode),
+            ("max_new_tokens", args.max_tokens),
+            ("temperature", args.temperature),
+        )
+        if value is not None
+    }
     # One key for this submission, on every node the client tries: at most one task.
-    task = client.post("/api/v1/tasks", {"type": args.type, "input": task_input, "priority": args.priority,
-                                         "params": params}, idempotency_key=new_key())
+    task = client.post(
+        "/api/v1/tasks",
+        {"type": args.type, "input": task_input, "priority": args.priority, "params": params},
+        idempotency_key=new_key(),
+    )
     if not args.wait:
         if out.json_mode:
             out.json(task)
@@ -150,8 +174,10 @@ def submit(client: Client, args: argparse.Namespace, out: Output) -> int:
         with Progress(out) as progress:
             task = follow(client, progress, {"task": (task["id"], task["id"])})["task"]
     except KeyboardInterrupt:
-        out.note(f"\nragraft: stopped waiting; task {task['id']} goes on (`ragraft show {task['id']}`, "
-                 f"`ragraft cancel {task['id']}`)")
+        out.note(
+            f"\nragraft: stopped waiting; task {task['id']} goes on (`ragraft show {task['id']}`, "
+            f"`ragraft cancel {task['id']}`)"
+        )
         return 130
     if out.json_mode:
         out.json(task)
@@ -163,17 +189,31 @@ def submit(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def list_tasks(client: Client, args: argparse.Namespace, out: Output) -> int:
-    page = client.get("/api/v1/tasks", {"state": args.state, "type": args.type, "node": args.node,
-                                        "limit": args.limit})
+    page = client.get(
+        "/api/v1/tasks",
+        {"state": args.state, "type": args.type, "node": args.node, "limit": args.limit},
+    )
     if out.json_mode:
         out.json(page)
         return 0
-    rows = [[t["id"], t["type"], t["state"], t["priority"], t.get("node") or "—", clock(t["submitted_at"]),
-             _progress_cell(t)] for t in page["items"]]
+    rows = [
+        [
+            t["id"],
+            t["type"],
+            t["state"],
+            t["priority"],
+            t.get("node") or "—",
+            clock(t["submitted_at"]),
+            _progress_cell(t),
+        ]
+        for t in page["items"]
+    ]
     if not rows:
         out.print("no tasks" + (" match" if args.state or args.type or args.node else " yet"))
         return 0
-    out.table(["id", "type", "state", "priority", "node", "submitted", "progress"], rows, style_column=2)
+    out.table(
+        ["id", "type", "state", "priority", "node", "submitted", "progress"], rows, style_column=2
+    )
     more = " (the newest; --limit for more)" if page["total"] > len(rows) else ""
     out.note(f"{len(rows)} of {page['total']} tasks{more}")
     return 0
@@ -195,25 +235,35 @@ def show(client: Client, args: argparse.Namespace, out: Output) -> int:
     if out.json_mode:
         out.json(task)
         return 0
-    lines = [f"task {task['id']}  {task['type']}  {task['state']}  priority {task['priority']}  owner "
-             + task["owner"]]
+    lines = [
+        f"task {task['id']}  {task['type']}  {task['state']}  priority {task['priority']}  owner "
+        + task["owner"]
+    ]
     waited = task["started_at"] - task["submitted_at"] if task.get("started_at") else None
-    lines.append(f"node {task.get('node') or '—'} · attempt {task['attempt']} of {task['max_attempts']} · "
-                 f"submitted {clock(task['submitted_at'])} · waited {duration(waited)} · ran "
-                 f"{duration(_ran_ms(task))}")
+    lines.append(
+        f"node {task.get('node') or '—'} · attempt {task['attempt']} of {task['max_attempts']} · "
+        f"submitted {clock(task['submitted_at'])} · waited {duration(waited)} · ran "
+        f"{duration(_ran_ms(task))}"
+    )
     lines.append("input: " + one_line(json.dumps(task["input"], ensure_ascii=False), 300))
     if task.get("params"):
         lines.append("params: " + ", ".join(f"{k}={v}" for k, v in task["params"].items()))
     if task["state"] == "running":
-        lines.append(f"progress: {task['progress'] * 100:.0f}% {task.get('progress_note') or ''}".rstrip()
-                     + (" (abort requested)" if task.get("abort_requested") else ""))
+        lines.append(
+            f"progress: {task['progress'] * 100:.0f}% {task.get('progress_note') or ''}".rstrip()
+            + (" (abort requested)" if task.get("abort_requested") else "")
+        )
     lines += ["", "timeline:"]
     start = task["submitted_at"]
     for step in task.get("history", []):
-        lines.append(f"  {precise_clock(step['at'])}  +{duration(step['at'] - start):<9} {step['state']:<10}"
-                     f"{(step.get('node') or '—'):<6} #{step['attempt']}  {step.get('note') or ''}".rstrip())
+        lines.append(
+            f"  {precise_clock(step['at'])}  +{duration(step['at'] - start):<9} {step['state']:<10}"
+            f"{(step.get('node') or '—'):<6} #{step['attempt']}  {step.get('note') or ''}".rstrip()
+        )
     if task["state"] in FINISHED:
-        lines += ["", "result:"] + ["  " + line for line in "\n".join(result_lines(task)).splitlines()]
+        lines += ["", "result:"] + [
+            "  " + line for line in "\n".join(result_lines(task)).splitlines()
+        ]
         if timings := timings_line(task.get("result")):
             lines.append("  " + timings)
     out.print("\n".join(lines))
@@ -232,11 +282,16 @@ def retry(client: Client, args: argparse.Namespace, out: Output) -> int:
     return _act(client, args, out, "POST", "/retry", "retry")
 
 
-_REFUSALS = {"cancel": "only a queued task can be cancelled", "abort": "it has already finished",
-             "retry": "only a failed or cancelled task can be retried"}
+_REFUSALS = {
+    "cancel": "only a queued task can be cancelled",
+    "abort": "it has already finished",
+    "retry": "only a failed or cancelled task can be retried",
+}
 
 
-def _act(client: Client, args: argparse.Namespace, out: Output, method: str, suffix: str, verb: str) -> int:
+def _act(
+    client: Client, args: argparse.Namespace, out: Output, method: str, suffix: str, verb: str
+) -> int:
     try:
         task = client.request(method, f"/api/v1/tasks/{quote(args.id, safe='')}{suffix}")
     except ClientError as exc:
@@ -247,10 +302,16 @@ def _act(client: Client, args: argparse.Namespace, out: Output, method: str, suf
         if out.json_mode:
             out.json(exc.body)
         if state and f"is {state}" in exc.message:
-            why = _REFUSALS[verb] + ("; `ragraft abort` stops a running task" if state == "running" else "")
+            why = _REFUSALS[verb] + (
+                "; `ragraft abort` stops a running task" if state == "running" else ""
+            )
             out.note(f"ragraft: cannot {verb} {args.id}: it is {state} ({why})")
         else:  # refused for another reason (an ingest task cannot be retried): the API's words
-            out.note(f"ragraft: cannot {verb} {args.id}" + (f" ({state})" if state else "") + f": {exc.message}")
+            out.note(
+                f"ragraft: cannot {verb} {args.id}"
+                + (f" ({state})" if state else "")
+                + f": {exc.message}"
+            )
         return 1
     if out.json_mode:
         out.json(task)
@@ -258,7 +319,9 @@ def _act(client: Client, args: argparse.Namespace, out: Output, method: str, suf
         out.print(task["id"])
         out.note(f"resubmitted {args.id} as {task['id']} ({task['state']})")
     elif verb == "abort" and task["state"] == "running":
-        out.print(f"{task['id']}: abort requested; it stops at its next checkpoint (on {task.get('node')})")
+        out.print(
+            f"{task['id']}: abort requested; it stops at its next checkpoint (on {task.get('node')})"
+        )
     else:
         out.print(f"{task['id']} is {task['state']}")
     return 0

@@ -225,7 +225,16 @@ class Gossip:
 
     def stats(self) -> dict[str, int]:
         out = dict.fromkeys(
-            ("sent", "received", "dropped", "decode_errors", "malformed_frames", "spoofed", "stale_connection"), 0
+            (
+                "sent",
+                "received",
+                "dropped",
+                "decode_errors",
+                "malformed_frames",
+                "spoofed",
+                "stale_connection",
+            ),
+            0,
         )
         out.update(self._stats)
         out.update({f"swim_{k}": v for k, v in self.core.stats.items()})

@@ -18,7 +18,9 @@ from node.rag.generation import GenerationBackend, GenRequest, GenResult
 
 
 class GenerationBatcher:
-    def __init__(self, backend: GenerationBackend, max_batch: int = 8, window_s: float = 0.02) -> None:
+    def __init__(
+        self, backend: GenerationBackend, max_batch: int = 8, window_s: float = 0.02
+    ) -> None:
         self.backend = backend
         self.max_batch = max_batch
         self.window_s = window_s

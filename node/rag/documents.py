@@ -180,8 +180,7 @@ def parse(
     if not any(page.strip() for page in parsed.pages):
         if kind == MEDIA_PDF:
             raise BadDocument(
-                f"{filename}: the PDF has no extractable text "
-                "(a scanned PDF without a text layer?)"
+                f"{filename}: the PDF has no extractable text (a scanned PDF without a text layer?)"
             )
         raise BadDocument(f"{filename}: the file holds no text (only whitespace or markup)")
     return parsed
@@ -283,8 +282,7 @@ def _parse_pdf(
             text = reader.pages[number].extract_text() or ""
         except Exception as err:  # noqa: BLE001 - see above
             raise BadDocument(
-                f"{filename}: page {number + 1} of the PDF is corrupt or unreadable "
-                f"({_brief(err)})"
+                f"{filename}: page {number + 1} of the PDF is corrupt or unreadable ({_brief(err)})"
             ) from None
         pages.append(_normalise_newlines(text))
         if progress is not None:
@@ -327,20 +325,61 @@ def _brief(err: Exception) -> str:
 # (<head> is not among them: its end tag is optional, and its children are hidden anyway.)
 _HIDDEN_ELEMENTS = frozenset({"script", "style", "noscript", "template", "nav", "svg"})
 # Elements that break text into paragraphs.
-_PARAGRAPH_ELEMENTS = frozenset({
-    "address", "article", "aside", "blockquote", "caption", "details", "div", "dl",
-    "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5",
-    "h6", "header", "hr", "main", "ol", "p", "pre", "section", "summary", "table", "ul",
-})
+_PARAGRAPH_ELEMENTS = frozenset(
+    {
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "caption",
+        "details",
+        "div",
+        "dl",
+        "fieldset",
+        "figcaption",
+        "figure",
+        "footer",
+        "form",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "header",
+        "hr",
+        "main",
+        "ol",
+        "p",
+        "pre",
+        "section",
+        "summary",
+        "table",
+        "ul",
+    }
+)
 # Elements that start a line of their own without a blank line.
 _LINE_ELEMENTS = frozenset({"br", "dd", "dt", "li", "tr"})
 _CELL_ELEMENTS = frozenset({"td", "th"})
 _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 # Elements that never have an end tag, so they cannot open a hidden region.
-_VOID_ELEMENTS = frozenset({
-    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
-    "source", "track", "wbr",
-})
+_VOID_ELEMENTS = frozenset(
+    {
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "source",
+        "track",
+        "wbr",
+    }
+)
 # Permalink anchors ("¶" after each heading, as Sphinx and MkDocs render them).
 _PERMALINK_CLASSES = frozenset({"headerlink"})
 

@@ -53,8 +53,10 @@ class Embedder:
         self._model = SentenceTransformer(str(path), device=self.device)
         self._model.eval()
         # sentence-transformers 6 renamed the accessor; older releases only have the old name.
-        get_dim = (getattr(self._model, "get_embedding_dimension", None)
-                   or self._model.get_sentence_embedding_dimension)
+        get_dim = (
+            getattr(self._model, "get_embedding_dimension", None)
+            or self._model.get_sentence_embedding_dimension
+        )
         dim = get_dim()
         if dim is None:
             raise ValueError(f"embedding model at {path} does not declare its dimension")
@@ -64,7 +66,10 @@ class Embedder:
         self._lock = threading.Lock()
         log.info(
             "embedding model %s loaded on %s in %.2f s (dim %d)",
-            self.model_id, self.device, time.perf_counter() - started, self.dim,
+            self.model_id,
+            self.device,
+            time.perf_counter() - started,
+            self.dim,
         )
 
     def encode(
@@ -88,7 +93,7 @@ class Embedder:
         for start in range(0, total, batch_size):
             if cancelled is not None and cancelled():
                 raise EmbeddingCancelled(f"cancelled after {done} of {total} texts")
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             with self._lock:
                 vectors = self._model.encode(
                     [texts[i] for i in rows],

@@ -64,8 +64,9 @@ class QueryEmbedder(Protocol):
     model_id: str
     dim: int
 
-    def encode(self, texts: Sequence[str], batch_size: int = ..., progress: Any = ...,
-               cancelled: Any = ...) -> np.ndarray: ...
+    def encode(
+        self, texts: Sequence[str], batch_size: int = ..., progress: Any = ..., cancelled: Any = ...
+    ) -> np.ndarray: ...
 
     def encode_query(self, text: str) -> np.ndarray: ...
 
@@ -122,12 +123,20 @@ class RagEngine:
 
     @property
     def models(self) -> dict[str, str | None]:
-        return {"embedding": self.embedder.model_id,
-                "generator": self.backend.model_id if self.backend is not None else None}
+        return {
+            "embedding": self.embedder.model_id,
+            "generator": self.backend.model_id if self.backend is not None else None,
+        }
 
     # ---------------------------------------------------------------- tasks
-    def run(self, task_type: str, task_input: dict, params: dict | None = None,
-            progress: ProgressFn | None = None, cancelled: CancelledFn | None = None) -> dict:
+    def run(
+        self,
+        task_type: str,
+        task_input: dict,
+        params: dict | None = None,
+        progress: ProgressFn | None = None,
+        cancelled: CancelledFn | None = None,
+    ) -> dict:
         """The result of one `qa`, `generate` or `retrieve` task."""
         progress = progress or _ignore
         cancelled = cancelled or _never
@@ -140,7 +149,9 @@ class RagEngine:
             return self._generate_task(task_input, params, progress, cancelled)
         raise BadInput(f"the RAG engine does not run {task_type!r} tasks")
 
-    def retrieve(self, query: str, params: dict, cancelled: CancelledFn = _never) -> tuple[list[Passage], float]:
+    def retrieve(
+        self, query: str, params: dict, cancelled: CancelledFn = _never
+    ) -> tuple[list[Passage], float]:
         """Ranked passages for `query` and the milliseconds it took."""
         if cancelled():
             raise Cancelled()
@@ -149,19 +160,29 @@ class RagEngine:
         if mode not in SEARCH_MODES:
             raise BadInput(f"params.mode must be one of {', '.join(SEARCH_MODES)}, not {mode!r}")
         min_score = params.get("min_score")
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))):
+        if min_score is not None and (
+            isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+        ):
             raise BadInput("params.min_score must be a number")
         started = time.perf_counter()
         vector = self.embedder.encode_query(query) if mode != "keyword" else None
         try:
-            passages = self.kb.search(vector, query, mode=mode, k=k, doc_ids=params.get("doc_ids"),
-                                      tags=params.get("tags"), min_score=min_score)
+            passages = self.kb.search(
+                vector,
+                query,
+                mode=mode,
+                k=k,
+                doc_ids=params.get("doc_ids"),
+                tags=params.get("tags"),
+                min_score=min_score,
+            )
         except KBError as exc:
             raise BadInput(f"retrieval: {exc}") from None
         return passages, (time.perf_counter() - started) * 1000
 
-    def _retrieve_task(self, task_input: dict, params: dict, progress: ProgressFn,
-                       cancelled: CancelledFn) -> dict:
+    def _retrieve_task(
+        self, task_input: dict, params: dict, progress: ProgressFn, cancelled: CancelledFn
+    ) -> dict:
         query = _text_input(task_input, "query")
         progress(0.1, "retrieving")
         passages, retrieve_ms = self.retrieve(query, params, cancelled)
@@ -171,15 +192,18 @@ class RagEngine:
             "models": {"embedding": self.embedder.model_id},
         }
 
-    def _qa_task(self, task_input: dict, params: dict, progress: ProgressFn,
-                 cancelled: CancelledFn) -> dict:
+    def _qa_task(
+        self, task_input: dict, params: dict, progress: ProgressFn, cancelled: CancelledFn
+    ) -> dict:
         query = _text_input(task_input, "query")
         progress(0.05, "retrieving")
         passages, retrieve_ms = self.retrieve(query, params, cancelled)
         if cancelled():
             raise Cancelled()
         backend = self._need_backend()
-        max_new = _int_param(params, "max_new_tokens", self.settings.max_new_tokens, 1, MAX_NEW_TOKENS)
+        max_new = _int_param(
+            params, "max_new_tokens", self.settings.max_new_tokens, 1, MAX_NEW_TOKENS
+        )
         try:
             messages, used = build_qa_prompt(query, passages, backend, reserve_new_tokens=max_new)
         except ContextTooSmallError as exc:
@@ -188,27 +212,41 @@ class RagEngine:
         result = self._generate(messages, params, max_new, cancelled)
         return {
             "answer": result.text.strip(),
-            "citations": [{"n": c.n, "doc_id": c.passage.doc_id, "chunk": c.passage.ordinal,
-                           "title": c.passage.title} for c in map_citations(result.text, used)],
+            "citations": [
+                {
+                    "n": c.n,
+                    "doc_id": c.passage.doc_id,
+                    "chunk": c.passage.ordinal,
+                    "title": c.passage.title,
+                }
+                for c in map_citations(result.text, used)
+            ],
             "passages": [_passage_dict(n, p) for n, p in enumerate(used, start=1)],
             "finish_reason": result.finish_reason,
             "timings": _timings(retrieve_ms, result),
             "models": self.models,
         }
 
-    def _generate_task(self, task_input: dict, params: dict, progress: ProgressFn,
-                       cancelled: CancelledFn) -> dict:
+    def _generate_task(
+        self, task_input: dict, params: dict, progress: ProgressFn, cancelled: CancelledFn
+    ) -> dict:
         prompt = _text_input(task_input, "prompt")
         backend = self._need_backend()
-        max_new = _int_param(params, "max_new_tokens", self.settings.max_new_tokens, 1, MAX_NEW_TOKENS)
+        max_new = _int_param(
+            params, "max_new_tokens", self.settings.max_new_tokens, 1, MAX_NEW_TOKENS
+        )
         passages: list[Passage] = []
         retrieve_ms = None
         if params.get("retrieve") or task_input.get("query"):
             query = task_input.get("query") or prompt
             progress(0.05, "retrieving")
-            passages, retrieve_ms = self.retrieve(_text_input({"query": query}, "query"), params, cancelled)
+            passages, retrieve_ms = self.retrieve(
+                _text_input({"query": query}, "query"), params, cancelled
+            )
         try:
-            messages, used = build_generate_prompt(prompt, passages, backend, reserve_new_tokens=max_new)
+            messages, used = build_generate_prompt(
+                prompt, passages, backend, reserve_new_tokens=max_new
+            )
         except ContextTooSmallError as exc:
             raise BadInput(str(exc)) from None
         progress(0.2, "generating")
@@ -220,8 +258,15 @@ class RagEngine:
             "models": self.models,
         }
         if used:
-            out["citations"] = [{"n": c.n, "doc_id": c.passage.doc_id, "chunk": c.passage.ordinal,
-                                 "title": c.passage.title} for c in map_citations(result.text, used)]
+            out["citations"] = [
+                {
+                    "n": c.n,
+                    "doc_id": c.passage.doc_id,
+                    "chunk": c.passage.ordinal,
+                    "title": c.passage.title,
+                }
+                for c in map_citations(result.text, used)
+            ]
             out["passages"] = [_passage_dict(n, p) for n, p in enumerate(used, start=1)]
         return out
 
@@ -230,13 +275,20 @@ class RagEngine:
             raise BadInput("this node has no generator configured ([models] generator)")
         return self.backend
 
-    def _generate(self, messages: list, params: dict, max_new: int, cancelled: CancelledFn) -> GenResult:
+    def _generate(
+        self, messages: list, params: dict, max_new: int, cancelled: CancelledFn
+    ) -> GenResult:
         stop = params.get("stop", ())
         if isinstance(stop, str):
             stop = (stop,)
-        if not isinstance(stop, (list, tuple)) or len(stop) > MAX_STOP_STRINGS or \
-                not all(isinstance(s, str) for s in stop):
-            raise BadInput(f"params.stop must be a string or a list of at most {MAX_STOP_STRINGS} strings")
+        if (
+            not isinstance(stop, (list, tuple))
+            or len(stop) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) for s in stop)
+        ):
+            raise BadInput(
+                f"params.stop must be a string or a list of at most {MAX_STOP_STRINGS} strings"
+            )
         seed = params.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise BadInput("params.seed must be a whole number")
@@ -262,9 +314,14 @@ class RagEngine:
         return result
 
     # ---------------------------------------------------------------- ingestion
-    def prepare_ingest(self, data: bytes, filename: str, media_type: str | None = None,
-                       progress: ProgressFn | None = None,
-                       cancelled: CancelledFn | None = None) -> list[dict]:
+    def prepare_ingest(
+        self,
+        data: bytes,
+        filename: str,
+        media_type: str | None = None,
+        progress: ProgressFn | None = None,
+        cancelled: CancelledFn | None = None,
+    ) -> list[dict]:
         """Parse, chunk and embed an upload: the `put_chunks` batches to commit, each
         `{"chunks": [{ordinal, page, text}], "vectors": bytes}` within `entry_bytes`.
         Raises `BadInput` (with the parser's message) for a file that cannot be read."""
@@ -275,8 +332,14 @@ class RagEngine:
             progress(0.1 * done / max(total, 1), f"{done}/{total} pages parsed")
 
         try:
-            document = parse(data, filename, media_type, max_bytes=self.settings.max_upload_bytes,
-                             progress=parsed_pages, cancelled=cancelled)
+            document = parse(
+                data,
+                filename,
+                media_type,
+                max_bytes=self.settings.max_upload_bytes,
+                progress=parsed_pages,
+                cancelled=cancelled,
+            )
         except BadDocument as exc:
             raise BadInput(str(exc)) from None
         except ParseCancelled:
@@ -289,8 +352,12 @@ class RagEngine:
             progress(0.1 + 0.85 * done / max(total, 1), f"{done}/{total} chunks embedded")
 
         try:
-            vectors = self.embedder.encode([c.text for c in chunks], batch_size=self.settings.embed_batch,
-                                           progress=embedded, cancelled=cancelled)
+            vectors = self.embedder.encode(
+                [c.text for c in chunks],
+                batch_size=self.settings.embed_batch,
+                progress=embedded,
+                cancelled=cancelled,
+            )
         except EmbeddingCancelled:
             raise Cancelled() from None
         return _batches(chunks, vectors, self.settings.entry_bytes)
@@ -312,15 +379,24 @@ def _batches(chunks: list, vectors: np.ndarray, entry_bytes: int) -> list[dict]:
 
 
 def _batch(chunks: list, vectors: np.ndarray) -> dict:
-    return {"chunks": [{"ordinal": c.ordinal, "page": c.page, "text": c.text} for c in chunks],
-            "vectors": vectors_to_bytes(vectors)}
+    return {
+        "chunks": [{"ordinal": c.ordinal, "page": c.page, "text": c.text} for c in chunks],
+        "vectors": vectors_to_bytes(vectors),
+    }
 
 
 def _passage_dict(n: int, passage: Passage) -> dict:
-    return {"n": n, "doc_id": passage.doc_id, "title": passage.title, "chunk": passage.ordinal,
-            "page": passage.page, "text": passage.text, "score": round(passage.score, 6),
-            "vector_score": None if passage.vector_score is None else round(passage.vector_score, 6),
-            "keyword_score": None if passage.keyword_score is None else round(passage.keyword_score, 6)}
+    return {
+        "n": n,
+        "doc_id": passage.doc_id,
+        "title": passage.title,
+        "chunk": passage.ordinal,
+        "page": passage.page,
+        "text": passage.text,
+        "score": round(passage.score, 6),
+        "vector_score": None if passage.vector_score is None else round(passage.vector_score, 6),
+        "keyword_score": None if passage.keyword_score is None else round(passage.keyword_score, 6),
+    }
 
 
 def _timings(retrieve_ms: float | None, result: GenResult) -> dict:
@@ -330,7 +406,9 @@ def _timings(retrieve_ms: float | None, result: GenResult) -> dict:
         "generate_ms": round(generate_ms, 1),
         "prompt_tokens": result.prompt_tokens,
         "new_tokens": result.new_tokens,
-        "tokens_per_s": round(result.new_tokens / result.seconds, 2) if result.seconds > 0 else None,
+        "tokens_per_s": round(result.new_tokens / result.seconds, 2)
+        if result.seconds > 0
+        else None,
     }
 
 

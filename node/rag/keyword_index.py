@@ -35,13 +35,66 @@ _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 _TOKEN = re.compile(f"[{_CJK}]+|[^\\W{_CJK}]+")
 _CJK_RUN = re.compile(f"[{_CJK}]+")
 
-STOPWORDS = frozenset({
-    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have",
-    "he", "her", "his", "i", "if", "in", "into", "is", "it", "its", "me", "my", "no",
-    "not", "of", "on", "or", "our", "she", "so", "such", "that", "the", "their", "them",
-    "then", "there", "these", "they", "this", "to", "was", "we", "were", "what", "when",
-    "where", "which", "who", "will", "with", "you", "your",
-})
+STOPWORDS = frozenset(
+    {
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "so",
+        "such",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "will",
+        "with",
+        "you",
+        "your",
+    }
+)
 
 
 def tokenize(text: str) -> list[str]:
@@ -54,7 +107,7 @@ def tokenize(text: str) -> list[str]:
             if len(word) == 1:
                 tokens.append(word)
             else:
-                tokens.extend(word[i:i + 2] for i in range(len(word) - 1))
+                tokens.extend(word[i : i + 2] for i in range(len(word) - 1))
         elif word not in STOPWORDS:
             tokens.append(word)
     return tokens
@@ -160,7 +213,8 @@ class KeywordIndex:
             for chunk_id in matches:
                 tf = posting[chunk_id]
                 scores[chunk_id] = get(chunk_id, 0.0) + idf * tf * k1_plus_1 / (
-                    tf + constant + per_token * lengths[chunk_id])
+                    tf + constant + per_token * lengths[chunk_id]
+                )
         return scores
 
     def search(

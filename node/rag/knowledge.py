@@ -128,6 +128,7 @@ def vectors_to_bytes(vectors: np.ndarray) -> bytes:
 
 # ---- validation helpers (raise KBError("invalid"), never mutate) ----------------------
 
+
 def _invalid(message: str, **details: Any) -> KBError:
     return KBError("invalid", message, **details)
 
@@ -169,7 +170,9 @@ def _check_tags(tags: Any) -> list[str]:
     cleaned: set[str] = set()
     for tag in tags:
         if not isinstance(tag, str) or not tag.strip() or len(tag.strip()) > MAX_TAG_CHARS:
-            raise _invalid(f"each tag must be a non-empty string of at most {MAX_TAG_CHARS} characters")
+            raise _invalid(
+                f"each tag must be a non-empty string of at most {MAX_TAG_CHARS} characters"
+            )
         cleaned.add(tag.strip())
     if len(cleaned) > MAX_TAGS:
         raise _invalid(f"at most {MAX_TAGS} tags")
@@ -190,8 +193,7 @@ def _check_chunks(chunks: Any) -> list[_Chunk]:
         page = chunk.get("page")
         if page is not None:
             _check_int(f"chunk {n} page", page)
-        text = _check_text(f"chunk {n} text", chunk.get("text"), MAX_CHUNK_CHARS,
-                           allow_empty=False)
+        text = _check_text(f"chunk {n} text", chunk.get("text"), MAX_CHUNK_CHARS, allow_empty=False)
         parsed.append(_Chunk("", 0, ordinal, page, text))
     return parsed
 
@@ -202,14 +204,18 @@ def _decode_vectors(vectors: Any, rows: int, dim: int) -> np.ndarray:
     if not isinstance(vectors, bytes):
         raise _invalid("vectors must be bytes (float32 little-endian)")
     if len(vectors) != rows * dim * 4:
-        raise _invalid(f"vectors must hold {rows} x {dim} float32 values "
-                       f"({rows * dim * 4} bytes), got {len(vectors)} bytes")
+        raise _invalid(
+            f"vectors must hold {rows} x {dim} float32 values "
+            f"({rows * dim * 4} bytes), got {len(vectors)} bytes"
+        )
     array = np.frombuffer(vectors, dtype="<f4").reshape(rows, dim).astype(np.float32)
     if not np.isfinite(array).all():
         raise _invalid("vectors contain NaN or infinity")
     norms = np.linalg.norm(array, axis=1)
     if np.any(np.abs(norms - 1.0) > NORM_TOLERANCE):
-        raise _invalid("vectors must be L2-normalized", worst_norm=float(norms[np.argmax(np.abs(norms - 1.0))]))
+        raise _invalid(
+            "vectors must be L2-normalized", worst_norm=float(norms[np.argmax(np.abs(norms - 1.0))])
+        )
     return array
 
 
@@ -277,8 +283,11 @@ class KnowledgeBase:
         _check_time(at)
         with self._lock:
             existing = self._documents.get(doc_id)
-            previous_version = (existing["version"] if existing is not None
-                                else self._retired_versions.get(doc_id, 0))
+            previous_version = (
+                existing["version"]
+                if existing is not None
+                else self._retired_versions.get(doc_id, 0)
+            )
             superseded = None
             if existing is not None and existing["state"] in ("uploaded", "ingesting"):
                 superseded = existing["version"]
@@ -303,8 +312,13 @@ class KnowledgeBase:
                 "serving": existing["serving"] if existing is not None else None,
             }
             self._uploads[doc_id] = _Upload(version, data)
-            return {"doc_id": doc_id, "version": version, "state": "uploaded",
-                    "size": len(data), "superseded_version": superseded}
+            return {
+                "doc_id": doc_id,
+                "version": version,
+                "state": "uploaded",
+                "size": len(data),
+                "superseded_version": superseded,
+            }
 
     def put_chunks(
         self,
@@ -327,20 +341,28 @@ class KnowledgeBase:
             doc = self._pending_version(doc_id, version)
             staging = self._staging.get(doc_id)
             if staging is not None and batch_no in staging.batches:
-                return {"doc_id": doc_id, "version": version, "batch_no": batch_no,
-                        "duplicate": True, "chunk_count": doc["chunk_count"]}
+                return {
+                    "doc_id": doc_id,
+                    "version": version,
+                    "batch_no": batch_no,
+                    "duplicate": True,
+                    "chunk_count": doc["chunk_count"],
+                }
             known_n = staging.n_batches if staging is not None else None
             if n_batches is not None and known_n is not None and n_batches != known_n:
-                raise KBError("conflict", f"n_batches {n_batches} differs from {known_n} "
-                              "announced by an earlier batch")
+                raise KBError(
+                    "conflict",
+                    f"n_batches {n_batches} differs from {known_n} announced by an earlier batch",
+                )
             expected_n = n_batches if n_batches is not None else known_n
             if expected_n is not None and batch_no >= expected_n:
                 raise _invalid(f"batch_no {batch_no} is not below n_batches {expected_n}")
             ordinals = [c.ordinal for c in parsed]
             taken = set(ordinals) & (staging.ordinals if staging is not None else set())
             if len(set(ordinals)) != len(ordinals) or taken:
-                raise _invalid("chunk ordinals must be unique within a version",
-                               repeated=sorted(taken)[:5])
+                raise _invalid(
+                    "chunk ordinals must be unique within a version", repeated=sorted(taken)[:5]
+                )
             array = _decode_vectors(vectors, len(parsed), self.dim)
 
             ids = list(range(self._next_chunk_id, self._next_chunk_id + len(parsed)))
@@ -363,8 +385,13 @@ class KnowledgeBase:
             self._hidden.update(ids)
             doc["state"] = "ingesting"
             doc["chunk_count"] += len(parsed)
-            return {"doc_id": doc_id, "version": version, "batch_no": batch_no,
-                    "duplicate": False, "chunk_count": doc["chunk_count"]}
+            return {
+                "doc_id": doc_id,
+                "version": version,
+                "batch_no": batch_no,
+                "duplicate": False,
+                "chunk_count": doc["chunk_count"],
+            }
 
     def finish_ingest(self, doc_id: str, version: int, node: str, at: float) -> dict:
         """All batches are in: the version becomes the one searches see, atomically."""
@@ -378,11 +405,16 @@ class KnowledgeBase:
             staging = self._staging.get(doc_id)
             if staging is None:
                 raise KBError("conflict", f"{doc_id} v{version} has no chunks to finish")
-            expected = staging.n_batches if staging.n_batches is not None else max(staging.batches) + 1
+            expected = (
+                staging.n_batches if staging.n_batches is not None else max(staging.batches) + 1
+            )
             missing = sorted(set(range(expected)) - staging.batches)
             if missing:
-                raise KBError("conflict", f"{doc_id} v{version} is missing chunk batches",
-                              missing=missing[:20])
+                raise KBError(
+                    "conflict",
+                    f"{doc_id} v{version} is missing chunk batches",
+                    missing=missing[:20],
+                )
             old_ids = self._serving_chunks.pop(doc_id, [])
             old_version = doc["serving"]["version"] if doc["serving"] is not None else None
             self._drop_chunks(old_ids)
@@ -392,13 +424,25 @@ class KnowledgeBase:
                 self._hidden.difference_update(new_ids)
             del self._staging[doc_id]
             self._uploads.pop(doc_id, None)
-            doc.update(state="ready", error=None, chunk_count=len(new_ids), ingested_by=node,
-                       updated_at=at)
-            doc["serving"] = {"version": version, "title": doc["title"], "tags": list(doc["tags"]),
-                              "chunk_count": len(new_ids), "ingested_by": node, "ingested_at": at}
-            return {"doc_id": doc_id, "version": version, "state": "ready",
-                    "chunk_count": len(new_ids), "replaced_version": old_version,
-                    "removed_chunks": len(old_ids)}
+            doc.update(
+                state="ready", error=None, chunk_count=len(new_ids), ingested_by=node, updated_at=at
+            )
+            doc["serving"] = {
+                "version": version,
+                "title": doc["title"],
+                "tags": list(doc["tags"]),
+                "chunk_count": len(new_ids),
+                "ingested_by": node,
+                "ingested_at": at,
+            }
+            return {
+                "doc_id": doc_id,
+                "version": version,
+                "state": "ready",
+                "chunk_count": len(new_ids),
+                "replaced_version": old_version,
+                "removed_chunks": len(old_ids),
+            }
 
     def fail_ingest(self, doc_id: str, version: int, error: str, at: float) -> dict:
         """The version cannot be ingested: drop its chunks and bytes, keep serving the
@@ -410,11 +454,14 @@ class KnowledgeBase:
             doc = self._pending_version(doc_id, version)
             self._discard_staging(doc_id)
             self._uploads.pop(doc_id, None)
-            doc.update(state="failed", error=error[:MAX_ERROR_CHARS], chunk_count=0,
-                       updated_at=at)
+            doc.update(state="failed", error=error[:MAX_ERROR_CHARS], chunk_count=0, updated_at=at)
             serving = doc["serving"]["version"] if doc["serving"] is not None else None
-            return {"doc_id": doc_id, "version": version, "state": "failed",
-                    "serving_version": serving}
+            return {
+                "doc_id": doc_id,
+                "version": version,
+                "state": "failed",
+                "serving_version": serving,
+            }
 
     def delete(self, doc_id: str, at: float) -> dict:
         _check_time(at)
@@ -426,8 +473,12 @@ class KnowledgeBase:
             self._uploads.pop(doc_id, None)
             self._retired_versions[doc_id] = doc["version"]
             del self._documents[doc_id]
-            return {"doc_id": doc_id, "deleted": True, "version": doc["version"],
-                    "removed_chunks": len(old_ids)}
+            return {
+                "doc_id": doc_id,
+                "deleted": True,
+                "version": doc["version"],
+                "removed_chunks": len(old_ids),
+            }
 
     def set_enabled(self, doc_id: str, enabled: bool, at: float) -> dict:
         if not isinstance(enabled, bool):
@@ -447,8 +498,17 @@ class KnowledgeBase:
             return {"doc_id": doc_id, "enabled": enabled, "changed": changed}
 
     # The runtime's state machine hands over decoded log entries {"op": "kb.<name>", ...}.
-    _OPS: ClassVar[dict[str, str]] = {f"kb.{name}": name for name in
-            ("put_upload", "put_chunks", "finish_ingest", "fail_ingest", "delete", "set_enabled")}
+    _OPS: ClassVar[dict[str, str]] = {
+        f"kb.{name}": name
+        for name in (
+            "put_upload",
+            "put_chunks",
+            "finish_ingest",
+            "fail_ingest",
+            "delete",
+            "set_enabled",
+        )
+    }
 
     def execute(self, cmd: dict) -> dict:
         """Apply one decoded command; a rejected command answers {"error": {...}}."""
@@ -483,23 +543,37 @@ class KnowledgeBase:
         """The answer of `finish_ingest` when `node` already finished this version."""
         doc = self._documents.get(doc_id) if isinstance(doc_id, str) else None
         serving = doc["serving"] if doc is not None else None
-        if serving is None or doc["version"] != version or serving["version"] != version \
-                or serving["ingested_by"] != node:
+        if (
+            serving is None
+            or doc["version"] != version
+            or serving["version"] != version
+            or serving["ingested_by"] != node
+        ):
             return None
-        return {"doc_id": doc_id, "version": version, "state": "ready",
-                "chunk_count": serving["chunk_count"], "replaced_version": None,
-                "removed_chunks": 0, "duplicate": True}
+        return {
+            "doc_id": doc_id,
+            "version": version,
+            "state": "ready",
+            "chunk_count": serving["chunk_count"],
+            "replaced_version": None,
+            "removed_chunks": 0,
+            "duplicate": True,
+        }
 
     def _pending_version(self, doc_id: Any, version: Any) -> dict:
         """The document whose latest version `version` is still being ingested."""
         _check_int("version", version, minimum=1)
         doc = self._require(doc_id)
         if version != doc["version"]:
-            raise KBError("conflict", f"{doc_id} v{version} is stale: the latest version is "
-                          f"v{doc['version']}", latest_version=doc["version"])
+            raise KBError(
+                "conflict",
+                f"{doc_id} v{version} is stale: the latest version is v{doc['version']}",
+                latest_version=doc["version"],
+            )
         if doc["state"] not in ("uploaded", "ingesting"):
-            raise KBError("conflict", f"{doc_id} v{version} is already {doc['state']}",
-                          state=doc["state"])
+            raise KBError(
+                "conflict", f"{doc_id} v{version} is already {doc['state']}", state=doc["state"]
+            )
         return doc
 
     def _discard_staging(self, doc_id: str) -> None:
@@ -527,7 +601,8 @@ class KnowledgeBase:
         """Records by id; optionally only those in `state` or carrying `tag`."""
         with self._lock:
             return [
-                _copy_record(doc) for doc_id, doc in sorted(self._documents.items())
+                _copy_record(doc)
+                for doc_id, doc in sorted(self._documents.items())
                 if (state is None or doc["state"] == state) and (tag is None or tag in doc["tags"])
             ]
 
@@ -562,8 +637,9 @@ class KnowledgeBase:
         _check_int("k", k, minimum=1)
         if k > MAX_K:
             raise _invalid(f"k must be at most {MAX_K}")
-        if min_score is not None and (not isinstance(min_score, (int, float))
-                                      or isinstance(min_score, bool)):
+        if min_score is not None and (
+            not isinstance(min_score, (int, float)) or isinstance(min_score, bool)
+        ):
             raise _invalid("min_score must be a number")
         doc_filter = _check_filter("doc_ids", doc_ids)
         tag_filter = _check_filter("tags", tags)
@@ -589,16 +665,18 @@ class KnowledgeBase:
                 vector_scores = dict(ranked)
                 if min_score is not None:
                     ranked = [(i, s) for i, s in ranked if s >= min_score]
-                keyword_scores = (self._keywords.score(text, [i for i, _ in ranked])
-                                  if text is not None else {})
+                keyword_scores = (
+                    self._keywords.score(text, [i for i, _ in ranked]) if text is not None else {}
+                )
             elif mode == "keyword":
                 assert text is not None
                 ranked = self._keywords.search(text, k, allowed, excluded)
                 if min_score is not None:
                     ranked = [(i, s) for i, s in ranked if s >= min_score]
                 keyword_scores = dict(ranked)
-                vector_scores = (self._vectors.score(query, [i for i, _ in ranked])
-                                 if query is not None else {})
+                vector_scores = (
+                    self._vectors.score(query, [i for i, _ in ranked]) if query is not None else {}
+                )
             else:
                 assert query is not None and text is not None
                 depth = max(HYBRID_DEPTH, k)
@@ -614,8 +692,9 @@ class KnowledgeBase:
                 keyword_scores = dict(by_keyword)
                 vector_only = [i for i, _ in ranked if i not in keyword_scores]
                 keyword_scores.update(self._keywords.score(text, vector_only))
-            return [self._passage(i, s, vector_scores.get(i), keyword_scores.get(i))
-                    for i, s in ranked]
+            return [
+                self._passage(i, s, vector_scores.get(i), keyword_scores.get(i)) for i, s in ranked
+            ]
 
     def _allowed_chunks(self, doc_ids: list[str] | None, tags: list[str] | None) -> set[int] | None:
         """Visible chunks of the documents passing the filters; None when unfiltered."""
@@ -633,13 +712,22 @@ class KnowledgeBase:
             allowed.update(self._serving_chunks.get(doc_id, []))
         return allowed
 
-    def _passage(self, chunk_id: int, score: float, vector_score: float | None,
-                 keyword_score: float | None) -> Passage:
+    def _passage(
+        self, chunk_id: int, score: float, vector_score: float | None, keyword_score: float | None
+    ) -> Passage:
         chunk = self._chunks[chunk_id]
         serving = self._documents[chunk.doc_id]["serving"]
-        return Passage(chunk_id=chunk_id, doc_id=chunk.doc_id, title=serving["title"],
-                       ordinal=chunk.ordinal, page=chunk.page, text=chunk.text, score=score,
-                       vector_score=vector_score, keyword_score=keyword_score)
+        return Passage(
+            chunk_id=chunk_id,
+            doc_id=chunk.doc_id,
+            title=serving["title"],
+            ordinal=chunk.ordinal,
+            page=chunk.page,
+            text=chunk.text,
+            score=score,
+            vector_score=vector_score,
+            keyword_score=keyword_score,
+        )
 
     def stats(self) -> dict:
         with self._lock:
@@ -658,8 +746,11 @@ class KnowledgeBase:
                 "staged_chunks": staged,
                 "pending_uploads": len(self._uploads),
                 "pending_upload_bytes": sum(len(u.data) for u in self._uploads.values()),
-                "vector_index": {"kind": self.index_kind, "dim": self.dim,
-                                 "size": len(self._vectors)},
+                "vector_index": {
+                    "kind": self.index_kind,
+                    "dim": self.dim,
+                    "size": len(self._vectors),
+                },
                 "keyword_vocabulary": self._keywords.vocabulary_size,
                 "next_chunk_id": self._next_chunk_id,
             }
@@ -676,8 +767,10 @@ class KnowledgeBase:
             "next_chunk_id": self._next_chunk_id,
             "documents": [_canonical_record(self._documents[d]) for d in sorted(self._documents)],
             "uploads": [[d, u.version, u.data] for d, u in sorted(self._uploads.items())],
-            "staging": [[d, s.version, s.n_batches, sorted(s.batches), sorted(s.chunk_ids)]
-                        for d, s in sorted(self._staging.items())],
+            "staging": [
+                [d, s.version, s.n_batches, sorted(s.batches), sorted(s.chunk_ids)]
+                for d, s in sorted(self._staging.items())
+            ],
             "retired_versions": sorted(self._retired_versions.items()),
             "chunks": {
                 "ids": chunk_ids,
@@ -733,15 +826,25 @@ class KnowledgeBase:
         chunks = {
             chunk_id: _Chunk(doc_id, version, ordinal, page, text)
             for chunk_id, doc_id, version, ordinal, page, text in zip(
-                columns["ids"], columns["doc_ids"], columns["versions"], columns["ordinals"],
-                columns["pages"], columns["texts"])
+                columns["ids"],
+                columns["doc_ids"],
+                columns["versions"],
+                columns["ordinals"],
+                columns["pages"],
+                columns["texts"],
+            )
         }
         documents = {record["id"]: record for record in state["documents"]}
         staging: dict[str, _Staging] = {}
         hidden: set[int] = set()
         for doc_id, version, n_batches, batches, chunk_ids in state["staging"]:
-            staging[doc_id] = _Staging(version, n_batches, set(batches), list(chunk_ids),
-                                       {chunks[i].ordinal for i in chunk_ids})
+            staging[doc_id] = _Staging(
+                version,
+                n_batches,
+                set(batches),
+                list(chunk_ids),
+                {chunks[i].ordinal for i in chunk_ids},
+            )
             hidden.update(chunk_ids)
         serving_chunks: dict[str, list[int]] = {}
         for chunk_id, chunk in chunks.items():

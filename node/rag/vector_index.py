@@ -146,8 +146,9 @@ class VectorIndex:
         if not self._tombstones:
             return
         all_ids = faiss.vector_to_array(self._index.id_map)
-        keep = np.fromiter((i not in self._tombstones for i in all_ids.tolist()), dtype=bool,
-                           count=all_ids.size)
+        keep = np.fromiter(
+            (i not in self._tombstones for i in all_ids.tolist()), dtype=bool, count=all_ids.size
+        )
         fresh = self._empty_index()
         if keep.any():
             vectors = self._index.index.reconstruct_n(0, self._index.ntotal)[keep]
@@ -276,8 +277,13 @@ class VectorIndex:
         if state.get("format") != _SNAPSHOT_FORMAT:
             raise ValueError(f"unsupported vector index snapshot format {state.get('format')!r}")
         m, ef_construction, ef_search = state["hnsw"]
-        index = cls(state["dim"], state["kind"], hnsw_m=m, ef_construction=ef_construction,
-                    ef_search=ef_search)
+        index = cls(
+            state["dim"],
+            state["kind"],
+            hnsw_m=m,
+            ef_construction=ef_construction,
+            ef_search=ef_search,
+        )
         restored = faiss.deserialize_index(np.frombuffer(state["faiss"], dtype=np.uint8))
         if not isinstance(restored, faiss.IndexIDMap2) or restored.d != index.dim:
             raise ValueError("vector index snapshot does not hold a matching IndexIDMap2")

@@ -14,30 +14,45 @@ from tui import format as fmt
 
 
 def render_task(task: dict) -> str:
-    lines = [f"[b]{task['id']}[/b]  {task['type']}  {fmt.state(task['state'])}  priority {task['priority']}  "
-             f"owner {task['owner']}  attempt {task['attempt']}/{task.get('max_attempts', '?')}",
-             f"node {task.get('node') or '—'}  progress {task.get('progress', 0) * 100:.0f}% "
-             f"{task.get('progress_note', '')}", "", "[b]input[/b]", json.dumps(task.get("input"), indent=1)[:800],
-             "", "[b]timeline[/b]"]
+    lines = [
+        f"[b]{task['id']}[/b]  {task['type']}  {fmt.state(task['state'])}  priority {task['priority']}  "
+        f"owner {task['owner']}  attempt {task['attempt']}/{task.get('max_attempts', '?')}",
+        f"node {task.get('node') or '—'}  progress {task.get('progress', 0) * 100:.0f}% "
+        f"{task.get('progress_note', '')}",
+        "",
+        "[b]input[/b]",
+        json.dumps(task.get("input"), indent=1)[:800],
+        "",
+        "[b]timeline[/b]",
+    ]
     for step in task.get("history", []):
-        lines.append(f"  {fmt.clock(step['at'])}  {fmt.state(step['state']):<24} node {step.get('node') or '—'}"
-                     f"  attempt {step['attempt']}  {step.get('note', '')}")
+        lines.append(
+            f"  {fmt.clock(step['at'])}  {fmt.state(step['state']):<24} node {step.get('node') or '—'}"
+            f"  attempt {step['attempt']}  {step.get('note', '')}"
+        )
     result = task.get("result")
     if isinstance(result, dict):
         if "answer" in result:
             lines += ["", "[b]answer[/b]", result["answer"]]
         if result.get("citations"):
             lines += ["", "[b]citations[/b]"]
-            lines += [f"  [{c['n']}] {c.get('title') or c['doc_id']} (doc {c['doc_id']}, chunk {c['chunk']})"
-                      for c in result["citations"]]
+            lines += [
+                f"  [{c['n']}] {c.get('title') or c['doc_id']} (doc {c['doc_id']}, chunk {c['chunk']})"
+                for c in result["citations"]
+            ]
         if result.get("passages"):
             lines += ["", "[b]passages[/b]"]
             for p in result["passages"]:
-                lines.append(f"  [{p['n']}] {p.get('title') or p['doc_id']} · score {p['score']:.3f} "
-                             f"(vector {p.get('vector_score')}, keyword {p.get('keyword_score')})")
+                lines.append(
+                    f"  [{p['n']}] {p.get('title') or p['doc_id']} · score {p['score']:.3f} "
+                    f"(vector {p.get('vector_score')}, keyword {p.get('keyword_score')})"
+                )
                 lines.append("      " + p["text"][:300].replace("\n", " "))
         if result.get("timings"):
-            lines += ["", "[b]timings[/b] " + ", ".join(f"{k} {v}" for k, v in result["timings"].items())]
+            lines += [
+                "",
+                "[b]timings[/b] " + ", ".join(f"{k} {v}" for k, v in result["timings"].items()),
+            ]
     if task.get("error"):
         lines += ["", "[b red]error[/b red]", task["error"]]
     return "\n".join(lines)

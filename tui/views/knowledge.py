@@ -27,7 +27,9 @@ class KnowledgeView(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal():
-            yield Input(placeholder="path of a file to add (text, Markdown, HTML, PDF)", id="kb-path")
+            yield Input(
+                placeholder="path of a file to add (text, Markdown, HTML, PDF)", id="kb-path"
+            )
             yield Button("Add", id="kb-add")
         with Horizontal(id="kb-progress-row"):
             yield ProgressBar(total=100, show_eta=False, id="kb-progress")
@@ -39,24 +41,36 @@ class KnowledgeView(Vertical):
         yield Static("", id="kb-results")
 
     def on_mount(self) -> None:
-        self.query_one("#kb-docs", DataTable).add_columns("id", "title", "state", "version", "size", "chunks",
-                                                           "ingested by", "tags")
+        self.query_one("#kb-docs", DataTable).add_columns(
+            "id", "title", "state", "version", "size", "chunks", "ingested by", "tags"
+        )
 
     def show(self, documents: dict) -> None:
         table = self.query_one("#kb-docs", DataTable)
         table.clear()
         for d in documents.get("items", []):
             colour = {"ready": "green", "failed": "red"}.get(d["state"], "yellow")
-            table.add_row(d["id"], d["title"][:40], f"[{colour}]{d['state']}[/]", str(d["version"]), fmt.size(d["size"]),
-                          str(d["chunk_count"]), d.get("ingested_by") or "—", ",".join(d.get("tags", [])), key=d["id"])
+            table.add_row(
+                d["id"],
+                d["title"][:40],
+                f"[{colour}]{d['state']}[/]",
+                str(d["version"]),
+                fmt.size(d["size"]),
+                str(d["chunk_count"]),
+                d.get("ingested_by") or "—",
+                ",".join(d.get("tags", [])),
+                key=d["id"],
+            )
 
     def progress(self, fraction: float, note: str) -> None:
         self.query_one("#kb-progress", ProgressBar).update(progress=fraction * 100)
         self.query_one("#kb-progress-line", Static).update(note)
 
     def results(self, answer: dict) -> None:
-        lines = [f"[{p['n']}] {p.get('title') or p['doc_id']} · {p['score']:.3f}  {p['text'][:120]!r}"
-                 for p in answer.get("passages", [])]
+        lines = [
+            f"[{p['n']}] {p.get('title') or p['doc_id']} · {p['score']:.3f}  {p['text'][:120]!r}"
+            for p in answer.get("passages", [])
+        ]
         self.query_one("#kb-results", Static).update("\n".join(lines) or "no passages")
 
     def selected_id(self) -> str | None:

@@ -30,12 +30,16 @@ class Overview(Vertical):
 
     def on_mount(self) -> None:
         table = self.query_one("#nodes", DataTable)
-        table.add_columns("node", "role", "gossip", "cpu", "memory", "gpu", "slots", "running", "models")
+        table.add_columns(
+            "node", "role", "gossip", "cpu", "memory", "gpu", "slots", "running", "models"
+        )
         self.history: list[float] = []
 
     def show(self, stats: dict, nodes: dict, cluster: dict) -> None:
         for name in STATES:
-            self.query_one(f"#card-{name}", Static).update(f"{fmt.state(name)}\n[b]{stats.get(name, 0)}[/b]")
+            self.query_one(f"#card-{name}", Static).update(
+                f"{fmt.state(name)}\n[b]{stats.get(name, 0)}[/b]"
+            )
         rate = stats.get("throughput", {}).get("completed_per_s_1m", 0.0)
         self.history = (self.history + [rate])[-60:]
         self.query_one("#throughput", Sparkline).data = self.history
@@ -45,7 +49,8 @@ class Overview(Vertical):
             f"commit {cluster.get('commit_index')}  applied {cluster.get('applied_index')}  "
             f"quorum {'yes' if cluster.get('quorum') else '[red]NO[/]'}\n{rate:.2f} tasks/s  ·  "
             f"wait p50 {fmt.ms(wait.get('p50'))} p95 {fmt.ms(wait.get('p95'))}  ·  "
-            f"run p50 {fmt.ms(run.get('p50'))} p95 {fmt.ms(run.get('p95'))}")
+            f"run p50 {fmt.ms(run.get('p50'))} p95 {fmt.ms(run.get('p95'))}"
+        )
         table = self.query_one("#nodes", DataTable)
         table.clear()
         for node in nodes.get("items", []):
@@ -53,8 +58,20 @@ class Overview(Vertical):
             status = node.get("status", "?")
             colour = {"alive": "green", "suspect": "yellow", "dead": "red"}.get(status, "white")
             gpu = fmt.percent(m.get("gpu_util_percent")) if "gpu_util_percent" in m else "—"
-            mem = f"{fmt.size(m.get('mem_used'))}/{fmt.size(m.get('mem_total'))}" if m.get("mem_total") else "—"
-            table.add_row(node["id"], node.get("raft_role") or "—", f"[{colour}]{status}[/]",
-                          fmt.percent(m.get("cpu_percent")), mem, gpu,
-                          f"{m.get('slots_used', '—')}/{m.get('slots_total', node.get('slots') or '—')}",
-                          str(len(node.get("running", []))), m.get("models", "—"), key=node["id"])
+            mem = (
+                f"{fmt.size(m.get('mem_used'))}/{fmt.size(m.get('mem_total'))}"
+                if m.get("mem_total")
+                else "—"
+            )
+            table.add_row(
+                node["id"],
+                node.get("raft_role") or "—",
+                f"[{colour}]{status}[/]",
+                fmt.percent(m.get("cpu_percent")),
+                mem,
+                gpu,
+                f"{m.get('slots_used', '—')}/{m.get('slots_total', node.get('slots') or '—')}",
+                str(len(node.get("running", []))),
+                m.get("models", "—"),
+                key=node["id"],
+            )

@@ -26,10 +26,18 @@ class SubmitForm(Vertical):
         yield Label("question or prompt")
         yield Input(placeholder="What does the lighthouse keeper polish?", id="submit-query")
         with Horizontal():
-            yield Select([("qa", "qa"), ("generate", "generate"), ("retrieve", "retrieve")], value="qa",
-                         allow_blank=False, id="submit-type")
-            yield Select([(m, m) for m in ("hybrid", "vector", "keyword")], value="hybrid", allow_blank=False,
-                         id="submit-mode")
+            yield Select(
+                [("qa", "qa"), ("generate", "generate"), ("retrieve", "retrieve")],
+                value="qa",
+                allow_blank=False,
+                id="submit-type",
+            )
+            yield Select(
+                [(m, m) for m in ("hybrid", "vector", "keyword")],
+                value="hybrid",
+                allow_blank=False,
+                id="submit-mode",
+            )
             yield Input(value="5", placeholder="priority 0-9", id="submit-priority")
         with Horizontal():
             yield Input(value="5", placeholder="top k", id="submit-topk")
@@ -48,11 +56,22 @@ class SubmitForm(Vertical):
                 return cast(raw)
             except ValueError:
                 return raw  # the API names the bad field
-        params: dict = {"top_k": number("topk", int), "mode": str(self.query_one("#submit-mode", Select).value)}
+
+        params: dict = {
+            "top_k": number("topk", int),
+            "mode": str(self.query_one("#submit-mode", Select).value),
+        }
         if kind != "retrieve":
-            params.update(max_new_tokens=number("tokens", int), temperature=number("temperature", float))
+            params.update(
+                max_new_tokens=number("tokens", int), temperature=number("temperature", float)
+            )
         key = "prompt" if kind == "generate" else "query"
-        return {"type": kind, "input": {key: text}, "priority": number("priority", int), "params": params}
+        return {
+            "type": kind,
+            "input": {key: text},
+            "priority": number("priority", int),
+            "params": params,
+        }
 
     @on(Button.Pressed, "#submit-go")
     @on(Input.Submitted, "#submit-query")

@@ -42,7 +42,9 @@ class TaskList(Vertical):
     def on_mount(self) -> None:
         self.cursors: list[str | None] = [None]  # cursor of each page seen, for going back
         table = self.query_one("#task-table", DataTable)
-        table.add_columns("id", "type", "state", "prio", "node", "submitted", "waited", "ran", "progress", "input")
+        table.add_columns(
+            "id", "type", "state", "prio", "node", "submitted", "waited", "ran", "progress", "input"
+        )
 
     def query_string(self) -> str:
         params = {"limit": str(PAGE)}
@@ -65,16 +67,31 @@ class TaskList(Vertical):
         selected = table.cursor_row
         table.clear()
         for t in page.get("items", []):
-            progress = f"{t['progress'] * 100:.0f}% {t.get('progress_note', '')}" if t["state"] == "running" else ""
-            table.add_row(t["id"], t["type"], fmt.state(t["state"]), str(t["priority"]), t.get("node") or "—",
-                          fmt.clock(t["submitted_at"]), fmt.ms(t.get("waited_ms")), fmt.ms(t.get("ran_ms")),
-                          progress[:24], (t.get("input_excerpt") or "")[:40], key=t["id"])
+            progress = (
+                f"{t['progress'] * 100:.0f}% {t.get('progress_note', '')}"
+                if t["state"] == "running"
+                else ""
+            )
+            table.add_row(
+                t["id"],
+                t["type"],
+                fmt.state(t["state"]),
+                str(t["priority"]),
+                t.get("node") or "—",
+                fmt.clock(t["submitted_at"]),
+                fmt.ms(t.get("waited_ms")),
+                fmt.ms(t.get("ran_ms")),
+                progress[:24],
+                (t.get("input_excerpt") or "")[:40],
+                key=t["id"],
+            )
         if table.row_count:
             table.move_cursor(row=min(selected, table.row_count - 1))
         self.next_cursor = page.get("next_cursor")
         number = len(self.cursors)
         self.query_one("#page-info", Static).update(
-            f"page {number} · {page.get('total', 0)} matching tasks · \\[ previous · ] next · enter details")
+            f"page {number} · {page.get('total', 0)} matching tasks · \\[ previous · ] next · enter details"
+        )
 
     def next_page(self) -> bool:
         if getattr(self, "next_cursor", None):

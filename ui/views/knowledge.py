@@ -15,51 +15,95 @@ from ui.render import badge, passage_list, progress_bar
 from ui.tables import LiveTable
 
 # a document's state drawn in the colour of the task state it resembles
-DOC_STATES = {"uploaded": "queued", "ingesting": "running", "ready": "completed", "failed": "failed"}
+DOC_STATES = {
+    "uploaded": "queued",
+    "ingesting": "running",
+    "ready": "completed",
+    "failed": "failed",
+}
 
 
 class KnowledgeView:
     def __init__(self, api: ApiClient) -> None:
         self.api = api
         self.uploads: list[dict] = []  # this session's uploads: name, doc_id, task_id
-        self.files = pn.widgets.FileInput(multiple=True, accept=".txt,.md,.markdown,.html,.htm,.pdf")
+        self.files = pn.widgets.FileInput(
+            multiple=True, accept=".txt,.md,.markdown,.html,.htm,.pdf"
+        )
         upload = pn.widgets.Button(name="Upload", button_type="primary", width=110)
         upload.on_click(self._upload)
         replace = pn.widgets.Button(name="Replace selected with file", width=210)
         replace.on_click(self._replace)
         self.progress = pn.pane.HTML("", sizing_mode="stretch_width", name="ingest-progress")
-        self.docs = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False,
-                                         sortable=False, formatters={"state": {"type": "html"},
-                                                                     "ingest": {"type": "html"}},
-                                         sizing_mode="stretch_width", height=280, css_classes=["documents-table"])
+        self.docs = pn.widgets.Tabulator(
+            pd.DataFrame(),
+            selectable=1,
+            disabled=True,
+            show_index=False,
+            sortable=False,
+            formatters={"state": {"type": "html"}, "ingest": {"type": "html"}},
+            sizing_mode="stretch_width",
+            height=280,
+            css_classes=["documents-table"],
+        )
         self.live = LiveTable(self.docs)
         delete = pn.widgets.Button(name="Delete selected document", width=210)
         delete.on_click(self._delete)
         self.notice = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.k_query = pn.widgets.TextInput(name="retrieval test", placeholder="a query", width=400)
-        self.k_mode = pn.widgets.Select(name="mode", options=["hybrid", "vector", "keyword"], width=110)
+        self.k_mode = pn.widgets.Select(
+            name="mode", options=["hybrid", "vector", "keyword"], width=110
+        )
         self.k_top = pn.widgets.IntInput(name="top-k", value=5, start=1, end=50, width=80)
         search = pn.widgets.Button(name="Search", width=100)
         search.on_click(self._search)
         self.k_results = pn.pane.HTML("", sizing_mode="stretch_width", name="retrieval-results")
-        self.panel = pn.Column(pn.Row(self.files, upload, replace), self.progress, self.docs,
-                               pn.Row(delete), self.notice, pn.Row(self.k_query, self.k_mode, self.k_top, search),
-                               self.k_results, name="Knowledge", sizing_mode="stretch_width")
+        self.panel = pn.Column(
+            pn.Row(self.files, upload, replace),
+            self.progress,
+            self.docs,
+            pn.Row(delete),
+            self.notice,
+            pn.Row(self.k_query, self.k_mode, self.k_top, search),
+            self.k_results,
+            name="Knowledge",
+            sizing_mode="stretch_width",
+        )
 
     async def refresh(self) -> None:
         docs = (await self.api.request("GET", "/api/v1/kb/documents"))["items"]
-        ingesting = await self.api.request("GET", "/api/v1/tasks?" + urlencode(
-            {"type": "ingest", "state": "queued,running", "limit": 500, "full": 1}))
+        ingesting = await self.api.request(
+            "GET",
+            "/api/v1/tasks?"
+            + urlencode({"type": "ingest", "state": "queued,running", "limit": 500, "full": 1}),
+        )
         progress = {t["input"].get("doc_id"): t for t in ingesting["items"]}
         rows = []
         for d in docs:
             task = progress.get(d["id"])
-            ingest = "" if task is None else (progress_bar(task["progress"], task.get("progress_note") or "")
-                                              if task["state"] == "running" else "waiting for a slot")
-            rows.append({"id": d["id"], "title": d["title"], "state": badge_doc(d["state"]), "ingest": ingest,
-                         "version": d["version"], "size": _size(d["size"]), "chunks": d["chunk_count"],
-                         "ingested by": d.get("ingested_by") or "", "enabled": d.get("enabled", True),
-                         "error": d.get("error") or ""})
+            ingest = (
+                ""
+                if task is None
+                else (
+                    progress_bar(task["progress"], task.get("progress_note") or "")
+                    if task["state"] == "running"
+                    else "waiting for a slot"
+                )
+            )
+            rows.append(
+                {
+                    "id": d["id"],
+                    "title": d["title"],
+                    "state": badge_doc(d["state"]),
+                    "ingest": ingest,
+                    "version": d["version"],
+                    "size": _size(d["size"]),
+                    "chunks": d["chunk_count"],
+                    "ingested by": d.get("ingested_by") or "",
+                    "enabled": d.get("enabled", True),
+                    "error": d.get("error") or "",
+                }
+            )
         self.live.show(rows)
         by_id = {d["id"]: d for d in docs}
         lines = []
@@ -74,10 +118,14 @@ class KnowledgeView:
             elif doc["state"] == "ready":
                 status = f"{progress_bar(1.0)} ready: {doc['chunk_count']} chunks by {doc.get('ingested_by')}"
             elif doc["state"] == "failed":
-                status = f'<b style="color:#c53030">failed: {html.escape(doc.get("error") or "")}</b>'
+                status = (
+                    f'<b style="color:#c53030">failed: {html.escape(doc.get("error") or "")}</b>'
+                )
             else:
                 status = "queued for ingest"
-            lines.append(f'<div class="upload-line">{html.escape(up["name"])}: {up["note"]} — {status}</div>')
+            lines.append(
+                f'<div class="upload-line">{html.escape(up["name"])}: {up["note"]} — {status}</div>'
+            )
         self.progress.object = "".join(lines)
 
     def _selected(self) -> str | None:
@@ -98,8 +146,14 @@ class KnowledgeView:
             return
         doc, task = answer["documents"][0], answer["tasks"][0]
         verb = f"version {doc['version']} of" if doc_id else "queued as"
-        self.uploads.append({"name": name, "doc_id": doc["doc_id"], "task_id": task["id"],
-                             "note": f"{verb} {html.escape(doc['doc_id'])}, ingest task {task['id']}"})
+        self.uploads.append(
+            {
+                "name": name,
+                "doc_id": doc["doc_id"],
+                "task_id": task["id"],
+                "note": f"{verb} {html.escape(doc['doc_id'])}, ingest task {task['id']}",
+            }
+        )
 
     async def _upload(self, _: Any) -> None:
         files = self._chosen_files()
@@ -113,7 +167,9 @@ class KnowledgeView:
     async def _replace(self, _: Any) -> None:
         doc_id, files = self._selected(), self._chosen_files()
         if doc_id is None or len(files) != 1:
-            self.notice.object = "select one document in the table and choose one file to replace it with"
+            self.notice.object = (
+                "select one document in the table and choose one file to replace it with"
+            )
             return
         await self._send(*files[0], doc_id=doc_id)
         await self.refresh()
@@ -132,8 +188,13 @@ class KnowledgeView:
 
     async def _search(self, _: Any) -> None:
         try:
-            answer = await self.api.request("GET", "/api/v1/kb/search?" + urlencode(
-                {"q": self.k_query.value, "k": self.k_top.value, "mode": self.k_mode.value}))
+            answer = await self.api.request(
+                "GET",
+                "/api/v1/kb/search?"
+                + urlencode(
+                    {"q": self.k_query.value, "k": self.k_top.value, "mode": self.k_mode.value}
+                ),
+            )
         except ApiError as exc:
             self.k_results.object = html.escape(str(exc))
             return

@@ -23,11 +23,28 @@ from ui.tables import LiveTable
 
 PAGE = 50
 TYPES = ["qa", "generate", "retrieve", "ingest", "noop"]
-SORTS = {"newest first": "-submitted", "oldest first": "submitted", "priority (high first)": "-priority",
-         "priority (low first)": "priority", "longest wait": "-waited", "longest run": "-ran",
-         "progress": "-progress", "recently started": "-started", "recently finished": "-finished",
-         "state": "state", "type": "type", "node": "node", "owner": "owner"}
-SINCE = {"any time": 0, "last 5 minutes": 5, "last 15 minutes": 15, "last hour": 60, "last 24 hours": 1440}
+SORTS = {
+    "newest first": "-submitted",
+    "oldest first": "submitted",
+    "priority (high first)": "-priority",
+    "priority (low first)": "priority",
+    "longest wait": "-waited",
+    "longest run": "-ran",
+    "progress": "-progress",
+    "recently started": "-started",
+    "recently finished": "-finished",
+    "state": "state",
+    "type": "type",
+    "node": "node",
+    "owner": "owner",
+}
+SINCE = {
+    "any time": 0,
+    "last 5 minutes": 5,
+    "last 15 minutes": 15,
+    "last hour": 60,
+    "last 24 hours": 1440,
+}
 
 
 def _filter(kind: type, key: str, **options: Any) -> Any:
@@ -36,7 +53,9 @@ def _filter(kind: type, key: str, **options: Any) -> Any:
 
 
 class TasksView:
-    def __init__(self, api: ApiClient, nodes: list[str], on_change: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, api: ApiClient, nodes: list[str], on_change: Callable[[], Awaitable[None]]
+    ) -> None:
         self.api = api
         self.on_change = on_change  # after an action: refresh everything now
         self.cursors: list[str | None] = [None]
@@ -44,45 +63,101 @@ class TasksView:
         self.followed: str | None = None
         self.since_ms = 0  # fixed when the filter is chosen, so pages stay consistent
 
-        self.f_state = _filter(pn.widgets.Select, "state", name="state", options=["", *STATES], width=110)
-        self.f_type = _filter(pn.widgets.Select, "type", name="type", options=["", *TYPES], width=100)
-        self.f_node = _filter(pn.widgets.Select, "node", name="node", options=["", *nodes], width=90)
-        self.f_owner = _filter(pn.widgets.TextInput, "owner", name="owner", placeholder="user", width=100)
-        self.f_priority = _filter(pn.widgets.Select, "priority", name="priority",
-                                  options=["", *map(str, range(10))], width=80)
-        self.f_since = _filter(pn.widgets.Select, "since", name="submitted", options=list(SINCE), width=130)
-        self.f_text = _filter(pn.widgets.TextInput, "text", name="search", placeholder="id, text, owner, error",
-                              width=220)
-        self.f_sort = _filter(pn.widgets.Select, "sort", name="sort", options=list(SORTS), width=170)
-        filters = (self.f_state, self.f_type, self.f_node, self.f_owner, self.f_priority, self.f_since,
-                   self.f_text, self.f_sort)
+        self.f_state = _filter(
+            pn.widgets.Select, "state", name="state", options=["", *STATES], width=110
+        )
+        self.f_type = _filter(
+            pn.widgets.Select, "type", name="type", options=["", *TYPES], width=100
+        )
+        self.f_node = _filter(
+            pn.widgets.Select, "node", name="node", options=["", *nodes], width=90
+        )
+        self.f_owner = _filter(
+            pn.widgets.TextInput, "owner", name="owner", placeholder="user", width=100
+        )
+        self.f_priority = _filter(
+            pn.widgets.Select,
+            "priority",
+            name="priority",
+            options=["", *map(str, range(10))],
+            width=80,
+        )
+        self.f_since = _filter(
+            pn.widgets.Select, "since", name="submitted", options=list(SINCE), width=130
+        )
+        self.f_text = _filter(
+            pn.widgets.TextInput,
+            "text",
+            name="search",
+            placeholder="id, text, owner, error",
+            width=220,
+        )
+        self.f_sort = _filter(
+            pn.widgets.Select, "sort", name="sort", options=list(SORTS), width=170
+        )
+        filters = (
+            self.f_state,
+            self.f_type,
+            self.f_node,
+            self.f_owner,
+            self.f_priority,
+            self.f_since,
+            self.f_text,
+            self.f_sort,
+        )
         for widget in filters:
             widget.param.watch(self._filters_changed, "value")
         self.table = pn.widgets.Tabulator(
-            pd.DataFrame(), selectable="checkbox", disabled=True, show_index=False, sortable=False,
-            formatters={"state": {"type": "html"}, "progress": {"type": "html"}}, sizing_mode="stretch_width",
-            height=460, css_classes=["tasks-table"],
-            configuration={"renderVertical": "basic"})  # a page is 50 rows: draw them all
+            pd.DataFrame(),
+            selectable="checkbox",
+            disabled=True,
+            show_index=False,
+            sortable=False,
+            formatters={"state": {"type": "html"}, "progress": {"type": "html"}},
+            sizing_mode="stretch_width",
+            height=460,
+            css_classes=["tasks-table"],
+            configuration={"renderVertical": "basic"},
+        )  # a page is 50 rows: draw them all
         self.table.on_click(self._row_clicked)
         self.live = LiveTable(self.table)
         self.page_info = pn.pane.Markdown("", css_classes=["page-info"])
         buttons = []
-        for label, action in (("◀ prev", self._prev), ("next ▶", self._next), ("Cancel selected", self._cancel),
-                              ("Abort selected", self._abort), ("Retry selected", self._retry)):
+        for label, action in (
+            ("◀ prev", self._prev),
+            ("next ▶", self._next),
+            ("Cancel selected", self._cancel),
+            ("Abort selected", self._abort),
+            ("Retry selected", self._retry),
+        ):
             button = pn.widgets.Button(name=label, width=130)
             button.on_click(action)
             buttons.append(button)
         self.notice = pn.pane.Markdown("", sizing_mode="stretch_width")
-        self.detail = pn.pane.HTML("<i>click a row to see the task</i>", sizing_mode="stretch_width",
-                                   name="task-detail")
-        self.panel = pn.Column(pn.Row(*filters), self.table, pn.Row(*buttons, self.page_info), self.notice,
-                               self.detail, name="Tasks", sizing_mode="stretch_width")
+        self.detail = pn.pane.HTML(
+            "<i>click a row to see the task</i>", sizing_mode="stretch_width", name="task-detail"
+        )
+        self.panel = pn.Column(
+            pn.Row(*filters),
+            self.table,
+            pn.Row(*buttons, self.page_info),
+            self.notice,
+            self.detail,
+            name="Tasks",
+            sizing_mode="stretch_width",
+        )
 
     # ------------------------------------------------------------ data
     def query(self) -> str:
         params = {"limit": str(PAGE), "sort": SORTS[self.f_sort.value]}
-        for key, widget in (("state", self.f_state), ("type", self.f_type), ("node", self.f_node),
-                            ("owner", self.f_owner), ("priority", self.f_priority), ("q", self.f_text)):
+        for key, widget in (
+            ("state", self.f_state),
+            ("type", self.f_type),
+            ("node", self.f_node),
+            ("owner", self.f_owner),
+            ("priority", self.f_priority),
+            ("q", self.f_text),
+        ):
             if widget.value:
                 params[key] = widget.value.strip()
         if self.since_ms:
@@ -93,11 +168,24 @@ class TasksView:
 
     async def refresh(self) -> None:
         page = await self.api.request("GET", f"/api/v1/tasks?{self.query()}")
-        rows = [{"id": t["id"], "type": t["type"], "state": badge(t["state"]), "priority": t["priority"],
-                 "node": t.get("node") or "", "owner": t["owner"], "submitted": clock(t["submitted_at"]),
-                 "waited ms": t.get("waited_ms"), "ran ms": t.get("ran_ms"),
-                 "progress": progress_bar(t["progress"], t.get("progress_note", "")) if t["state"] == "running"
-                 else "", "input": t.get("input_excerpt", "")} for t in page.get("items", [])]
+        rows = [
+            {
+                "id": t["id"],
+                "type": t["type"],
+                "state": badge(t["state"]),
+                "priority": t["priority"],
+                "node": t.get("node") or "",
+                "owner": t["owner"],
+                "submitted": clock(t["submitted_at"]),
+                "waited ms": t.get("waited_ms"),
+                "ran ms": t.get("ran_ms"),
+                "progress": progress_bar(t["progress"], t.get("progress_note", ""))
+                if t["state"] == "running"
+                else "",
+                "input": t.get("input_excerpt", ""),
+            }
+            for t in page.get("items", [])
+        ]
         self.live.show(rows)
         self.next_cursor = page.get("next_cursor")
         last = " · last page" if not self.next_cursor else ""
@@ -144,7 +232,9 @@ class TasksView:
             try:
                 task = await self.api.request(method, f"/api/v1/tasks/{quote(task_id)}{suffix}")
                 stopping = task["state"] == "running" and task.get("abort_requested")
-                messages.append(f"{task_id}: {'abort requested; its node stops it' if stopping else task['state']}")
+                messages.append(
+                    f"{task_id}: {'abort requested; its node stops it' if stopping else task['state']}"
+                )
             except ApiError as exc:  # e.g. 409: the task started meanwhile
                 messages.append(f"{task_id}: {verb} refused: {exc}")
         self.notice.object = html.escape("; ".join(messages)) or "select tasks first (checkboxes)"
