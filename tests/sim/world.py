@@ -245,7 +245,6 @@ class Sim:
         self.known_addresses: dict[str, str] = {}  # what discovery would tell a node
         self._next_id = 1
         self.chaos = True
-        self._in_charge: SimNode | None = None  # the quiet phase's leader
         self._log_handler: logging.Handler | None = None
 
     # ------------------------------------------------------------------
@@ -676,35 +675,13 @@ class Sim:
         healed = self.loop.time()
         leader_bound = k.leader_bound or 30 * k.election_ticks
 
-        def leader_in_charge() -> bool:
-            # A leader whose own term's entry has committed: its membership then
-            # has every change committed so far (an older leader's may not).
-            # (and none of its members has seen a later term: a removed leader that
-            # never heard of its removal may still lead an old term, alone; a removed
-            # node may campaign at ever higher terms, unheard)
-            for leader in sorted(
-                self.up_nodes(), key=lambda n: n.raw.term if n.raw else -1, reverse=True
-            ):
-                raw = leader.raw
-                if (
-                    raw is None
-                    or raw.role is not Role.LEADER
-                    or raw.term_at(raw.commit_index) != raw.term
-                ):
-                    continue
-                members = raw.membership.members()
-                if all(
-                    n.raw.term <= raw.term
-                    for n in self.up_nodes()
-                    if n.raw is not None and n.id in members
-                ):
-                    self._in_charge = leader
-                    return True
-            return False
-
-        self.wait_for(leader_in_charge, leader_bound, "liveness: a leader after healing")
+        self.wait_for(
+            lambda: self._leader_in_charge() is not None,
+            leader_bound,
+            "liveness: a leader after healing",
+        )
         self.stats["ticks_to_leader"] = int((self.loop.time() - healed) / self.tick_s)
-        self._retire_non_members(spare_pending=True, leader=self._in_charge)
+        self._retire_non_members(spare_pending=True)
         # Nodes the cluster removed stop now (during chaos they kept running, as
         # a removed ragraft node does until its operator stops it), except one
         # that a membership change still in the leader's log may add back: that
@@ -715,7 +692,7 @@ class Sim:
 
         def settled() -> bool:
             nonlocal retired_rest
-            leader = self.current_leader()
+            leader = self._leader_in_charge()
             if leader is None or final.cmd not in self.workload.acked:
                 return False
             if not retired_rest:
@@ -734,8 +711,34 @@ class Sim:
         self.stats["ticks_to_settle"] = int((self.loop.time() - healed) / self.tick_s)
         self._check_acknowledged()
 
-    def _retire_non_members(self, spare_pending: bool, leader: SimNode | None = None) -> None:
-        raw = (leader or self.current_leader()).raw
+    def _leader_in_charge(self) -> SimNode | None:
+        """The leader the quiet phase can trust: a voter of its own membership (a
+        removed leader still hands over), whose own term's entry has committed
+        (its membership then has every change committed so far), and none of whose
+        members has seen a later term (a removed node that never heard of its
+        removal may lead an old term alone, or campaign at ever higher terms)."""
+        for leader in sorted(
+            self.up_nodes(), key=lambda n: n.raw.term if n.raw else -1, reverse=True
+        ):
+            raw = leader.raw
+            if raw is None or raw.role is not Role.LEADER or leader.id not in raw.membership.voters:
+                continue
+            if raw.term_at(raw.commit_index) != raw.term:
+                continue
+            members = raw.membership.members()
+            if all(
+                n.raw.term <= raw.term
+                for n in self.up_nodes()
+                if n.raw is not None and n.id in members
+            ):
+                return leader
+        return None
+
+    def _retire_non_members(self, spare_pending: bool) -> None:
+        leader = self._leader_in_charge()
+        if leader is None:
+            return
+        raw = leader.raw
         members = raw.membership.members()
         pending: set[str] = set()
         if spare_pending:
@@ -758,9 +761,11 @@ class Sim:
         for cmd, index in self.workload.acked.items():
             if applied.get(index) != cmd:
                 self.checker.fail(
-                    f"acknowledged write {cmd!r} at index {index} was lost: {applied.get(index)!r} is there"
+                    f"acknowledged write {cmd!r} at index {index} was lost: "
+                    f"{applied.get(index)!r} is there"
                 )
-        leader = self.current_leader()
+        leader = self._leader_in_charge()
+        assert leader is not None  # settled() found it
         for member in sorted(leader.raw.membership.members()):
             node = self.nodes[member]
             if self.checker.states.get(node.machine.index) != node.machine.state():
