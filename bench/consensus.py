@@ -206,8 +206,8 @@ _HEADER = (
 
 def _print_row(run: dict) -> None:
     print(
-        f"{run['system']:<10} {run.get('config', '-'):<9} {run['storage']:<8} {run['concurrency']:>11} "
-        f"{run['ops_per_s']:>9.0f} "
+        f"{run['system']:<10} {run.get('config', '-'):<9} {run['storage']:<8} "
+        f"{run['concurrency']:>11} {run['ops_per_s']:>9.0f} "
         f"{run['p50_ms']:>8.2f} {run['p99_ms']:>8.2f} {_cpu_per_op(run):>16.1f}",
         flush=True,
     )
@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[dict] = []
     started = time.monotonic()
     print(
-        f"consensus benchmark: 3 processes on loopback, {args.size}-byte puts over {args.keys} keys, "
+        f"consensus benchmark: 3 processes on loopback, "
+        f"{args.size}-byte puts over {args.keys} keys, "
         f"{args.warmup:g} s warm-up + {args.seconds:g} s per row, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f}",
         flush=True,

@@ -69,7 +69,7 @@ def build_kb(engine: Any) -> dict[str, str]:
         doc_id = f"d{i:03d}"
         names[doc_id] = str(path.relative_to(root))
         batches = engine.prepare_ingest(data, path.name)
-        kb.put_upload(doc_id, path.stem, path.name, "text/html", [], data, at=1)
+        kb.store_upload(doc_id, path.stem, path.name, "text/html", [], data, at=1)
         for n, batch in enumerate(batches):
             kb.put_chunks(doc_id, 1, n, batch["chunks"], batch["vectors"], n_batches=len(batches))
         kb.finish_ingest(doc_id, 1, "bench", at=2)
@@ -367,7 +367,8 @@ def main() -> None:
             print(f"{mode:<8} {values['recall_at_5']:>9} {values['mrr_at_10']:>7}")
         a = figures["answers"]
         print(
-            f"qa answers ({a['items']} items): token F1 {a['token_f1']}, exact match {a['exact_match']}, "
+            f"qa answers ({a['items']} items): token F1 {a['token_f1']}, "
+            f"exact match {a['exact_match']}, "
             f"answer contained {a['answer_contained']}"
         )
     else:

@@ -53,6 +53,7 @@ class Cipher:
             return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], None)
         except (InvalidTag, ValueError):
             raise DecryptionError(
-                "cannot decrypt replicated data: this node's encryption key differs from the one the "
-                "data was written with (check [security] encryption_key / RAGRAFT_ENCRYPTION_KEY)"
+                "cannot decrypt replicated data: this node's encryption key differs from the one "
+                "the data was written with (check [security] encryption_key / "
+                "RAGRAFT_ENCRYPTION_KEY)"
             ) from None

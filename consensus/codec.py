@@ -4,9 +4,9 @@
 
 Fields follow the dataclass's field order, positionally: no field names on the
 wire, because AppendRequests with hundreds of entries are the hot path and a map
-per entry would repeat every field name in every entry, in bytes and in time.  An Entry is the nested
-array [term, index, kind, data]; a SnapshotMeta is [index, term, membership,
-size] with the membership as Membership.to_wire().
+per entry would repeat every field name in every entry, in bytes and in time.
+An Entry is the nested array [term, index, kind, data]; a SnapshotMeta is
+[index, term, membership, size] with the membership as Membership.to_wire().
 
 The tag carries two things in one small integer (a one-byte msgpack fixint):
 
@@ -35,6 +35,7 @@ import msgpack
 from consensus.messages import (
     AppendRequest,
     AppendResponse,
+    CommitHint,
     HeartbeatRequest,
     HeartbeatResponse,
     Message,
@@ -218,18 +219,18 @@ class _Schema:
 
     def __init__(
         self,
-        cls: type,
+        cls: type[Message],
         kind: int,
         fields: tuple[tuple[str, _Check], ...],
         converters: dict[str, _Encode] | None = None,
     ) -> None:
-        declared = tuple(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        declared = tuple(cls.__dataclass_fields__)
         names = tuple(name for name, _ in fields)
         # The wire order is the dataclass order; a message that gains a field
         # must gain it here too (and, if old nodes cannot cope, bump WIRE_VERSION).
         assert names == declared, f"{cls.__name__}: schema {names} != fields {declared}"
         assert 0 < kind <= _KIND_MASK
-        self.cls = cls
+        self.cls: type[Message] = cls
         self.kind = kind
         self.tag = WIRE_VERSION << _KIND_BITS | kind
         self.names = names
@@ -279,6 +280,8 @@ _SCHEMAS: tuple[_Schema, ...] = (
     _Schema(ProposeRequest, 10, _HEADER + (("commands", _commands),)),
     _Schema(ReadIndexRequest, 11, _HEADER + (("ctx", _bytes),)),
     _Schema(ReadIndexResponse, 12, _HEADER + (("index", _uint), ("ctx", _bytes))),
+    # (new in 0.x: an older node drops it as an unknown kind, and only misses the hint)
+    _Schema(CommitHint, 13, _HEADER + (("index", _uint), ("log_term", _uint))),
 )
 
 _BY_CLASS: dict[type, _Schema] = {s.cls: s for s in _SCHEMAS}

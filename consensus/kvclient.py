@@ -18,7 +18,7 @@ import zmq.asyncio
 
 
 class KVError(Exception):
-    def __init__(self, payload: dict) -> None:
+    def __init__(self, payload: dict[str, Any]) -> None:
         self.code = payload.get("code", "error")
         self.payload = payload
         super().__init__(f"{self.code}: {payload.get('message', '')}")
@@ -30,9 +30,9 @@ class KVClient:
         self.timeout = timeout
         self._ctx = zmq.asyncio.Context.instance()
         self._socks: list[zmq.asyncio.Socket] = []
-        self._pending: dict[int, asyncio.Future] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
-        self._readers: list[asyncio.Task] = []
+        self._readers: list[asyncio.Task[None]] = []
         self._session = f"kv:{os.urandom(8).hex()}"
         self._started_ms = int(time.time() * 1000)
         self._seqs = itertools.count(1)
@@ -73,7 +73,9 @@ class KVClient:
         finally:
             self._pending.pop(request_id, None)
 
-    async def put(self, key: str, value: bytes, server: int = 0, attempts: int = 3) -> dict:
+    async def put(
+        self, key: str, value: bytes, server: int = 0, attempts: int = 3
+    ) -> dict[str, Any]:
         """Replicate key=value through `server`, failing over to the next one on
         silence.  The same request is reused so a put applies at most once."""
         seq = next(self._seqs)
@@ -84,9 +86,10 @@ class KVClient:
                 target = (server + attempt) % len(self._socks)
                 request = [self._session, self._started_ms, seq, min(self._unanswered)]
                 try:
-                    return await self.call(
+                    answer: dict[str, Any] = await self.call(
                         target, "put", {"key": key, "value": value, "request": request}
                     )
+                    return answer
                 except TimeoutError as exc:
                     last = exc
                 except KVError as exc:
@@ -100,8 +103,9 @@ class KVClient:
     async def get(self, key: str, server: int = 0) -> Any:
         return (await self.call(server, "get", {"key": key}))["value"]
 
-    async def status(self, server: int, timeout: float = 2.0) -> dict:
-        return await self.call(server, "status", {}, timeout=timeout)
+    async def status(self, server: int, timeout: float = 2.0) -> dict[str, Any]:
+        status: dict[str, Any] = await self.call(server, "status", {}, timeout=timeout)
+        return status
 
     def close(self) -> None:
         for task in self._readers:

@@ -25,11 +25,12 @@ import msgpack
 import zmq
 import zmq.asyncio
 
+from consensus.driver import NodeOptions, RaftNode
 from consensus.errors import NotLeader, RaftError
 from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
 from consensus.memstore import MemoryLogStore, MemorySnapshotStore, MemoryStableStore
-from consensus.node import NodeOptions, RaftNode
 from consensus.session import Request
+from consensus.storage import LogStore, SnapshotStore, StableStore
 from consensus.tuning import tune_gc
 from consensus.zmq_transport import ZmqTransport
 
@@ -81,7 +82,7 @@ class KVServer:
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self) -> None:
         self._sock.bind(self.rpc_address)
@@ -94,7 +95,7 @@ class KVServer:
     async def _handle(self, identity: bytes, frame: bytes) -> None:
         try:
             request_id, op, args = msgpack.unpackb(frame, raw=False)
-        except Exception:
+        except Exception:  # noqa: BLE001 - not a request of ours: no one to answer
             return
         try:
             payload = await self._dispatch(op, args)
@@ -117,7 +118,7 @@ class KVServer:
         except zmq.ZMQError:
             pass
 
-    async def _dispatch(self, op: str, args: dict) -> Any:
+    async def _dispatch(self, op: str, args: dict[str, Any]) -> Any:
         node = self.node
         if op == "put":
             command = msgpack.packb(["put", args["key"], args["value"]], use_bin_type=True)
@@ -127,6 +128,7 @@ class KVServer:
         if op == "get":
             if args.get("linearizable", True):
                 await node.read_barrier(timeout=args.get("timeout"))
+            assert node.raw is not None  # set by node.start(), which runs before serve()
             return {"value": self.machine.data.get(args["key"]), "applied": node.raw.applied_index}
         if op == "keys":
             if args.get("linearizable", True):
@@ -157,7 +159,7 @@ class KVServer:
 
     async def _bench(
         self, concurrency: int, seconds: float, size: int, warmup: float, keys: int
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Load generated inside this process (no client RPC in the measured
         path): `concurrency` proposers, each looping propose() of a `size`-byte
         put to one of `keys` keys in turn; latency is propose() call -> applied
@@ -240,6 +242,7 @@ async def main_async(args: argparse.Namespace) -> None:
     address = members.get(args.id) or known.get(args.id)
     if address is None:
         raise SystemExit(f"--id {args.id} is not in --members or --peers")
+    stores: tuple[LogStore, StableStore, SnapshotStore]
     if args.memory:
         stores = (MemoryLogStore(), MemoryStableStore(), MemorySnapshotStore())
     else:
@@ -263,7 +266,8 @@ async def main_async(args: argparse.Namespace) -> None:
     host, _, port = bind.rpartition(":")
     transport = ZmqTransport(args.id, f"tcp://{host}:{port}")
     machine = KVStateMachine()
-    node = RaftNode(options, machine, *stores, transport)
+    log_store, stable_store, snapshot_store = stores
+    node = RaftNode(options, machine, log_store, stable_store, snapshot_store, transport)
     await node.start()
     tune_gc()
     server = KVServer(

@@ -11,6 +11,8 @@ and three marks, with the invariant snapshot_index <= applied <= committed:
 
 from __future__ import annotations
 
+import itertools
+
 from consensus.types import Entry
 
 
@@ -20,6 +22,7 @@ class RaftLog:
         "_rewritten_from",
         "applied",
         "committed",
+        "last_overwrite",
         "persisted",
         "snapshot_index",
         "snapshot_term",
@@ -31,10 +34,10 @@ class RaftLog:
     ) -> None:
         if entries and entries[0].index != snapshot_index + 1:
             raise ValueError(
-                f"log starts at index {entries[0].index} but the snapshot ends at {snapshot_index}: "
-                "the log store and snapshot store disagree"
+                f"log starts at index {entries[0].index} but the snapshot ends at "
+                f"{snapshot_index}: the log store and snapshot store disagree"
             )
-        for before, after in zip(entries, entries[1:]):
+        for before, after in itertools.pairwise(entries):
             if after.index != before.index + 1:
                 raise ValueError(f"log has a gap between index {before.index} and {after.index}")
         self.snapshot_index = snapshot_index
@@ -48,6 +51,8 @@ class RaftLog:
         self.persisted = self.last_index()
         # lowest index overwritten since the driver last took the unstable entries
         self._rewritten_from: int | None = None
+        # the first index the latest append overwrote (None: it only extended the log)
+        self.last_overwrite: int | None = None
 
     # -- reading ---------------------------------------------------------
     def first_index(self) -> int:
@@ -123,6 +128,8 @@ class RaftLog:
             )
         if first > self.last_index() + 1:
             raise AssertionError(f"append at {first} would leave a gap after {self.last_index()}")
+        if first <= self.last_index():
+            self.last_overwrite = first
         if first < self.unstable:
             self._rewritten_from = (
                 first if self._rewritten_from is None else min(self._rewritten_from, first)

@@ -287,8 +287,8 @@ def check_chunk(
     offset 0 starts over)."""
     if partial is None or partial != meta:
         raise ValueError(
-            f"chunk at offset {offset} of snapshot {meta.index}/{meta.term} while no partial snapshot "
-            "of it is in progress (the receive must restart at offset 0)"
+            f"chunk at offset {offset} of snapshot {meta.index}/{meta.term} while no partial "
+            "snapshot of it is in progress (the receive must restart at offset 0)"
         )
     if offset != have:
         raise ValueError(f"chunk at offset {offset} but the partial snapshot has {have} bytes")

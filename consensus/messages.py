@@ -106,6 +106,21 @@ class TimeoutNow:
 
 
 @dataclass(frozen=True, slots=True)
+class CommitHint:
+    """From a node that may not vote (removed, or a learner) to a candidate it
+    rejected: entry `index` of term `log_term` is committed.  A voter whose lazily
+    saved commit index went back in a crash may need it to learn that the change
+    removing that node committed; the removed node, whose log may be longer, would
+    otherwise refuse its votes forever while never campaigning itself."""
+
+    term: int
+    src: NodeId
+    dst: NodeId
+    index: int
+    log_term: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProposeRequest:
     """A follower forwards proposals to the leader it knows."""
 
@@ -142,6 +157,7 @@ Message = (
     | SnapshotRequest
     | SnapshotResponse
     | TimeoutNow
+    | CommitHint
     | ProposeRequest
     | ReadIndexRequest
     | ReadIndexResponse
@@ -157,6 +173,7 @@ MESSAGE_TYPES: tuple[type, ...] = (
     SnapshotRequest,
     SnapshotResponse,
     TimeoutNow,
+    CommitHint,
     ProposeRequest,
     ReadIndexRequest,
     ReadIndexResponse,

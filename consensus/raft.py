@@ -18,7 +18,7 @@ import random
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from consensus import quorum
 from consensus.errors import (
@@ -32,6 +32,7 @@ from consensus.log import RaftLog
 from consensus.messages import (
     AppendRequest,
     AppendResponse,
+    CommitHint,
     HeartbeatRequest,
     HeartbeatResponse,
     Message,
@@ -228,6 +229,7 @@ class RawNode:
             "elections": 0,
             "snapshots_sent": 0,
             "snapshots_installed": 0,
+            "commit_hints": 0,
         }
         # Membership changes take effect when committed: replay those already committed.
         self._conf_applied = self.log.snapshot_index
@@ -286,7 +288,7 @@ class RawNode:
         """Followers this leader is sending a snapshot to."""
         return sum(1 for pr in self._progress.values() if pr.state == ProgressState.SNAPSHOT)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "role": self._visible_role().value,
@@ -369,8 +371,8 @@ class RawNode:
                 # longer log could refuse forever (tests/sim seed 499 before this rule).
                 other = next(iter(m.voters - {node}))
                 raise InvalidConfChange(
-                    f"the leader cannot remove itself from a two-voter cluster: transfer leadership "
-                    f"to {other} first, then remove {node} there"
+                    "the leader cannot remove itself from a two-voter cluster: transfer "
+                    f"leadership to {other} first, then remove {node} there"
                 )
 
     def read_index(self, ctx: bytes) -> None:
@@ -444,6 +446,12 @@ class RawNode:
         # entries up to hs.commit, and a lazily saved commit could bring back a
         # removed voter that the survivors then wait for forever (tests/sim seed 15).
         must_sync_hs = must_sync_hs or self._conf_commit_unsynced
+        # ... and no message announces that commit index before it is: a follower
+        # that applied the change (a removed voter stops campaigning) while the
+        # leader's crash took it back would leave neither able to win (soak seed 56934).
+        messages, after = self._msgs, self._msgs_after
+        if self._conf_commit_unsynced and messages:
+            messages, after = [], messages + after
         self._conf_commit_unsynced = False
         entries = self.log.take_unstable()
         rd = Ready(
@@ -453,8 +461,8 @@ class RawNode:
             snapshot_chunks=tuple(self._chunks),
             snapshot=self._installed,
             committed=self.log.take_committed(),
-            messages=tuple(self._msgs),
-            messages_after_persist=tuple(self._msgs_after),
+            messages=tuple(messages),
+            messages_after_persist=tuple(after),
             read_states=tuple(self._read_states),
             must_sync=bool(entries or self._chunks or must_sync_hs),
         )
@@ -659,6 +667,9 @@ class RawNode:
         if msg.dst != self.id:
             self.stats["unknown_sender"] += 1
             return
+        if isinstance(msg, CommitHint):
+            self._handle_commit_hint(msg)  # a fact about the log: true in any term
+            return
         if msg.term > self.term:
             if isinstance(msg, VoteRequest):
                 in_lease = (
@@ -721,6 +732,24 @@ class RawNode:
                 self._send_after_persist(VoteResponse(self.term, self.id, msg.src, True))
         else:
             self._send(VoteResponse(self.term, self.id, msg.src, False, pre=msg.pre))
+            committed = self.log.committed
+            term = self.log.term_at(committed) if committed > 0 else None
+            if self.id not in self.membership.voters and term is not None:
+                self._send(CommitHint(self.term, self.id, msg.src, committed, term))
+
+    def _handle_commit_hint(self, msg: CommitHint) -> None:
+        """Advance the commit index to a hinted one where our log holds the same
+        entry there: by log matching, everything up to it is the committed prefix."""
+        log = self.log
+        if self.role == Role.LEADER:
+            return  # a leader commits by counting (a late hint to a new leader: soak seed 61208)
+        if msg.index <= log.committed or msg.index > log.last_index():
+            return
+        if log.term_at(msg.index) != msg.log_term:
+            return
+        self.stats["commit_hints"] += 1
+        log.commit_to(msg.index)
+        self._apply_committed_conf()
 
     # -- candidate -------------------------------------------------------
     def _step_candidate(self, msg: Message) -> None:
@@ -778,7 +807,10 @@ class RawNode:
                 AppendResponse(self.term, self.id, msg.src, True, self.log.committed)
             )
             return
+        self.log.last_overwrite = None
         last_new = self.log.maybe_append(msg.prev_index, msg.prev_term, msg.entries)
+        if last_new is not None:
+            self._retract_acks_beyond_truncation()
         if last_new is None:
             hint_index, hint_term = self.log.find_conflict_by_term(msg.prev_index, msg.prev_term)
             self._send(
@@ -790,6 +822,20 @@ class RawNode:
         self.log.commit_to(min(msg.commit, last_new))
         self._apply_committed_conf()
         self._send_after_persist(AppendResponse(self.term, self.id, msg.src, True, last_new))
+
+    def _retract_acks_beyond_truncation(self) -> None:
+        """An append that overwrote part of our log makes any acknowledgement still
+        waiting for a persist false from the overwritten index on: it promised a
+        former leader entries we no longer hold, and that leader, not yet aware of
+        the new term, could count it towards committing them (soak seed 33659)."""
+        cut = self.log.last_overwrite
+        if cut is None or not self._msgs_after:
+            return
+        self._msgs_after = [
+            m
+            for m in self._msgs_after
+            if not (isinstance(m, AppendResponse) and m.success and m.index >= cut)
+        ]
 
     def _handle_snapshot(self, msg: SnapshotRequest) -> None:
         meta = msg.meta

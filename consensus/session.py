@@ -19,7 +19,7 @@ count of log indices or by time:
   at the same entry) is dropped whole.  A request of an unknown session that
   started before that horizon is refused as *expired*: it cannot be told apart
   from a copy of a dropped one.  A proposer therefore starts a new session
-  before its own is half a ttl idle (consensus/node.py does).
+  before its own is half a ttl idle (consensus/driver.py does).
 
 The table is replicated state: it changes only through `apply`, and it is part
 of every snapshot.  The ttl must be the same on every node (it is a constant of

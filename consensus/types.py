@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import msgpack
+
+if TYPE_CHECKING:  # messages.py imports this module: the union is for annotations only
+    from consensus.messages import Message
 
 NodeId = str
 
@@ -61,11 +65,11 @@ class Membership:
                 return address
         return None
 
-    def to_wire(self) -> list:
+    def to_wire(self) -> list[Any]:
         return [sorted(self.voters), sorted(self.learners), [list(a) for a in self.addresses]]
 
     @classmethod
-    def from_wire(cls, raw: list) -> Membership:
+    def from_wire(cls, raw: list[Any]) -> Membership:
         voters, learners, addresses = raw
         return cls(frozenset(voters), frozenset(learners), tuple((a, b) for a, b in addresses))
 
@@ -190,8 +194,8 @@ class Ready:
     snapshot_chunks: tuple[SnapshotChunk, ...] = ()
     snapshot: SnapshotMeta | None = None
     committed: tuple[Entry, ...] = ()
-    messages: tuple = ()
-    messages_after_persist: tuple = ()
+    messages: tuple[Message, ...] = ()
+    messages_after_persist: tuple[Message, ...] = ()
     read_states: tuple[ReadState, ...] = ()
     must_sync: bool = False
 

@@ -36,9 +36,9 @@ import logging
 import struct
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -133,7 +133,7 @@ class CurveKeys:
         return cls(public, secret, public)  # type: ignore[arg-type]
 
 
-async def bind_with_retry(socket: zmq.Socket, address: str) -> None:
+async def bind_with_retry(socket: zmq.Socket[bytes], address: str) -> None:
     """Bind, retrying EADDRINUSE for BIND_RETRY_S: a restarted node may find its
     port still held for a moment by the process it replaces."""
     deadline = time.monotonic() + BIND_RETRY_S
@@ -188,7 +188,8 @@ class ZmqTransport:
         # the ones a ROUTER makes up for anonymous peers.
         if not 0 < len(identity) <= 255 or identity[0] == 0:
             raise ValueError(
-                f"node id {node_id!r} cannot be a ZeroMQ routing id (1..255 bytes, not starting with NUL)"
+                f"node id {node_id!r} cannot be a ZeroMQ routing id "
+                "(1..255 bytes, not starting with NUL)"
             )
         if curve is not None and not zmq.has("curve"):
             raise RuntimeError(
@@ -205,8 +206,8 @@ class ZmqTransport:
         # A context of its own: the ZAP handler is per context, and close() can
         # then terminate everything this transport created and nothing else.
         self._ctx = zmq.asyncio.Context()
-        self._router: zmq.Socket | None = None
-        self._dealers: dict[NodeId, tuple[str, zmq.Socket]] = {}
+        self._router: zmq.Socket[bytes] | None = None
+        self._dealers: dict[NodeId, tuple[str, zmq.Socket[bytes]]] = {}
         self._auth: AsyncioAuthenticator | None = None
         self._reader: asyncio.Task[None] | None = None
         self._handler: MessageHandler | None = None
@@ -230,7 +231,7 @@ class ZmqTransport:
                 _ZAP_DOMAIN, ClusterKeyOnly(self._curve.public, self._stats)
             )
         # A plain socket: the reader waits on its ZMQ_FD itself (see _read_loop).
-        router: zmq.Socket = zmq.Socket(self._ctx, zmq.ROUTER)
+        router: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         router.setsockopt(zmq.RCVHWM, self._rcvhwm)
@@ -298,10 +299,10 @@ class ZmqTransport:
             if node not in self._dealers:
                 self._dealers[node] = (address, self._open_dealer(address))
 
-    def _open_dealer(self, address: str) -> zmq.Socket:
+    def _open_dealer(self, address: str) -> zmq.Socket[bytes]:
         # A plain socket on our asyncio context: it is only ever used for
         # NOBLOCK sends (see the module docstring).
-        sock: zmq.Socket = zmq.Socket(self._ctx, zmq.DEALER)
+        sock: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, self._identity)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -320,7 +321,7 @@ class ZmqTransport:
         return sock
 
     @staticmethod
-    def _set_keepalive(sock: zmq.Socket) -> None:
+    def _set_keepalive(sock: zmq.Socket[bytes]) -> None:
         # Only a backstop for half-open connections; Raft heartbeats decide liveness.
         sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
         sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 10)
@@ -366,7 +367,7 @@ class ZmqTransport:
 
     # --- incoming --------------------------------------------------------------------
 
-    async def _read_loop(self, router: zmq.Socket) -> None:
+    async def _read_loop(self, router: zmq.Socket[bytes]) -> None:
         # The event loop watches the ROUTER's ZMQ_FD directly: no pyzmq Future,
         # no failed receive (zmq.Again is an exception, built with a formatted
         # message) and no Python-level event juggling per message, which made
@@ -376,7 +377,7 @@ class ZmqTransport:
         # max_batch at a time, then yields to the loop so a flood of incoming
         # messages cannot starve the driver's other tasks.
         loop = asyncio.get_running_loop()
-        fd = router.getsockopt(zmq.FD)
+        fd = cast(int, router.getsockopt(zmq.FD))  # ZMQ_FD is an int option
         readable = asyncio.Event()
         loop.add_reader(fd, readable.set)
         batch = self._max_batch
@@ -384,7 +385,8 @@ class ZmqTransport:
         # and recv_multipart() turn every option and result into an enum.
         events, pollin = int(zmq.EVENTS), int(zmq.POLLIN)
         rcvmore, noblock = int(zmq.RCVMORE), int(zmq.NOBLOCK)
-        get, recv = router.get, router.recv
+        # ZMQ_EVENTS and ZMQ_RCVMORE are int options: the stubs' int | bytes is too wide.
+        get, recv = cast(Callable[[int], int], router.get), router.recv
         try:
             while True:
                 received = 0

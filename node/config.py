@@ -5,15 +5,18 @@ e.g. ``cluster.toml: nodes[2].raft_port: 7101 is already used by nodes[1].raft_p
 give every node its own ports``.  Secrets may come from the environment
 instead of the file:
 
-    RAGRAFT_CLUSTER_PUBLIC_KEY / RAGRAFT_CLUSTER_SECRET_KEY   CURVE keys (z85)
-    RAGRAFT_ENCRYPTION_KEY                                     [security] encryption_key
-    RAGRAFT_TOKEN_SECRET                                       [security] token_secret
-    RAGRAFT_ADMIN_PASSWORD                                     the built-in admin's password
-    RAGRAFT_TICK_MS                                            [raft] tick_ms
-    RAGRAFT_DATA_DIR                                           every node's data_dir becomes <dir>/<id>
-    RAGRAFT_MODEL_CACHE                                        [models] cache_dir
-    RAGRAFT_LOAD_MODELS=0                                      [models] load = false
-    RAGRAFT_GENERATOR                                          [models] generator
+    RAGRAFT_CLUSTER_PUBLIC_KEY / RAGRAFT_CLUSTER_SECRET_KEY
+                                                         CURVE keys (z85)
+    RAGRAFT_ENCRYPTION_KEY                               [security] encryption_key
+    RAGRAFT_TOKEN_SECRET                                 [security] token_secret
+    RAGRAFT_SECRETS_DIR                                  [security] secrets_dir
+    RAGRAFT_INSECURE=1                                   [security] insecure = true
+    RAGRAFT_ADMIN_PASSWORD                               the built-in admin's password
+    RAGRAFT_TICK_MS                                      [raft] tick_ms
+    RAGRAFT_DATA_DIR                                     every node's data_dir becomes <dir>/<id>
+    RAGRAFT_MODEL_CACHE                                  [models] cache_dir
+    RAGRAFT_LOAD_MODELS=0                                [models] load = false
+    RAGRAFT_GENERATOR                                    [models] generator
 
 Sections not validated here yet are kept as plain tables in `ClusterConfig.extra`.
 """
@@ -24,7 +27,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from node.rag.vector_index import IndexKind  # (faiss: not imported at run time)
 
 
 class ConfigError(ValueError):
@@ -96,7 +102,7 @@ class RagConfig:
     chunk_size: int = 800  # characters
     chunk_overlap: int = 120
     max_upload_mb: int = 16  # an upload travels through the log in one entry
-    index: str = "flat"  # flat (exact) or hnsw (faster for large knowledge bases)
+    index: IndexKind = "flat"  # flat (exact) or hnsw (faster for large knowledge bases)
     top_k: int = 5
     mode: str = "hybrid"
     max_new_tokens: int = 256
@@ -134,6 +140,9 @@ class ClusterConfig:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     rag: RagConfig = field(default_factory=RagConfig)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where the secrets bundle lives (node/secrets.py), outside every data_dir.
+    secrets_dir: Path = Path(".ragraft/secrets")
+    insecure: bool = False  # plaintext, unauthenticated cluster traffic: only when asked
 
     def node(self, node_id: str) -> NodeSpec:
         for spec in self.nodes:
@@ -222,7 +231,7 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         unknown = set(item) - _NODE_KEYS
         if unknown:
             raise fail(
-                f"{key}.{sorted(unknown)[0]}",
+                f"{key}.{min(unknown)}",
                 "unknown key",
                 f"use only {', '.join(sorted(_NODE_KEYS))}",
             )
@@ -326,7 +335,7 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
             "remove it",
         )
     if raft_raw:
-        raise fail(f"raft.{sorted(raft_raw)[0]}", "unknown key", f"use only {', '.join(settings)}")
+        raise fail(f"raft.{min(raft_raw)}", "unknown key", f"use only {', '.join(settings)}")
     raft = RaftSettings(**settings)
 
     tasks_raw = raw.get("tasks", {})
@@ -351,9 +360,7 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
             )
         task_settings[name_] = value
     if tasks_raw:
-        raise fail(
-            f"tasks.{sorted(tasks_raw)[0]}", "unknown key", f"use only {', '.join(task_settings)}"
-        )
+        raise fail(f"tasks.{min(tasks_raw)}", "unknown key", f"use only {', '.join(task_settings)}")
     tasks = TaskSettings(**task_settings)
     if raft.election_ticks <= raft.heartbeat_ticks:
         raise fail(
@@ -378,6 +385,18 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
 
     models = _models(raw.get("models", {}), base, env, fail)
     access = _security(security, env, fail)
+    insecure = security.get("insecure", False)
+    if "RAGRAFT_INSECURE" in env:
+        insecure = env["RAGRAFT_INSECURE"].strip().lower() in ("1", "true", "yes")
+    if not isinstance(insecure, bool):
+        raise fail(
+            "security.insecure",
+            f"{insecure!r} is not true or false",
+            "leave it out (secure) or set insecure = true for plaintext",
+        )
+    secrets_dir = env.get("RAGRAFT_SECRETS_DIR") or security.get("secrets_dir", ".ragraft/secrets")
+    if not isinstance(secrets_dir, str) or not secrets_dir:
+        raise fail("security.secrets_dir", f"{secrets_dir!r} is not a path", "name a directory")
     rag = _rag(raw.get("rag", {}), fail)
     extra = {
         k: v
@@ -397,17 +416,27 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         access,
         rag,
         extra,
+        secrets_dir=base / secrets_dir,
+        insecure=insecure,
     )
 
 
-_SECURITY_KEYS = {"encryption_key", "users", "token_secret", "token_ttl_seconds", "api_keys"}
+_SECURITY_KEYS = {
+    "encryption_key",
+    "users",
+    "token_secret",
+    "token_ttl_seconds",
+    "api_keys",
+    "insecure",
+    "secrets_dir",
+}
 
 
-def _security(section: dict, env: dict[str, str], fail: Any) -> SecuritySettings:
+def _security(section: dict[str, Any], env: dict[str, str], fail: Any) -> SecuritySettings:
     unknown = set(section) - _SECURITY_KEYS
     if unknown:
         raise fail(
-            f"security.{sorted(unknown)[0]}",
+            f"security.{min(unknown)}",
             "unknown key",
             f"use only {', '.join(sorted(_SECURITY_KEYS))}",
         )
@@ -531,7 +560,7 @@ def _models(section: Any, base: Path, env: dict[str, str], fail: Any) -> ModelSe
         )
     values["load"] = load
     if raw:
-        raise fail(f"models.{sorted(raw)[0]}", "unknown key", f"use only {', '.join(values)}")
+        raise fail(f"models.{min(raw)}", "unknown key", f"use only {', '.join(values)}")
     return ModelSettings(**values)
 
 
@@ -572,5 +601,5 @@ def _rag(section: Any, fail: Any) -> RagConfig:
             )
         values[key] = value
     if raw:
-        raise fail(f"rag.{sorted(raw)[0]}", "unknown key", f"use only {', '.join(values)}")
+        raise fail(f"rag.{min(raw)}", "unknown key", f"use only {', '.join(values)}")
     return RagConfig(**values)

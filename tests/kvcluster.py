@@ -59,7 +59,7 @@ class KVCluster:
         ]
         cmd += ["--memory"] if self.memory else ["--data-dir", str(self.root / node)]
         cmd += self.extra_args
-        log = open(self.root / f"{node}.log", "ab")
+        log = open(self.root / f"{node}.log", "ab")  # noqa: SIM115 - the child process holds it
         self.procs[node] = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ}
         )

@@ -43,6 +43,13 @@ def mint_token(
     )
 
 
+def write_secrets(root: Path, cluster_name: str) -> Path:
+    """The secrets bundle a cluster.toml in `root` reads by default (.ragraft/secrets)."""
+    from node.secrets import ClusterSecrets, write_bundle
+
+    return write_bundle(ClusterSecrets.generate(cluster_name), root / ".ragraft" / "secrets")
+
+
 class NodeCluster:
     def __init__(
         self,
@@ -53,9 +60,13 @@ class NodeCluster:
         joiners: int = 0,
         models: bool = False,
         dashboard: bool = False,
+        insecure: bool = False,
     ) -> None:
         """`models=False` starts control-plane nodes (noop tasks only, no model loading);
-        `models=True` loads the bundled models on every node, as in production."""
+        `models=True` loads the bundled models on every node, as in production.  The
+        cluster is secure as shipped (a secrets bundle, as `ragraft up` writes at a first
+        start: CURVE and encryption at rest); `insecure=True` writes none and sets
+        insecure = true instead."""
         self.root = root
         self.ids = [f"n{i + 1}" for i in range(size + joiners)]
         ports = free_ports(4 * len(self.ids))
@@ -72,8 +83,12 @@ class NodeCluster:
                 + ("join = true\n" if i >= size else "")
             )
         lines.append(extra_toml)
+        if insecure:
+            lines.append("[security]\ninsecure = true\n")
         self.config = root / "cluster.toml"
         self.config.write_text("\n".join(lines))
+        if not insecure:
+            write_secrets(root, "test")
         model_env = (
             {"RAGRAFT_LOAD_MODELS": "1", "RAGRAFT_MODEL_CACHE": str(MODEL_CACHE)}
             if models
@@ -89,12 +104,12 @@ class NodeCluster:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, node: str, *extra: str) -> None:
-        log = open(self.root / f"{node}.log", "ab")
+        log = open(self.root / f"{node}.log", "ab")  # noqa: SIM115 - the child process holds it
         self.procs[node] = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "node.cli",
+                "node.cli.main",
                 "node",
                 "--config",
                 str(self.config),
@@ -274,7 +289,7 @@ class NodeCluster:
             leaders = set()
             for node in nodes or list(self.procs):
                 try:  # /readyz is public and names the leader even while models load (503)
-                    status, view = self.request(node, "GET", "/readyz", timeout=0.5)
+                    _status, view = self.request(node, "GET", "/readyz", timeout=0.5)
                 except OSError:
                     break
                 if not isinstance(view, dict) or not view.get("leader"):
@@ -289,7 +304,7 @@ class NodeCluster:
 
 def users_toml(**passwords: str) -> str:
     """[[security.users]] sections: a user of role "user" per name=password."""
-    from node.auth import hash_password
+    from node.http.auth import hash_password
 
     return "".join(
         f'[[security.users]]\nname = "{name}"\nrole = "user"\n'

@@ -7,13 +7,16 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import jwt
 import pytest
 
-from node.accounts import Accounts
-from node.auth import Authenticator, hash_password, new_api_key, verify_password
 from node.config import SecuritySettings, UserSpec
+from node.http.auth import Authenticator, hash_password, new_api_key, verify_password
+from node.replica import commands as c
+from node.replica.accounts import Accounts
+from node.replica.vocabulary import UserRole
 from tests.nodecluster import NodeCluster, mint_token, running_cluster, users_toml
 
 ALICE_PW, BOB_PW = "alice-password", "bob-password"
@@ -36,7 +39,7 @@ def test_tokens_and_api_keys_identify_their_user() -> None:
         token_ttl_seconds=60,
         api_keys=(("alice", digest),),
     )
-    auth = Authenticator(settings, accounts, "c")
+    auth = Authenticator(settings, replica_of(accounts), "c")
     assert auth.check_password("alice", ALICE_PW) == "user"
     assert (
         auth.check_password("alice", BOB_PW) is None and auth.check_password("mallory", "x") is None
@@ -60,6 +63,29 @@ def test_tokens_and_api_keys_identify_their_user() -> None:
         {"sub": "alice", "iss": "ragraft:d", "exp": int(time.time()) + 60}, "t" * 32, "HS256"
     )
     assert auth.identify(other_cluster) is None
+
+
+def replica_of(accounts: Accounts) -> SimpleNamespace:
+    """The Authenticator reads only `replica.state.accounts`."""
+    return SimpleNamespace(state=SimpleNamespace(accounts=accounts))
+
+
+def test_the_admin_and_stored_keys_come_from_the_replicated_accounts() -> None:
+    accounts = Accounts()
+    auth = Authenticator(SecuritySettings(token_ttl_seconds=60), replica_of(accounts), "c")
+    with pytest.raises(LookupError):  # no token secret before the accounts are set up
+        auth.issue("admin", UserRole.ADMIN)
+    accounts.apply(c.InitAccounts(hash_password("admin-pw"), at=1, token_secret="s" * 32))
+    assert auth.check_password("admin", "admin-pw") is UserRole.ADMIN
+    assert auth.check_password("admin", "other") is None
+    token = auth.issue("admin", UserRole.ADMIN)["access_token"]
+    assert auth.identify(token) == ("admin", UserRole.ADMIN)
+    key, digest = new_api_key()
+    assert auth.identify(key) is None
+    accounts.apply(c.PutKey("key-1", "admin", digest, at=2))
+    assert auth.identify(key) == ("admin", UserRole.ADMIN)
+    accounts.apply(c.DeleteKey("key-1", at=3))
+    assert auth.identify(key) is None
 
 
 @pytest.fixture(scope="module")

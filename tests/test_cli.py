@@ -33,7 +33,7 @@ def ragraft(
     if not env or "RAGRAFT_API_KEY" not in env:
         full_env.pop("RAGRAFT_API_KEY", None)  # only the credentials under test
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", *args, "--config", str(cluster.config)],
+        [sys.executable, "-m", "node.cli.main", *args, "--config", str(cluster.config)],
         input=stdin,
         capture_output=True,
         text=True,
@@ -58,7 +58,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
 def test_no_node_answers_lists_the_urls_and_suggests_ragraft_up(tmp_path: Path) -> None:
     urls = [f"http://127.0.0.1:{port}" for port in free_ports(2)]
     out = subprocess.run(
-        [sys.executable, "-m", "node.cli", "status", "--url", urls[0], "--url", urls[1]],
+        [sys.executable, "-m", "node.cli.main", "status", "--url", urls[0], "--url", urls[1]],
         capture_output=True,
         text=True,
         timeout=60,

@@ -43,7 +43,7 @@ def test_tasks_submitted_anywhere_run_once_spread_over_nodes(cluster):
         ids.append(task["id"])
 
     def all_done():
-        status, page = cluster.request("n2", "GET", "/api/v1/tasks?state=completed&limit=500")
+        _status, page = cluster.request("n2", "GET", "/api/v1/tasks?state=completed&limit=500")
         return page["total"] == 30 and page
 
     wait_for(all_done, timeout=60)

@@ -1,5 +1,6 @@
-"""GET /api/v1/events on real nodes: a task's life, another user's task kept out,
-a killed node reported dead, bad requests refused."""
+"""GET /api/v1/events: what the hub makes of applied commands (in process), and on
+real nodes a task's life, another user's task kept out, a killed node reported
+dead, bad requests refused."""
 
 from __future__ import annotations
 
@@ -14,9 +15,78 @@ from pathlib import Path
 
 import pytest
 
+from node.http.events import EventHub, Subscriber
+from node.replica import codec
+from node.replica import commands as c
+from node.replica.state import NodeState
+from node.replica.tasks import TaskQueue
+from node.replica.vocabulary import TaskParams, TaskType
 from tests.nodecluster import NodeCluster, running_cluster, users_toml
 
-pytestmark = pytest.mark.e2e
+
+# ---------------------------------------------------------------------- in process
+def submit(task_id: str, owner: str = "alice", idem_key: str | None = None) -> c.Submit:
+    return c.Submit(task_id, TaskType.NOOP, {}, TaskParams(), owner, at=1, idem_key=idem_key)
+
+
+def hub_with(*owners: str | None) -> tuple[NodeState, EventHub, list[Subscriber]]:
+    state = NodeState(TaskQueue())
+    hub = EventHub("n1", state)
+    state.listen(hub.on_apply)
+    subs = [Subscriber(owner, frozenset({"task", "kb"})) for owner in owners]
+    hub.subscribers.update(subs)
+    return state, hub, subs
+
+
+def drain(sub: Subscriber) -> list[dict]:
+    events = []
+    while not sub.queue.empty():
+        events.append(sub.queue.get_nowait())
+    return events
+
+
+def test_applied_commands_become_task_events_named_by_their_change() -> None:
+    state, _, (admin,) = hub_with(None)
+    entries = [
+        submit("t1"),
+        c.Claim("n1", slots=1, at=2),
+        c.Progress("t1", 1, "n1", 0.5, "half"),
+        c.Complete("t1", 1, "n1", at=3, result={"ok": True}),
+        submit("t2"),
+        c.Claim("n2", slots=1, at=4),
+        c.NodeStatus("n2", at=5, alive=False),
+        c.Expire(before=10),
+    ]
+    for index, cmd in enumerate(entries, 1):
+        state.apply(index, codec.encode(cmd))
+    events = drain(admin)
+    assert [(e["change"], e.get("task", {}).get("id")) for e in events] == [
+        ("submit", "t1"),
+        ("claim", "t1"),
+        ("progress", "t1"),
+        ("complete", "t1"),
+        ("submit", "t2"),
+        ("claim", "t2"),
+        ("requeue", "t2"),
+        ("expire", None),
+    ]
+    assert events[3]["task"]["state"] == "completed" and events[-1]["expired"] == 1
+    assert not any("op" in e for e in events)
+    assert all(json.dumps(e) for e in events)  # enums travel as their strings
+
+
+def test_refused_and_replayed_commands_publish_nothing_and_owners_see_only_theirs() -> None:
+    state, _, (alice, bob) = hub_with("alice", "bob")
+    state.apply(1, codec.encode(submit("t1", idem_key="k")))
+    state.apply(2, codec.encode(submit("t9", idem_key="k")))  # a replay
+    state.apply(3, codec.encode(c.Cancel("nope", at=3, by="alice")))  # refused: no such task
+    state.apply(4, codec.encode(c.PutKey("key-1", "alice", "0" * 64, at=4)))  # not streamed
+    assert [(e["change"], e["task"]["id"]) for e in drain(alice)] == [("submit", "t1")]
+    assert drain(bob) == []
+
+
+# ---------------------------------------------------------------------- real nodes
+e2e = pytest.mark.e2e
 
 
 class Stream:
@@ -71,6 +141,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
         yield cluster
 
 
+@e2e
 def test_a_tasks_life_is_streamed_by_every_node(cluster: NodeCluster) -> None:
     stream = Stream(cluster.api["n3"] + "/api/v1/events?types=task", cluster.admin_token())
     try:
@@ -79,19 +150,20 @@ def test_a_tasks_life_is_streamed_by_every_node(cluster: NodeCluster) -> None:
             "n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 300}}
         )
         assert status == 201
-        ops = []
-        for op in ("submit", "claim", "complete"):
+        changes = []
+        for change in ("submit", "claim", "complete"):
             data = stream.wait_for(
-                lambda k, d, op=op: (
-                    k == "task" and d.get("op") == op and d["task"]["id"] == task["id"]
+                lambda k, d, change=change: (
+                    k == "task" and d.get("change") == change and d["task"]["id"] == task["id"]
                 )
             )
-            ops.append((data["op"], data["task"]["state"]))
-        assert ops == [("submit", "queued"), ("claim", "running"), ("complete", "completed")]
+            changes.append((data["change"], data["task"]["state"]))
+        assert changes == [("submit", "queued"), ("claim", "running"), ("complete", "completed")]
     finally:
         stream.close()
 
 
+@e2e
 def test_users_stream_only_their_own_tasks(cluster: NodeCluster) -> None:
     alice, bob = cluster.login("n1", "alice", "alice-pw"), cluster.login("n1", "bob", "bob-pw")
     # the token in the URL, as EventSource does
@@ -125,7 +197,7 @@ def test_users_stream_only_their_own_tasks(cluster: NodeCluster) -> None:
         stream.wait_for(
             lambda k, d: (
                 k == "task"
-                and d.get("op") == "submit"
+                and d.get("change") == "submit"
                 and d.get("task", {}).get("id") == marker["id"]
             )
         )
@@ -138,6 +210,7 @@ def test_users_stream_only_their_own_tasks(cluster: NodeCluster) -> None:
         stream.close()
 
 
+@e2e
 def test_bad_requests(cluster: NodeCluster) -> None:
     status, body = cluster.request("n1", "GET", "/api/v1/events?types=weather")
     assert status == 422 and body["error"]["details"]["field"] == "types"
@@ -146,6 +219,7 @@ def test_bad_requests(cluster: NodeCluster) -> None:
     assert err.value.code == 401
 
 
+@e2e
 def test_a_killed_node_is_reported_dead_on_the_others_streams(cluster: NodeCluster) -> None:
     stream = Stream(cluster.api["n1"] + "/api/v1/events?types=node,cluster", cluster.admin_token())
     try:

@@ -1,11 +1,12 @@
 """Exactly-once submissions and executor reconciliation, without processes.
 
-The state machine (node/tasks.py, node/state.py): idempotency keys, their expiry
-in command time, snapshots, `kb.upload` replays and the fenced `release`.  The
-HTTP layer (node/api.py, node/kb_api.py, node/openai_api.py) over an in-process
-aiohttp server with a fake Raft that applies at once.  The executor's
-reconciliation (node/executor.py) with the same fake Raft.  Our clients
-(node/client.py, node/api_client.py) against stub nodes: one key on every try.
+The state machine (node/replica/tasks.py, node/replica/state.py): idempotency
+keys, their expiry in command time, snapshots, Upload replays and the fenced
+Release.  The HTTP layer (node/http/tasks.py, node/http/kb.py,
+node/http/openai_compat.py) over an in-process aiohttp server, through a real
+Replica whose Raft driver is a fake that applies at once.  The executor's
+reconciliation (node/execution/executor.py) with the same fake Raft.  Our clients
+(node/client/rest.py, node/client/aio.py) against stub nodes: one key on every try.
 """
 
 from __future__ import annotations
@@ -29,31 +30,38 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from consensus.errors import RaftError
-from node.api import TaskAPI, error
-from node.api_client import ApiClient
-from node.client import Client
-from node.executor import Executor, NoopRunner, _failpoint
-from node.idempotency import fingerprint, task_fingerprint
-from node.kb_api import KnowledgeAPI
-from node.openai_api import OpenAIRoutes
+from node.client.aio import ApiClient
+from node.client.rest import Client
+from node.execution.executor import Executor, NoopRunner, _failpoint
+from node.http.idempotency import fingerprint, task_fingerprint
+from node.http.kb import KnowledgeAPI
+from node.http.openai_compat import OpenAIRoutes
+from node.http.tasks import TaskAPI
 from node.rag.knowledge import KnowledgeBase
-from node.state import NodeState
-from node.tasks import IDEMPOTENCY_TTL_MS, TaskQueue
+from node.replica import codec
+from node.replica import commands as c
+from node.replica.refusal import Refusal, RefusalCode
+from node.replica.replica import Replica
+from node.replica.state import NodeState
+from node.replica.tasks import TaskQueue
+from node.replica.vocabulary import IDEMPOTENCY_TTL_MS, TaskParams, TaskState, TaskType
 
 DAY = IDEMPOTENCY_TTL_MS
 assert DAY == 24 * 3600 * 1000
 
 
 class Q:
-    """Feeds commands the way the log would: msgpack in, dict out."""
+    """Feeds commands the way the log would: encoded with the codec, applied by a
+    NodeState; the outcome out (a refusal as its Refusal)."""
 
-    def __init__(self, sm: Any = None) -> None:
+    def __init__(self, sm: TaskQueue | None = None) -> None:
         self.sm = sm if sm is not None else TaskQueue()
+        self.state = NodeState(self.sm)
         self.index = 0
 
-    def __call__(self, **cmd: Any) -> Any:
+    def __call__(self, cmd: c.Command) -> Any:
         self.index += 1
-        return self.sm.apply(self.index, msgpack.packb(cmd, use_bin_type=True))
+        return codec.outcome_from_wire(self.state.apply(self.index, codec.encode(cmd)))
 
     def submit(
         self,
@@ -64,10 +72,23 @@ class Q:
         owner: str = "ann",
         **kw: Any,
     ) -> Any:
-        extra = {"idem_key": key, "fingerprint": fp} if key is not None else {}
         return self(
-            op="submit", id=task_id, type="noop", input={}, owner=owner, at=at, **extra, **kw
+            c.Submit(
+                task_id=task_id,
+                type=TaskType.NOOP,
+                input={},
+                params=TaskParams(),
+                owner=owner,
+                at=at,
+                idem_key=key,
+                fingerprint=fp if key is not None else None,
+                **kw,
+            )
         )
+
+
+def code_of(outcome: Any) -> RefusalCode | None:
+    return outcome.code if isinstance(outcome, Refusal) else None
 
 
 # ------------------------------------------------------------------ the state machine
@@ -77,10 +98,10 @@ def test_a_repeated_key_answers_the_first_task_and_creates_nothing() -> None:
     again = q.submit("t2", at=2_000)
     assert first["id"] == "t1" and "replayed" not in first
     assert again["id"] == "t1" and again["replayed"] is True and again["submitted_at"] == 1_000
-    assert list(q.sm.tasks) == ["t1"] and q.sm.counts()["queued"] == 1
+    assert list(q.sm.tasks) == ["t1"] and q.sm.counts()[TaskState.QUEUED] == 1
     # the replay is the task as it is now, not as it was
-    q(op="claim", node="n1", at=3_000)
-    assert q.submit("t3", at=4_000)["state"] == "running"
+    q(c.Claim("n1", slots=1, at=3_000))
+    assert q.submit("t3", at=4_000)["state"] == TaskState.RUNNING
     # keys belong to their owner: another user's same key is another task
     assert q.submit("t4", owner="bob", at=5_000)["id"] == "t4"
     # no key, no dedup
@@ -92,8 +113,8 @@ def test_the_same_key_for_another_request_is_refused() -> None:
     q = Q()
     q.submit("t1", fp="print-a")
     refused = q.submit("t2", fp="print-b", at=10)
-    assert refused["error"]["code"] == "idempotency_mismatch"
-    assert refused["error"]["details"]["task_id"] == "t1"
+    assert code_of(refused) == RefusalCode.IDEMPOTENCY_MISMATCH
+    assert refused.details["task_id"] == "t1"
     assert list(q.sm.tasks) == ["t1"]
 
 
@@ -111,21 +132,19 @@ def test_expire_prunes_old_keys_with_the_latest_command_time_not_a_clock() -> No
     q = Q()
     q.submit("t1", key="old", at=0)
     q.submit("t2", key="young", at=DAY)
-    assert q(op="expire", before=-1) == {
-        "expired": 0,
-        "forgotten_keys": 0,
-    }  # no command is past 24 h yet
-    q(op="claim", node="n1", at=DAY + 5)  # any command's time moves the log's clock on
-    assert q(op="expire", before=-1) == {"expired": 0, "forgotten_keys": 1}
+    # no command is past 24 h yet
+    assert q(c.Expire(before=-1)) == {"expired": 0, "forgotten_keys": 0}
+    q(c.Claim("n1", slots=1, at=DAY + 5))  # any command's time moves the log's clock on
+    assert q(c.Expire(before=-1)) == {"expired": 0, "forgotten_keys": 1}
     assert q.sm.known_key("ann", "old") is None and q.sm.known_key("ann", "young") == "t2"
 
 
 def test_a_key_outlives_its_expired_task_and_says_so() -> None:
     q = Q()
     q.submit("t1", at=1_000)
-    q(op="claim", node="n1", at=1_001)
-    q(op="complete", id="t1", attempt=1, node="n1", at=1_002)
-    assert q(op="expire", before=2_000)["expired"] == 1 and "t1" not in q.sm.tasks
+    q(c.Claim("n1", slots=1, at=1_001))
+    q(c.Complete("t1", attempt=1, node="n1", at=1_002, result={}))
+    assert q(c.Expire(before=2_000))["expired"] == 1 and "t1" not in q.sm.tasks
     answer = q.submit("t2", at=3_000)
     assert answer == {
         "id": "t1",
@@ -142,20 +161,20 @@ def test_the_key_index_survives_snapshot_and_restore_identically_on_replicas() -
     for q in (a, b):
         for i in range(20):
             q.submit(f"t{i}", key=f"k{i % 7}", fp=f"f{i % 7}", at=i * DAY // 10)
-        q(op="expire", before=0)
+        q(c.Expire(before=0))
     assert a.sm.snapshot() == b.sm.snapshot()
     restored = TaskQueue()
     restored.restore(a.sm.snapshot())
     assert restored.snapshot() == a.sm.snapshot()
-    c = Q(restored)
+    copy = Q(restored)
     # The restored replica answers every key as the original does: at 2.55 days, k2-k5
     # (last recorded at 1.6-1.9 days) are replays, k0, k1 (1.4, 1.5) and k6 (0.6) are new.
     answers = {}
     for j in range(7):
         answers[j] = a.submit(f"r{j}", key=f"k{j}", fp=f"f{j}", at=255 * DAY // 100)
-        assert c.submit(f"r{j}", key=f"k{j}", fp=f"f{j}", at=255 * DAY // 100) == answers[j]
+        assert copy.submit(f"r{j}", key=f"k{j}", fp=f"f{j}", at=255 * DAY // 100) == answers[j]
     assert [j for j, answer in answers.items() if answer.get("replayed")] == [2, 3, 4, 5]
-    assert a.sm.snapshot() == c.sm.snapshot()
+    assert a.sm.snapshot() == copy.sm.snapshot()
     # a snapshot written before idempotency keys existed restores with an empty index
     legacy = msgpack.unpackb(a.sm.snapshot(), raw=False)
     del legacy["keys"], legacy["clock"]
@@ -166,9 +185,16 @@ def test_the_key_index_survives_snapshot_and_restore_identically_on_replicas() -
 
 def test_a_malformed_key_is_a_bad_command() -> None:
     q = Q()
-    assert q(op="submit", id="t1", type="noop", at=0, idem_key=7)["error"]["code"] == "bad_command"
-    assert q(op="submit", id="t1", type="noop", at=0, idem_key="")["error"]["code"] == "bad_command"
-    assert q.sm.tasks == {}
+    version, tag, fields = msgpack.unpackb(
+        codec.encode(c.Submit("t1", TaskType.NOOP, {}, TaskParams(), "ann", 0, idem_key="k")),
+        raw=False,
+    )
+    for bad in (7, b"k", ["k"]):
+        entry = msgpack.packb([version, tag, {**fields, "idem_key": bad}], use_bin_type=True)
+        q.index += 1
+        outcome = codec.outcome_from_wire(q.state.apply(q.index, entry))
+        assert code_of(outcome) == RefusalCode.BAD_COMMAND, bad
+    assert q.sm.tasks == {} and q.state.refused_entries == 3
 
 
 def upload_cmd(
@@ -178,28 +204,28 @@ def upload_cmd(
     key: str | None = "up-1",
     fp: str = "fp-1",
     at: int = 1_000,
-) -> dict:
-    task: dict[str, Any] = {"id": task_id, "priority": 5, "owner": "ann"}
-    if key is not None:
-        task.update(idem_key=key, fingerprint=fp)
-    return {
-        "op": "kb.upload",
-        "at": at,
-        "task": task,
-        "doc": {
-            "doc_id": doc_id,
-            "title": "t",
-            "source": "t.txt",
-            "media_type": "text/plain",
-            "tags": [],
-            "data": data,
-        },
-    }
+) -> c.Upload:
+    return c.Upload(
+        doc=c.DocumentUpload(
+            doc_id=doc_id,
+            title="t",
+            source="t.txt",
+            media_type="text/plain",
+            tags=(),
+            data=data,
+        ),
+        task_id=task_id,
+        owner="ann",
+        at=at,
+        priority=5,
+        idem_key=key,
+        fingerprint=fp if key is not None else None,
+    )
 
 
-def apply(state: NodeState, cmd: dict) -> Any:
+def apply(state: NodeState, cmd: c.Command) -> Any:
     state.applied_index += 1
-    return state.apply(state.applied_index, msgpack.packb(cmd, use_bin_type=True))
+    return codec.outcome_from_wire(state.apply(state.applied_index, codec.encode(cmd)))
 
 
 def test_a_retried_upload_makes_no_second_version_and_no_second_task() -> None:
@@ -217,28 +243,17 @@ def test_a_retried_upload_makes_no_second_version_and_no_second_task() -> None:
         "superseded_version": None,
         "replayed": True,
     }
-    assert [d["id"] for d in state.kb.list_documents()] == ["doc-a"] and state.kb.get("doc-a")[
-        "version"
-    ] == 1
+    assert [d["id"] for d in state.kb.list_documents()] == ["doc-a"]
+    assert state.kb.get("doc-a")["version"] == 1
     assert list(state.tasks.tasks) == ["t1"]
     mismatch = apply(state, upload_cmd("doc-a", "t3", data=b"other bytes", fp="fp-2"))
-    assert mismatch["error"]["code"] == "idempotency_mismatch"
+    assert code_of(mismatch) == RefusalCode.IDEMPOTENCY_MISMATCH
     assert state.kb.get("doc-a")["version"] == 1 and list(state.tasks.tasks) == ["t1"]
     # the same key on a task submission: the fingerprints differ, so it is refused
-    assert (
-        state.tasks.execute(
-            {
-                "op": "submit",
-                "id": "t4",
-                "type": "noop",
-                "owner": "ann",
-                "at": 3_000,
-                "idem_key": "up-1",
-                "fingerprint": "task-print",
-            }
-        )["error"]["code"]
-        == "idempotency_mismatch"
+    submit = c.Submit(
+        "t4", TaskType.NOOP, {}, TaskParams(), "ann", 3_000, idem_key="up-1", fingerprint="task"
     )
+    assert code_of(apply(state, submit)) == RefusalCode.IDEMPOTENCY_MISMATCH
     # a replay after a newer version of the document says so
     apply(state, upload_cmd("doc-a", "t5", key="up-2", fp="fp-3"))
     assert apply(state, upload_cmd("doc-x", "t6", at=4_000))["document"]["state"] == "replaced"
@@ -251,41 +266,43 @@ def test_a_retried_upload_makes_no_second_version_and_no_second_task() -> None:
 def test_release_is_fenced_to_the_exact_attempt_and_node() -> None:
     q = Q()
     q.submit("t1", key=None, at=0)
-    granted = q(op="claim", node="n1", at=10)["task"]
+    granted = q(c.Claim("n1", slots=1, at=10))["task"]
     assert granted["attempt"] == 1
     for attempt, node in ((2, "n1"), (1, "n2")):
-        stale = q(op="release", id="t1", attempt=attempt, node=node, at=20, reason="x")
-        assert stale["error"]["code"] == "stale_attempt"
-    released = q(op="release", id="t1", attempt=1, node="n1", at=30, reason="not running here")
+        stale = q(c.Release("t1", attempt=attempt, node=node, at=20, reason="x"))
+        assert code_of(stale) == RefusalCode.STALE_ATTEMPT
+    released = q(c.Release("t1", attempt=1, node="n1", at=30, reason="not running here"))
     assert (
         released["state"] == "queued" and released["node"] is None and released["not_before"] == 30
     )
     assert released["history"][-1]["note"] == "released by n1: not running here; requeued"
     assert released["max_attempts"] == 4  # the attempt never ran: it costs no retry
     assert q.sm.running_on("n1") == []
-    assert q(op="release", id="t1", attempt=1, node="n1", at=31)["error"]["code"] == "stale_attempt"
-    regranted = q(op="claim", node="n2", at=40)["task"]
+    again = q(c.Release("t1", attempt=1, node="n1", at=31, reason=""))
+    assert code_of(again) == RefusalCode.STALE_ATTEMPT
+    regranted = q(c.Claim("n2", slots=1, at=40))["task"]
     assert regranted["id"] == "t1" and regranted["attempt"] == 2
     # a late report of the released attempt is refused too
-    assert (
-        q(op="complete", id="t1", attempt=1, node="n1", at=41)["error"]["code"] == "stale_attempt"
-    )
+    late = q(c.Complete("t1", attempt=1, node="n1", at=41, result={}))
+    assert code_of(late) == RefusalCode.STALE_ATTEMPT
     # a released attempt whose abort was requested ends cancelled
-    q(op="abort", id="t1", at=50)
-    aborted = q(op="release", id="t1", attempt=2, node="n2", at=60)
+    q(c.Abort("t1", at=50, by="ann"))
+    aborted = q(c.Release("t1", attempt=2, node="n2", at=60, reason=""))
     assert aborted["state"] == "cancelled" and "released by n2" in aborted["history"][-1]["note"]
 
 
 # ------------------------------------------------------------------ HTTP
 class InstantRaft:
-    """Applies each proposal at once to the state, like a one-node cluster."""
+    """Applies each proposal at once to the state, like a one-node cluster; a
+    stand-in for the Raft driver behind a real Replica.  `calls` records each
+    proposal as its decoded command, with the driver call's keyword arguments."""
 
     def __init__(self, state: Any, fail_after_apply: int = 0) -> None:
         self.state = state
         self.leader = "n1"
         self.id = "n1"
         self.index = 0
-        self.calls: list[tuple[dict, dict]] = []
+        self.calls: list[tuple[c.Command, dict]] = []
         self.fail_after_apply = (
             fail_after_apply  # this many proposals apply, then raise (answer lost)
         )
@@ -297,7 +314,7 @@ class InstantRaft:
         return self.index
 
     async def propose(self, command: bytes, **kwargs: Any) -> Any:
-        self.calls.append((msgpack.unpackb(command, raw=False), kwargs))
+        self.calls.append((codec.decode(command), kwargs))
         self.index += 1
         result = self.state.apply(self.index, command)
         if self.fail_after_apply > 0:
@@ -310,7 +327,8 @@ class InstantRaft:
 def node() -> Iterator[SimpleNamespace]:
     state = NodeState(TaskQueue(), KnowledgeBase())
     raft = InstantRaft(state)
-    api = TaskAPI(raft, state.tasks, "n1")  # type: ignore[arg-type]
+    replica = Replica(raft, state)  # type: ignore[arg-type]
+    api = TaskAPI(replica, "n1")
 
     @web.middleware
     async def as_ann(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -319,8 +337,8 @@ def node() -> Iterator[SimpleNamespace]:
 
     app = web.Application(middlewares=[as_ann])
     api.routes(app)
-    KnowledgeAPI(state, api.write, error, SimpleNamespace(engine=None), 1 << 20).routes(app)
-    OpenAIRoutes(raft, state.tasks).routes(app)
+    KnowledgeAPI(replica, state.kb, SimpleNamespace(engine=None), 1 << 20).routes(app)
+    OpenAIRoutes(replica).routes(app)
     yield SimpleNamespace(app=app, state=state, raft=raft)
 
 
@@ -356,9 +374,9 @@ def test_http_replay_answers_201_with_the_same_task_and_the_replayed_header(
 
     http(node, steps)
     assert len(node.state.tasks.tasks) == 2
-    submits = [cmd for cmd, _ in node.raft.calls if cmd["op"] == "submit"]
-    assert submits[0]["fingerprint"] == task_fingerprint({"priority": 5, "params": {}, **NOOP})
-    assert "idem_key" not in submits[-1]
+    submits = [cmd for cmd, _ in node.raft.calls if isinstance(cmd, c.Submit)]
+    assert submits[0].fingerprint == task_fingerprint({"priority": 5, "params": {}, **NOOP})
+    assert submits[-1].idem_key is None and submits[-1].fingerprint is None
 
 
 @pytest.mark.parametrize(
@@ -461,7 +479,8 @@ def test_an_upload_retried_with_its_key_is_one_version_and_one_task(node: Simple
         ]["id"]
 
     http(node, steps)
-    # a.txt, b.txt from the first request (the mismatch refused b.txt's retry after a.txt replayed), one JSON
+    # a.txt, b.txt from the first request (the mismatch refused b.txt's retry after a.txt
+    # replayed), one JSON
     assert len(node.state.kb.list_documents()) == 3 and len(node.state.tasks.tasks) == 3
     assert all(d["version"] == 1 for d in node.state.kb.list_documents())
 
@@ -502,17 +521,8 @@ def test_a_chat_with_a_key_survives_its_client_and_a_retry_follows_the_same_task
         task = node.state.tasks.get(task_id)
         assert task is not None and task.state == "queued"  # not cancelled: a retry may come back
         # the task runs to its end; the retry (not streamed, this time) gets its answer
-        node.state.tasks.execute({"op": "claim", "node": "n1", "at": 1, "types": ["qa"]})
-        node.state.tasks.execute(
-            {
-                "op": "complete",
-                "id": task_id,
-                "attempt": 1,
-                "node": "n1",
-                "at": 2,
-                "result": {"answer": "Because."},
-            }
-        )
+        node.state.tasks.apply(c.Claim("n1", slots=1, at=1, types=(TaskType.QA,)))
+        node.state.tasks.apply(c.Complete(task_id, 1, "n1", 2, {"answer": "Because."}))
         again = await client.post(
             "/v1/chat/completions", json={**chat, "stream": False}, headers=key
         )
@@ -545,8 +555,29 @@ def test_a_chat_with_a_key_survives_its_client_and_a_retry_follows_the_same_task
 class Aside:
     """A runner for a type no test submits: the executor claims nothing by itself."""
 
-    def run(self, task: dict, progress: Any, cancelled: Any) -> Any:
+    def run(self, task: Any, progress: Any, cancelled: Any) -> Any:
         raise AssertionError("never granted")
+
+
+def noop(task_id: str, duration_ms: int = 0) -> c.Submit:
+    return c.Submit(
+        task_id=task_id,
+        type=TaskType.NOOP,
+        input={"duration_ms": duration_ms},
+        params=TaskParams(),
+        owner="ann",
+        at=0,
+    )
+
+
+def executor_on(
+    state: NodeState, runners: dict, slots: int, fail_after_apply: int = 0, **kw: Any
+) -> tuple[Executor, InstantRaft]:
+    raft = InstantRaft(state, fail_after_apply=fail_after_apply)
+    replica = Replica(raft, state)  # type: ignore[arg-type]
+    executor = Executor(replica, "n1", slots, runners, **kw)
+    state.listen(executor.on_apply)
+    return executor, raft
 
 
 async def started(executor: Executor) -> None:
@@ -563,31 +594,24 @@ def test_an_attempt_granted_to_this_node_that_it_does_not_run_is_handed_back_aft
 ) -> None:
     async def run() -> None:
         queue = TaskQueue()
-        raft = InstantRaft(NodeState(queue))
-        executor = Executor(
-            raft,
-            queue,
-            "n1",
-            2,
-            {"aside": Aside()},
-            orphan_grace=0.5,  # type: ignore[arg-type]
-            reconcile_interval=0.1,
+        executor, raft = executor_on(
+            NodeState(queue), {"aside": Aside()}, 2, orphan_grace=0.5, reconcile_interval=0.1
         )
         await started(executor)
         # a claim for n1 commits, but its answer never reaches n1's executor
-        queue.execute({"op": "submit", "id": "t1", "type": "noop", "at": 0})
-        assert queue.execute({"op": "claim", "node": "n1", "at": 1})["task"]["id"] == "t1"
+        queue.apply(noop("t1"))
+        assert queue.apply(c.Claim("n1", slots=1, at=1))["task"]["id"] == "t1"
         await asyncio.sleep(0.3)
-        assert queue.get("t1").state == "running"  # within the grace: left alone
+        assert queue.get("t1").state == TaskState.RUNNING  # within the grace: left alone
         deadline = time.monotonic() + 2
-        while queue.get("t1").state != "queued":
+        while queue.get("t1").state != TaskState.QUEUED:
             assert time.monotonic() < deadline, "not handed back"
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
         await executor.stop()
         assert executor.released == 1
-        releases = [cmd for cmd, _ in raft.calls if cmd["op"] == "release"]
-        assert [(c["id"], c["attempt"], c["node"]) for c in releases] == [("t1", 1, "n1")]  # once
+        releases = [cmd for cmd, _ in raft.calls if isinstance(cmd, c.Release)]
+        assert [(r.task_id, r.attempt, r.node) for r in releases] == [("t1", 1, "n1")]  # once
 
     with caplog.at_level(logging.INFO, logger="ragraft.executor"):
         asyncio.run(run())
@@ -606,27 +630,17 @@ def test_a_lost_claim_answer_is_repaired_and_the_task_runs_once(
 
     async def run() -> TaskQueue:
         queue = TaskQueue()
-        state = NodeState(queue)
-        raft = InstantRaft(state)
-        executor = Executor(
-            raft,
-            queue,
-            "n1",
+        executor, raft = executor_on(
+            NodeState(queue),
+            {TaskType.NOOP: NoopRunner()},
             1,
-            {"noop": NoopRunner()},
-            orphan_grace=0.3,  # type: ignore[arg-type]
+            orphan_grace=0.3,
             reconcile_interval=0.1,
         )
-        state.listen(lambda cmd, result: executor.poke())
         await started(executor)
-        await raft.propose(
-            msgpack.packb(
-                {"op": "submit", "id": "t1", "type": "noop", "at": 0, "input": {"duration_ms": 50}},
-                use_bin_type=True,
-            )
-        )
+        await raft.propose(codec.encode(noop("t1", 50)))
         deadline = time.monotonic() + 5
-        while queue.get("t1").state != "completed":
+        while queue.get("t1").state != TaskState.COMPLETED:
             assert time.monotonic() < deadline, history(queue, "t1")
             await asyncio.sleep(0.05)
         await executor.stop()
@@ -648,34 +662,18 @@ def test_a_lost_claim_answer_is_repaired_and_the_task_runs_once(
 def test_a_task_this_executor_runs_is_never_handed_back() -> None:
     async def run() -> TaskQueue:
         queue = TaskQueue()
-        state = NodeState(queue)
-        raft = InstantRaft(state)
-        executor = Executor(
-            raft,
-            queue,
-            "n1",
+        executor, raft = executor_on(
+            NodeState(queue),
+            {TaskType.NOOP: NoopRunner()},
             2,
-            {"noop": NoopRunner()},
-            orphan_grace=0.05,  # type: ignore[arg-type]
+            orphan_grace=0.05,
             reconcile_interval=0.05,
         )
-        state.listen(lambda cmd, result: executor.poke())
         await started(executor)
         for i in range(2):
-            await raft.propose(
-                msgpack.packb(
-                    {
-                        "op": "submit",
-                        "id": f"t{i}",
-                        "type": "noop",
-                        "at": 0,
-                        "input": {"duration_ms": 800},
-                    },
-                    use_bin_type=True,
-                )
-            )
+            await raft.propose(codec.encode(noop(f"t{i}", 800)))
         deadline = time.monotonic() + 5
-        while queue.counts()["completed"] < 2:
+        while queue.counts()[TaskState.COMPLETED] < 2:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         await executor.stop()
@@ -689,22 +687,24 @@ def test_a_task_this_executor_runs_is_never_handed_back() -> None:
 
 
 def test_a_report_whose_first_copy_applied_is_done_when_its_retry_is_refused_as_stale() -> None:
+    from node.execution.executor import Report
+
     async def run() -> InstantRaft:
         queue = TaskQueue()
-        queue.execute({"op": "submit", "id": "t1", "type": "noop", "at": 0})
-        queue.execute({"op": "claim", "node": "n1", "at": 1})
-        raft = InstantRaft(NodeState(queue), fail_after_apply=1)  # applied, then "timed out"
-        executor = Executor(raft, queue, "n1", 1, {})  # type: ignore[arg-type]
-        report = {"op": "complete", "id": "t1", "attempt": 1, "node": "n1", "result": {"ok": True}}
-        await asyncio.wait_for(executor._report(report), 3)
-        assert queue.get("t1").state == "completed" and queue.get("t1").result == {"ok": True}
+        queue.apply(noop("t1"))
+        queue.apply(c.Claim("n1", slots=1, at=1))
+        # applied, then "timed out": the executor retries, and the copy is refused as stale
+        executor, raft = executor_on(NodeState(queue), {}, 1, fail_after_apply=1)
+        report = Report(c.Complete, {"result": {"ok": True}})
+        await asyncio.wait_for(executor._report("t1", 1, report), 3)
+        assert queue.get("t1").state == TaskState.COMPLETED
+        assert queue.get("t1").result == {"ok": True}
         return raft
 
     raft = asyncio.run(run())
-    assert [cmd["op"] for cmd, _ in raft.calls] == ["complete", "complete"]
-    assert all(
-        kwargs == {} for _, kwargs in raft.calls
-    )  # no request id: fencing makes the retry harmless
+    assert [type(cmd) for cmd, _ in raft.calls] == [c.Complete, c.Complete]
+    # no request id: fencing makes the retry harmless
+    assert all(kwargs in ({}, {"timeout": None}) for _, kwargs in raft.calls)
 
 
 # ------------------------------------------------------------------ our clients
@@ -750,8 +750,8 @@ def stubs() -> Iterator[tuple[StubNode, StubNode]]:
 def test_the_cli_submits_with_one_key_and_fails_over_on_no_quorum_with_it(
     stubs: tuple[StubNode, StubNode],
 ) -> None:
-    from node.cli_commands.output import Output
-    from node.cli_commands.tasks import submit
+    from node.cli.commands.output import Output
+    from node.cli.commands.tasks import submit
 
     cut_off, healthy = stubs
     client = Client([cut_off.url, healthy.url], "token", log=io.StringIO())

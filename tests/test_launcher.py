@@ -32,11 +32,14 @@ def answers(url: str) -> bool:
 def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: Path) -> None:
     layout = NodeCluster(tmp_path, models=True)  # only for its cluster.toml and environment
     data = tmp_path / "elsewhere"
+    # A first start: `up` writes the cluster's secrets itself (secure without configuration).
+    bundle = tmp_path / ".ragraft" / "secrets" / "cluster-secrets.json"
+    bundle.unlink()
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "node.cli",
+            "node.cli.main",
             "up",
             "--config",
             str(layout.config),
@@ -63,6 +66,8 @@ def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: 
                 break
         output = "\n".join(lines)
         assert "Press Ctrl-C" in output, output
+        assert f"cluster secrets: {bundle} (0600" in output, output
+        assert bundle.stat().st_mode & 0o777 == 0o600
         for node in layout.ids:
             assert f"{node} is up" in output
             assert f"{node}: models: ready in" in output  # the last progress line of each node
@@ -71,6 +76,9 @@ def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: 
                 ready = json.loads(resp.read())
             assert ready["ready"] and ready["models"]["generator"] == "SmolLM2-135M-Instruct"
             assert (data / node / "raft").is_dir()  # --data-dir moved every node's data
+            assert (data / node).stat().st_mode & 0o777 == 0o700
+            assert "insecure" not in ready
+            assert "INSECURE" not in (data / f"{node}.log").read_text()
         assert "models: loading embedding model" in output, (
             output
         )  # progress was shown while the models loaded

@@ -43,7 +43,7 @@ def test_join_as_learner_then_voter_and_remove(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "node.cli",
+                "node.cli.main",
                 "node",
                 "remove",
                 "n3",
@@ -54,6 +54,7 @@ def test_join_as_learner_then_voter_and_remove(tmp_path):
             ],
             capture_output=True,
             text=True,
+            check=False,
             timeout=60,
             env=cluster.env,
         )
@@ -64,7 +65,7 @@ def test_join_as_learner_then_voter_and_remove(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "node.cli",
+                "node.cli.main",
                 "node",
                 "remove",
                 "n9",
@@ -75,6 +76,7 @@ def test_join_as_learner_then_voter_and_remove(tmp_path):
             ],
             capture_output=True,
             text=True,
+            check=False,
             timeout=60,
             env=cluster.env,
         )

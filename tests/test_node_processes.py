@@ -52,6 +52,21 @@ def test_nodes_with_the_cluster_key_elect_and_an_outsider_cannot_join(tmp_path):
     api = write_config(tmp_path)
     good = generate_cluster_keys()
     bad = generate_cluster_keys()
+    # The bundle `ragraft init` writes (encryption key, token secret, CURVE keys); the
+    # CURVE keys in each node's environment win over the bundle's.
+    init = subprocess.run(
+        [sys.executable, "-m", "node.cli.main", "init", "--config", str(tmp_path / "cluster.toml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert init.returncode == 0, init.stderr
+    bundle = tmp_path / ".ragraft" / "secrets" / "cluster-secrets.json"
+    assert "copy" in init.stdout and str(bundle) in init.stdout
+    assert bundle.stat().st_mode & 0o777 == 0o600
+    assert bundle.parent.stat().st_mode & 0o777 == 0o700
     procs = []
     try:
         for node, keys in (("n1", good), ("n2", good), ("n3", bad)):
@@ -67,7 +82,7 @@ def test_nodes_with_the_cluster_key_elect_and_an_outsider_cannot_join(tmp_path):
                     [
                         sys.executable,
                         "-m",
-                        "node.cli",
+                        "node.cli.main",
                         "node",
                         "--config",
                         str(tmp_path / "cluster.toml"),
@@ -75,7 +90,7 @@ def test_nodes_with_the_cluster_key_elect_and_an_outsider_cannot_join(tmp_path):
                         node,
                     ],
                     env=env,
-                    stdout=open(tmp_path / f"{node}.log", "wb"),
+                    stdout=open(tmp_path / f"{node}.log", "wb"),  # noqa: SIM115 - the node holds it
                     stderr=subprocess.STDOUT,
                     cwd=tmp_path,
                 )

@@ -10,13 +10,15 @@ import pytest
 from consensus.errors import ConfChangeInProgress, InvalidConfChange, NoLeader, TransferInProgress
 from consensus.messages import (
     AppendRequest,
+    AppendResponse,
+    CommitHint,
     HeartbeatRequest,
     SnapshotRequest,
     TimeoutNow,
     VoteRequest,
 )
 from consensus.raft import RaftConfig, RawNode
-from consensus.types import ConfChange, ConfOp, Role
+from consensus.types import ConfChange, ConfOp, Entry, EntryKind, Role
 from tests.raft_harness import Net
 
 IDS = ["n1", "n2", "n3"]
@@ -139,6 +141,22 @@ def test_vote_waits_for_persistence():
     assert rd.hard_state is not None and rd.hard_state.vote == "n1" and rd.must_sync
     assert not rd.messages and len(rd.messages_after_persist) == 1
     assert rd.messages_after_persist[0].granted
+
+
+def test_overwritten_entries_are_not_acknowledged_after_persist():
+    """Soak seed 33659: a follower took entries from the term-1 leader, then, before
+    its next Ready, a term-2 leader overwrote them. The acknowledgement to the first
+    leader must not leave after the persist: the entries it promises are gone."""
+    net = Net(IDS)
+    raw = net.raw("n2")
+    base = raw.log.last_index()  # the bootstrap membership entry, committed
+    raw.step(AppendRequest(2, "n1", "n2", base, 1, (Entry(2, base + 1, data=b"a"),), base))
+    raw.step(AppendRequest(2, "n1", "n2", base + 1, 2, (Entry(2, base + 2, data=b"b"),), base))
+    raw.step(AppendRequest(3, "n3", "n2", base + 1, 2, (Entry(3, base + 2, data=b"c"),), base))
+    rd = raw.ready()
+    assert [e.data for e in rd.entries] == [b"a", b"c"]
+    acks = [m for m in rd.messages_after_persist if isinstance(m, AppendResponse)]
+    assert [(m.dst, m.index) for m in acks if m.success] == [("n1", base + 1), ("n3", base + 2)]
 
 
 def test_candidate_with_stale_log_loses():
@@ -396,6 +414,78 @@ def test_add_learner_catch_up_promote_then_remove():
     net.raw("n1").propose(b"after-remove")
     net.deliver()
     assert net.peers["n4"].applied[-1][1] == b"after-remove"
+
+
+def test_commit_of_a_membership_change_is_announced_only_once_durable():
+    """Soak seed 56934: a leader told a follower it had committed a REMOVE, then lost
+    its lazily saved commit index in a crash: the removed voter stopped campaigning
+    while the restarted leader, back on the old membership, waited for its vote.
+    Messages of the Ready that commits a change leave after its persist."""
+    net = Net(IDS)
+    net.elect("n1")
+    raw = net.raw("n1")
+    readies = []
+    take = raw.ready
+
+    def recording_ready():
+        rd = take()
+        readies.append(rd)
+        return rd
+
+    raw.ready = recording_ready  # type: ignore[method-assign]
+    raw.propose_conf_change(ConfChange(ConfOp.REMOVE, "n3"))
+    net.deliver()
+    assert "n3" not in raw.membership.voters
+    committing = [rd for rd in readies if any(e.kind == EntryKind.CONF for e in rd.committed)]
+    assert committing, "the leader never committed the change"
+    for rd in committing:
+        assert rd.must_sync and rd.hard_state is not None
+        assert not [m for m in rd.messages if getattr(m, "commit", 0) >= rd.hard_state.commit]
+
+
+def test_a_removed_node_tells_a_candidate_what_is_committed():
+    """Soak seed 33645: the voter left after a leader removed itself had lost its lazily
+    saved commit index in a crash, so it still counted the removed node as a voter;
+    the removed node, whose log was longer, refused its votes and never campaigned.
+    The removed node's rejection carries a CommitHint; a matching log adopts it."""
+    net = Net(IDS)
+    net.elect("n1")
+    net.raw("n1").propose_conf_change(ConfChange(ConfOp.REMOVE, "n3"))
+    net.deliver()
+    leader, removed = net.raw("n1"), net.raw("n3")
+    # the leader stops replicating to a removed node: say the commit once more
+    removed.step(HeartbeatRequest(leader.term, "n1", "n3", leader.commit_index))
+    net.deliver()
+    assert "n3" not in removed.membership.voters
+    net.tick(30, nodes=["n3"])  # past the leader lease, in which votes are ignored
+    removed.step(VoteRequest(removed.term + 1, "n2", "n3", 0, 0, pre=True))
+    hints = [m for m in removed.ready().messages if isinstance(m, CommitHint)]
+    assert [(h.dst, h.index) for h in hints] == [("n2", removed.commit_index)]
+
+    # the receiving side: a hint for an entry we hold advances the commit index
+    other = Net(IDS)
+    raw = other.raw("n2")
+    base = raw.log.last_index()
+    raw.step(AppendRequest(2, "n1", "n2", base, 1, (Entry(2, base + 1, data=b"a"),), base))
+    raw.step(CommitHint(2, "n3", "n2", base + 1, 1))  # another entry there: ignored
+    assert raw.commit_index == base
+    raw.step(CommitHint(2, "n3", "n2", base + 1, 2))
+    assert raw.commit_index == base + 1
+
+
+def test_a_leader_ignores_commit_hints():
+    """Soak seed 61208: a hint that reached a candidate after it won would let a leader
+    commit an earlier term's entry without counting; a leader commits by counting."""
+    net = Net(IDS)
+    net.elect("n1")
+    leader = net.raw("n1")
+    net.isolate("n1")
+    leader.propose(b"x")
+    net.process("n1")
+    before = leader.commit_index
+    last = leader.log.last_index()
+    leader.step(CommitHint(leader.term, "n3", "n1", last, leader.log.term_at(last)))
+    assert leader.commit_index == before < last
 
 
 def test_one_conf_change_at_a_time():

@@ -347,13 +347,19 @@ def test_no_document_text_is_readable_in_any_data_directory(
         if all(any((r / "raft" / "snapshots").rglob("*")) for r in roots):
             break
         time.sleep(0.5)
-    files = [p for r in roots for p in r.rglob("*") if p.is_file()]
-    assert any("snapshots" in str(p) for p in files)
     needles = [MARKER.encode(), b"lighthouse keeper", b"Rottnest"]
-    for path in files:
-        data = path.read_bytes()
+    snapshots_read = 0
+    # The nodes keep running, so a snapshot listed here may be superseded and pruned before it
+    # is read: a vanished file is skipped, but at least one snapshot must have been read.
+    for path in [p for r in roots for p in r.rglob("*") if p.is_file()]:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        snapshots_read += "snapshots" in str(path)
         for needle in needles:
             assert needle not in data, f"{needle!r} readable in {path}"
+    assert snapshots_read > 0
 
 
 def test_restarted_node_reloads_its_index_from_the_snapshot(

@@ -3,15 +3,20 @@ node-state rules that tie uploads to their ingest tasks."""
 
 from __future__ import annotations
 
-import msgpack
+from typing import Any
+
 import numpy as np
 import pytest
 
 from node.rag.chunking import ChunkText
 from node.rag.engine import BadInput, RagEngine, _batches
 from node.rag.knowledge import KnowledgeBase
-from node.state import NodeState
-from node.tasks import TaskQueue
+from node.replica import codec
+from node.replica import commands as c
+from node.replica.refusal import Refusal, RefusalCode
+from node.replica.state import NodeState
+from node.replica.tasks import TaskQueue
+from node.replica.vocabulary import TaskParams, TaskType
 
 
 class HashEmbedder:
@@ -38,9 +43,16 @@ def test_batches_stay_under_the_entry_size_and_keep_order() -> None:
     batches = _batches(chunks, vectors, entry_bytes=64 * 1024)
     assert len(batches) > 1
     assert [c["ordinal"] for b in batches for c in b["chunks"]] == list(range(300))
-    for batch in batches:
-        packed = msgpack.packb({"op": "kb.put_chunks", **batch}, use_bin_type=True)
-        assert len(packed) <= 64 * 1024
+    for n, batch in enumerate(batches):
+        entry = c.PutChunks(
+            doc_id="a-document-id",
+            version=1,
+            batch_no=n,
+            chunks=tuple(c.Chunk(**chunk) for chunk in batch["chunks"]),
+            vectors=batch["vectors"],
+            n_batches=len(batches),
+        )
+        assert len(codec.encode(entry)) <= 64 * 1024
         assert len(batch["vectors"]) == 384 * 4 * len(batch["chunks"])
     # one chunk larger than the bound still travels (alone)
     big = _batches(
@@ -83,24 +95,27 @@ def test_missing_query_or_generator_is_bad_input() -> None:
     assert engine.run("retrieve", {"query": "q"})["passages"] == []
 
 
-def apply(state: NodeState, index: int, cmd: dict) -> dict:
-    return state.apply(index, msgpack.packb(cmd, use_bin_type=True))
+def apply(state: NodeState, index: int, cmd: c.Command) -> Any:
+    """As the log does: encoded, applied, the outcome back from its wire form (the
+    result, or the Refusal)."""
+    return codec.outcome_from_wire(state.apply(index, codec.encode(cmd)))
 
 
-def upload_cmd(task_id: str = "T1", data: bytes = b"hello world") -> dict:
-    return {
-        "op": "kb.upload",
-        "at": 1000,
-        "task": {"id": task_id, "priority": 7, "owner": "ann"},
-        "doc": {
-            "doc_id": "d1",
-            "title": "Hello",
-            "source": "hello.txt",
-            "media_type": "text/plain",
-            "tags": ["x"],
-            "data": data,
-        },
-    }
+def upload_cmd(task_id: str = "T1", data: bytes = b"hello world") -> c.Upload:
+    return c.Upload(
+        doc=c.DocumentUpload(
+            doc_id="d1",
+            title="Hello",
+            source="hello.txt",
+            media_type="text/plain",
+            tags=("x",),
+            data=data,
+        ),
+        task_id=task_id,
+        owner="ann",
+        at=1000,
+        priority=7,
+    )
 
 
 def test_an_upload_and_its_ingest_task_are_one_entry() -> None:
@@ -117,7 +132,7 @@ def test_an_upload_and_its_ingest_task_are_one_entry() -> None:
     }
     # a refused upload leaves neither a document nor a task
     bad = apply(state, 2, upload_cmd("T2", data=b""))
-    assert bad["error"]["code"] == "invalid"
+    assert isinstance(bad, Refusal) and bad.code is RefusalCode.INVALID
     assert state.tasks.get("T2") is None and state.kb.get("d1")["version"] == 1
 
 
@@ -125,7 +140,7 @@ def test_a_cancelled_ingest_fails_its_document_and_drops_the_bytes() -> None:
     state = NodeState(TaskQueue(), KnowledgeBase())
     apply(state, 1, upload_cmd())
     assert state.kb.upload_data("d1") == b"hello world"
-    apply(state, 2, {"op": "cancel", "id": "T1", "by": "ann", "at": 2000})
+    apply(state, 2, c.Cancel("T1", at=2000, by="ann"))
     doc = state.kb.get("d1")
     assert doc["state"] == "failed" and "cancelled" in doc["error"]
     assert state.kb.upload_data("d1") is None
@@ -133,7 +148,7 @@ def test_a_cancelled_ingest_fails_its_document_and_drops_the_bytes() -> None:
 
 def test_an_exception_in_apply_is_an_error_result_not_a_stopped_log() -> None:
     state = NodeState(TaskQueue(), KnowledgeBase())
-    state.tasks.execute = None  # type: ignore[assignment]  # simulate a bug in a sub-machine
-    result = apply(state, 1, {"op": "submit", "id": "x", "type": "noop", "at": 1})
-    assert result["error"]["code"] == "internal"
+    state.tasks.apply = None  # type: ignore[assignment,method-assign]  # a bug in a sub-machine
+    result = apply(state, 1, c.Submit("x", TaskType.NOOP, {}, TaskParams(), owner="", at=1))
+    assert isinstance(result, Refusal) and result.code is RefusalCode.INTERNAL
     assert state.applied_index == 1

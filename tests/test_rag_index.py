@@ -7,8 +7,10 @@ at the end uses the real bundled all-MiniLM-L6-v2, loaded once for the module.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -18,8 +20,22 @@ import pytest
 from node.rag import vector_index
 from node.rag.fusion import reciprocal_rank_fusion
 from node.rag.keyword_index import KeywordIndex, tokenize
-from node.rag.knowledge import KBError, KnowledgeBase, vectors_to_bytes
+from node.rag.knowledge import KnowledgeBase, vectors_to_bytes
 from node.rag.vector_index import VectorIndex
+from node.replica import codec
+from node.replica.commands import (
+    Chunk,
+    DeleteDocument,
+    DocumentUpload,
+    Expire,
+    FailIngest,
+    FinishIngest,
+    KnowledgeCommand,
+    PutChunks,
+    SetEnabled,
+    Upload,
+)
+from node.replica.refusal import Refusal, RefusalCode
 
 DIM = 32
 
@@ -274,60 +290,79 @@ def toy_embed(texts: Sequence[str]) -> np.ndarray:
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class PutUpload:
+    """The file half of an Upload (NodeState gives it to `put_upload`, and queues
+    the ingest task itself): what the knowledge base alone applies of one."""
+
+    doc: DocumentUpload
+    at: int
+
+
+KBCommand = KnowledgeCommand | PutUpload
+
+
 def chunk_commands(
     doc_id: str, version: int, texts: Sequence[str], batch: int = 2, announce: bool = True
-) -> Iterator[dict]:
+) -> Iterator[PutChunks]:
     batches = [texts[i : i + batch] for i in range(0, len(texts), batch)]
     for n, part in enumerate(batches):
         first = n * batch
-        yield {
-            "op": "kb.put_chunks",
-            "doc_id": doc_id,
-            "version": version,
-            "batch_no": n,
-            "n_batches": len(batches) if announce else None,
-            "chunks": [{"ordinal": first + j, "page": 1, "text": t} for j, t in enumerate(part)],
-            "vectors": vectors_to_bytes(toy_embed(part)),
-        }
+        yield PutChunks(
+            doc_id=doc_id,
+            version=version,
+            batch_no=n,
+            chunks=tuple(Chunk(first + j, 1, t) for j, t in enumerate(part)),
+            vectors=vectors_to_bytes(toy_embed(part)),
+            n_batches=len(batches) if announce else None,
+        )
 
 
-def upload_command(doc_id: str, at: int, tags: Sequence[str] = (), title: str = "") -> dict:
-    return {
-        "op": "kb.put_upload",
-        "doc_id": doc_id,
-        "title": title or doc_id.title(),
-        "source": f"{doc_id}.txt",
-        "media_type": "text/plain",
-        "tags": list(tags),
-        "data": f"raw bytes of {doc_id} at {at}".encode(),
-        "at": at,
-    }
+def document(doc_id: str, data: bytes, tags: Sequence[str] = (), title: str = "") -> DocumentUpload:
+    return DocumentUpload(
+        doc_id=doc_id,
+        title=title,
+        source=f"{doc_id}.txt",
+        media_type="text/plain",
+        tags=tuple(tags),
+        data=data,
+    )
+
+
+def upload_command(doc_id: str, at: int, tags: Sequence[str] = (), title: str = "") -> PutUpload:
+    data = f"raw bytes of {doc_id} at {at}".encode()
+    return PutUpload(document(doc_id, data, tags, title or doc_id.title()), at)
+
+
+def finish(doc_id: str, version: int, node: str, at: int) -> FinishIngest:
+    return FinishIngest(doc_id=doc_id, version=version, node=node, at=at)
 
 
 def ingest_commands(
     doc_id: str, version: int, texts: Sequence[str], at: int, tags: Sequence[str] = ()
-) -> list[dict]:
+) -> list[KBCommand]:
     return [
         upload_command(doc_id, at, tags),
         *chunk_commands(doc_id, version, texts),
-        {
-            "op": "kb.finish_ingest",
-            "doc_id": doc_id,
-            "version": version,
-            "node": "n1",
-            "at": at + 1,
-        },
+        finish(doc_id, version, "n1", at + 1),
     ]
 
 
-def run(kb: KnowledgeBase, commands: Sequence[dict]) -> list[dict]:
-    """Apply as the runtime does: through msgpack, then execute; every command must apply."""
-    results = []
-    for cmd in commands:
-        result = kb.execute(msgpack.unpackb(msgpack.packb(cmd, use_bin_type=True), raw=False))
-        assert "error" not in result, (cmd["op"], result)
-        results.append(result)
-    return results
+def apply(kb: KnowledgeBase, cmd: KBCommand) -> dict:
+    """Apply as the runtime does: through the codec, then the knowledge base
+    (an upload's file part through put_upload, as NodeState does)."""
+    if isinstance(cmd, PutUpload):
+        upload = codec.decode(codec.encode(Upload(cmd.doc, "T", "owner", cmd.at)))
+        assert isinstance(upload, Upload)
+        return kb.put_upload(upload.doc, upload.at)
+    decoded = codec.decode(codec.encode(cmd))
+    assert decoded == cmd
+    return kb.apply(decoded)  # type: ignore[arg-type]
+
+
+def run(kb: KnowledgeBase, commands: Sequence[KBCommand]) -> list[dict]:
+    """Every command must apply (a Refusal fails the test)."""
+    return [apply(kb, cmd) for cmd in commands]
 
 
 RAFT = [
@@ -401,17 +436,17 @@ def test_min_score_thresholds(kb: KnowledgeBase) -> None:
 
 
 def test_disable_hides_and_enable_restores(kb: KnowledgeBase) -> None:
-    run(kb, [{"op": "kb.set_enabled", "doc_id": "raft", "enabled": False, "at": 400}])
+    run(kb, [SetEnabled("raft", enabled=False, at=400)])
     for mode in ("vector", "keyword", "hybrid"):
         assert "raft" not in docs_of(search(kb, "leader log majority", mode, k=10))
     assert search(kb, "leader", k=10, doc_ids=["raft"]) == []
     assert kb.get("raft")["enabled"] is False
-    run(kb, [{"op": "kb.set_enabled", "doc_id": "raft", "enabled": True, "at": 500}])
+    run(kb, [SetEnabled("raft", enabled=True, at=500)])
     assert docs_of(search(kb, "leader log majority", k=1)) == ["raft"]
 
 
 def test_delete_removes_everything(kb: KnowledgeBase) -> None:
-    result = run(kb, [{"op": "kb.delete", "doc_id": "raft", "at": 400}])[0]
+    result = run(kb, [DeleteDocument("raft", at=400)])[0]
     assert result["removed_chunks"] == 3
     assert kb.get("raft") is None
     for mode in ("vector", "keyword", "hybrid"):
@@ -438,11 +473,7 @@ def test_replace_swaps_versions_atomically(kb: KnowledgeBase) -> None:
         assert "joint consensus" not in " ".join(p.text for p in found)
         assert "raft" in docs_of(found)
     assert search(kb, "leader", k=5, tags=["v2"]) == []  # still v1's tags
-    run(
-        kb,
-        staged[1:]
-        + [{"op": "kb.finish_ingest", "doc_id": "raft", "version": 2, "node": "n2", "at": 401}],
-    )
+    run(kb, [*staged[1:], finish("raft", 2, "n2", 401)])
     found = search(kb, "leader joint consensus membership", "keyword", k=10)
     raft_texts = {p.text for p in found if p.doc_id == "raft"}
     assert raft_texts and raft_texts <= set(new_texts)
@@ -461,18 +492,7 @@ def test_replace_swaps_versions_atomically(kb: KnowledgeBase) -> None:
 def test_failed_ingest_keeps_the_serving_version(kb: KnowledgeBase) -> None:
     before = [p.chunk_id for p in search(kb, "leader log", k=5)]
     run(kb, [upload_command("raft", 400), *list(chunk_commands("raft", 2, ["broken text"]))])
-    result = run(
-        kb,
-        [
-            {
-                "op": "kb.fail_ingest",
-                "doc_id": "raft",
-                "version": 2,
-                "error": "corrupt PDF",
-                "at": 401,
-            }
-        ],
-    )[0]
+    result = run(kb, [FailIngest("raft", version=2, error="corrupt PDF", at=401)])[0]
     assert result["serving_version"] == 1
     doc = kb.get("raft")
     assert (doc["state"], doc["error"], doc["serving"]["version"]) == ("failed", "corrupt PDF", 1)
@@ -487,105 +507,86 @@ def test_raw_bytes_are_dropped_once_ingested() -> None:
     assert kb.upload_data("doc") == b"raw bytes of doc at 1"
     assert kb.upload_data("doc", version=2) is None
     assert kb.stats()["pending_upload_bytes"] == len(b"raw bytes of doc at 1")
-    run(
-        kb,
-        [
-            *chunk_commands("doc", 1, ["some text"]),
-            {"op": "kb.finish_ingest", "doc_id": "doc", "version": 1, "node": "n1", "at": 2},
-        ],
-    )
+    run(kb, [*chunk_commands("doc", 1, ["some text"]), finish("doc", 1, "n1", 2)])
     assert kb.upload_data("doc") is None
     assert kb.stats()["pending_upload_bytes"] == 0
     assert b"raw bytes of doc" not in kb.snapshot()
+
+
+def apply_unchecked(kb: KnowledgeBase, cmd: KBCommand) -> dict:
+    """Straight to the knowledge base, without the codec's checks: it must refuse
+    bad values itself (it validates everything before it changes anything)."""
+    if isinstance(cmd, PutUpload):
+        return kb.put_upload(cmd.doc, cmd.at)
+    return kb.apply(cmd)
 
 
 def test_rejected_commands_leave_no_trace(kb: KnowledgeBase) -> None:
     run(kb, [upload_command("faiss", 400), *list(chunk_commands("faiss", 2, FAISS * 2))[:1]])
     digest, snapshot = kb.digest(), kb.snapshot()
     good = next(chunk_commands("faiss", 2, ["x y", "y z"]))
-    bad_commands = [
-        {"op": "kb.nope"},
-        {"op": "kb.delete", "doc_id": "raft"},  # missing argument
-        {"op": "kb.delete", "doc_id": "missing", "at": 1},
-        {**good, "version": 1},  # stale
-        {**good, "batch_no": 1, "n_batches": 5},  # differs from the announced 2
-        {**good, "batch_no": 1, "vectors": good["vectors"][:-4]},
-        {**good, "batch_no": 1, "vectors": vectors_to_bytes(2 * toy_embed(["x y", "y z"]))},
-        {
-            **good,
-            "batch_no": 1,
-            "chunks": [
-                {"ordinal": 0, "page": 1, "text": "dup"},
-                {"ordinal": 5, "page": 1, "text": "ok"},
-            ],
-        },
-        {
-            **good,
-            "batch_no": 1,
-            "chunks": [
-                {"ordinal": 2, "page": 1, "text": ""},
-                {"ordinal": 3, "page": 1, "text": "ok"},
-            ],
-        },
-        {"op": "kb.finish_ingest", "doc_id": "faiss", "version": 2, "node": "n1", "at": 5},
-        {"op": "kb.finish_ingest", "doc_id": "raft", "version": 1, "node": "n2", "at": 5},
-        {"op": "kb.set_enabled", "doc_id": "raft", "enabled": "no", "at": 5},
-        {
-            "op": "kb.put_upload",
-            "doc_id": " padded",
-            "title": "",
-            "source": "",
-            "media_type": "",
-            "tags": [],
-            "data": b"x",
-            "at": 1,
-        },
-        {
-            "op": "kb.put_upload",
-            "doc_id": "empty",
-            "title": "",
-            "source": "",
-            "media_type": "",
-            "tags": [],
-            "data": b"",
-            "at": 1,
-        },
+    later = dataclasses.replace(good, batch_no=1)
+    bad_commands: list[Any] = [
+        Expire(before=1),  # not a knowledge-base command
+        DeleteDocument("missing", at=1),
+        dataclasses.replace(good, version=1),  # stale
+        dataclasses.replace(later, n_batches=5),  # differs from the announced 2
+        dataclasses.replace(later, vectors=good.vectors[:-4]),
+        dataclasses.replace(later, vectors=vectors_to_bytes(2 * toy_embed(["x y", "y z"]))),
+        dataclasses.replace(later, chunks=(Chunk(0, 1, "dup"), Chunk(5, 1, "ok"))),
+        dataclasses.replace(later, chunks=(Chunk(2, 1, ""), Chunk(3, 1, "ok"))),
+        finish("faiss", 2, "n1", 5),
+        finish("raft", 1, "n2", 5),
+        SetEnabled("raft", enabled="no", at=5),  # type: ignore[arg-type]
+        PutUpload(document(" padded", b"x"), at=1),
+        PutUpload(document("empty", b""), at=1),
     ]
     for cmd in bad_commands:
-        result = kb.execute(cmd)
-        assert "error" in result, cmd
-        assert result["error"]["code"] in ("invalid", "not_found", "conflict", "bad_command")
+        with pytest.raises(Refusal) as refused:
+            apply_unchecked(kb, cmd)
+        assert refused.value.code in (
+            RefusalCode.INVALID,
+            RefusalCode.NOT_FOUND,
+            RefusalCode.CONFLICT,
+            RefusalCode.BAD_COMMAND,
+        ), cmd
         assert kb.digest() == digest and kb.snapshot() == snapshot, cmd
+    # What is not a command at all never reaches the knowledge base: the codec
+    # refuses it (an unknown command, a missing argument).
+    for entry in (
+        msgpack.packb([codec.CODEC_VERSION, "kb.nope", {}]),
+        msgpack.packb([codec.CODEC_VERSION, "kb.delete", {"doc_id": "raft"}]),
+    ):
+        with pytest.raises(codec.CodecError):
+            codec.decode(entry)
     # A batch applied twice (a retried proposal) is a no-op.
     duplicate = next(chunk_commands("faiss", 2, FAISS * 2))
-    assert kb.execute(duplicate)["duplicate"] is True
+    assert apply(kb, duplicate)["duplicate"] is True
     assert kb.digest() == digest
     # So is a retried finish by the node that finished the version: same answer.
-    again = kb.execute(
-        {"op": "kb.finish_ingest", "doc_id": "raft", "version": 1, "node": "n1", "at": 9}
-    )
+    again = apply(kb, finish("raft", 1, "n1", 9))
     assert again["state"] == "ready" and again["duplicate"] is True
     assert kb.digest() == digest and kb.snapshot() == snapshot
-    with pytest.raises(KBError):
+    with pytest.raises(Refusal):
         kb.search(None, "x", mode="vector")
-    with pytest.raises(KBError):
+    with pytest.raises(Refusal):
         kb.search(toy_embed(["x"])[0], "x", k=0)
 
 
-def history() -> list[dict]:
+def history() -> list[KBCommand]:
     """A command sequence touching every operation."""
     commands = [
         *ingest_commands("raft", 1, RAFT, at=100, tags=["consensus"]),
         *ingest_commands("faiss", 1, FAISS, at=200, tags=["retrieval"]),
         upload_command("cooking", 300, tags=["kitchen"]),
         *chunk_commands("cooking", 1, COOKING, announce=False),
-        {"op": "kb.finish_ingest", "doc_id": "cooking", "version": 1, "node": "n3", "at": 301},
-        {"op": "kb.set_enabled", "doc_id": "faiss", "enabled": False, "at": 400},
+        finish("cooking", 1, "n3", 301),
+        SetEnabled("faiss", enabled=False, at=400),
         *ingest_commands("raft", 2, RAFT[::-1] + ["snapshots compact the log"], at=500),
         upload_command("faiss", 600),
         *chunk_commands("faiss", 2, FAISS),
-        {"op": "kb.fail_ingest", "doc_id": "faiss", "version": 2, "error": "boom", "at": 601},
-        {"op": "kb.delete", "doc_id": "cooking", "at": 700},
+        FailIngest("faiss", version=2, error="boom", at=601),
+        DeleteDocument("cooking", at=700),
         upload_command("pending", 800, tags=["x"]),
         *list(chunk_commands("pending", 1, COOKING + RAFT))[:2],  # left mid-ingest
     ]
@@ -618,8 +619,8 @@ def test_snapshot_restore_round_trip(kind: str) -> None:
             assert search(restored, text, mode, k=5) == search(original, text, mode, k=5)
     # Both keep evolving identically (removals after a restore included).
     more = [*chunk_commands("pending", 1, COOKING + RAFT)][2:] + [
-        {"op": "kb.finish_ingest", "doc_id": "pending", "version": 1, "node": "n1", "at": 900},
-        {"op": "kb.delete", "doc_id": "raft", "at": 901},
+        finish("pending", 1, "n1", 900),
+        DeleteDocument("raft", at=901),
     ]
     run(original, more)
     run(restored, more)
@@ -698,16 +699,15 @@ def test_real_embedder_retrieves_paraphrases(embedder: Any) -> None:
     run(
         kb,
         [
-            {
-                "op": "kb.put_chunks",
-                "doc_id": "facts",
-                "version": 1,
-                "batch_no": 0,
-                "n_batches": 1,
-                "chunks": [{"ordinal": i, "page": None, "text": t} for i, t in enumerate(FACTS)],
-                "vectors": vectors_to_bytes(vectors),
-            },
-            {"op": "kb.finish_ingest", "doc_id": "facts", "version": 1, "node": "n1", "at": 2},
+            PutChunks(
+                doc_id="facts",
+                version=1,
+                batch_no=0,
+                chunks=tuple(Chunk(i, 1, t) for i, t in enumerate(FACTS)),
+                vectors=vectors_to_bytes(vectors),
+                n_batches=1,
+            ),
+            finish("facts", 1, "n1", 2),
         ],
     )
     for question, expected in PARAPHRASES.items():

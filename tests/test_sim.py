@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from consensus.driver import RaftNode
 from consensus.errors import ChangeLost, InvalidConfChange, NoQuorum
-from consensus.node import RaftNode
 from consensus.types import Role
 from tests.sim.__main__ import coverage, report, run_many
 from tests.sim.checker import SimFailure
@@ -392,6 +392,17 @@ def test_a_node_cut_off_from_the_quorum_refuses_writes_within_two_seconds():
         assert sim.loop.time() - t1 < 1.0
         sim.net.heal_all()
         sim.quiesce()
+
+
+@pytest.mark.parametrize("seed", [146217, 178171])
+def test_a_single_voter_that_loses_power_never_reuses_its_term(seed):
+    """Soak seeds 146217 and 178171 (one voter): elected, it appended its term's first
+    entries in the same Ready and lost power before the log's fsync, before the new term
+    was saved; it restarted in the old term, won the same term again and wrote other
+    entries at the same indices (log matching broken).  The driver now makes a new term
+    durable before it writes any entry of it; both seeds fail without that."""
+    result = run_seed(seed)
+    assert result.ok, result.error
 
 
 # ---------------------------------------------------------------------- the checker has teeth

@@ -1,12 +1,14 @@
-"""The queue's past rebuilt from task records (node/task_history.py), checked
+"""The queue's past rebuilt from task records (node/replica/history.py), checked
 against a brute-force replay of the same records."""
 
 from __future__ import annotations
 
 import random
 
-from node import task_history
-from node.tasks import TaskQueue, refused
+from node.replica import commands as c
+from node.replica import history as task_history
+from node.replica.tasks import TaskQueue
+from node.replica.vocabulary import TaskParams, TaskState, TaskType
 
 
 def build(seed: int) -> TaskQueue:
@@ -17,42 +19,33 @@ def build(seed: int) -> TaskQueue:
     running: list[dict] = []
     for i in range(300):
         at += rng.randint(0, 50)
-        q.execute(
-            {
-                "op": "submit",
-                "id": f"T{i:04d}",
-                "type": "noop",
-                "input": {},
-                "priority": rng.randint(0, 9),
-                "owner": "alice",
-                "at": at,
-            }
+        q.apply(
+            c.Submit(
+                task_id=f"T{i:04d}",
+                type=TaskType.NOOP,
+                input={},
+                params=TaskParams(),
+                priority=rng.randint(0, 9),
+                owner="alice",
+                at=at,
+            )
         )
         if rng.random() < 0.5:
-            running += q.execute({"op": "claim", "node": "n1", "slots": 4, "at": at, "max": 4})[
-                "tasks"
-            ]
+            running += q.apply(c.Claim(node="n1", slots=4, at=at, max=4))["tasks"]
         for task in list(running):
             if rng.random() < 0.3:
                 running.remove(task)
-                op = rng.choice(("complete", "complete", "fail"))
-                cmd = {
-                    "op": op,
-                    "id": task["id"],
-                    "attempt": task["attempt"],
-                    "node": "n1",
-                    "at": at,
-                }
-                cmd.update(
-                    {"result": {}}
-                    if op == "complete"
-                    else {"error": "boom", "retryable": rng.random() < 0.5}
+                done = rng.choice(("complete", "complete", "fail")) == "complete"
+                # (a refused report raises: every one of these must apply)
+                q.apply(
+                    c.Complete(task["id"], task["attempt"], "n1", at, result={})
+                    if done
+                    else c.Fail(task["id"], task["attempt"], "n1", at, "boom", rng.random() < 0.5)
                 )
-                assert not refused(q.execute(cmd))
         if rng.random() < 0.05:
-            queued = [t for t in q.tasks.values() if t.state == "queued"]
+            queued = [t for t in q.tasks.values() if t.state == TaskState.QUEUED]
             if queued:
-                q.execute({"op": "cancel", "id": queued[-1].id, "at": at, "owner": "alice"})
+                q.apply(c.Cancel(queued[-1].id, at=at, by="alice", owner="alice"))
     return q
 
 

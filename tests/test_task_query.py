@@ -4,38 +4,33 @@ from __future__ import annotations
 
 import pytest
 
-from node import task_query
-from node.task_query import QueryError, TaskQuery
-from node.tasks import TaskQueue
+from node.replica import commands as c
+from node.replica import query as task_query
+from node.replica.query import QueryError, TaskQuery
+from node.replica.tasks import TaskQueue
+from node.replica.vocabulary import TaskParams, TaskType
+
+TYPES = (TaskType.QA, TaskType.NOOP, TaskType.RETRIEVE)
 
 
 @pytest.fixture(scope="module")
 def queue() -> TaskQueue:
     q = TaskQueue()
     for i in range(1000):
-        q.execute(
-            {
-                "op": "submit",
-                "id": f"T{i:05d}",
-                "type": ("qa", "noop", "retrieve")[i % 3],
-                "input": {"query": f"question number {i}"},
-                "priority": i % 10,
-                "owner": ("alice", "bob")[i % 2],
-                "at": 1_000 + i,
-            }
+        q.apply(
+            c.Submit(
+                task_id=f"T{i:05d}",
+                type=TYPES[i % 3],
+                input={"query": f"question number {i}"},
+                params=TaskParams(),
+                priority=i % 10,
+                owner=("alice", "bob")[i % 2],
+                at=1_000 + i,
+            )
         )
-    granted = q.execute({"op": "claim", "node": "n1", "slots": 50, "at": 5_000, "max": 50})["tasks"]
+    granted = q.apply(c.Claim(node="n1", slots=50, at=5_000, max=50))["tasks"]
     for task in granted[:20]:
-        q.execute(
-            {
-                "op": "complete",
-                "id": task["id"],
-                "attempt": task["attempt"],
-                "node": "n1",
-                "result": {},
-                "at": 6_000,
-            }
-        )
+        q.apply(c.Complete(task["id"], task["attempt"], node="n1", at=6_000, result={}))
     return q
 
 

@@ -1,38 +1,54 @@
-"""The replicated task queue (node/tasks.py) as a state machine, without Raft."""
+"""The replicated task queue (node/replica/tasks.py) as a state machine, without Raft."""
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import msgpack
+import pytest
 
-from node.tasks import TaskQueue
+from node.replica import codec
+from node.replica import commands as c
+from node.replica.refusal import Refusal, RefusalCode
+from node.replica.state import NodeState
+from node.replica.tasks import TaskQueue
+from node.replica.vocabulary import TaskParams, TaskState, TaskType
 
 
 class Q:
-    """Feeds commands the way the log would: msgpack in, dict out."""
+    """Feeds commands the way the log would: through the codec, a dict out (or a
+    Refusal raised)."""
 
     def __init__(self) -> None:
         self.sm = TaskQueue()
-        self.index = 0
 
-    def __call__(self, **cmd):
-        self.index += 1
-        return self.sm.apply(self.index, msgpack.packb(cmd, use_bin_type=True))
+    def __call__(self, cmd: c.TaskCommand) -> dict:
+        return self.sm.apply(codec.decode(codec.encode(cmd)))
 
-    def submit(self, task_id: str, priority: int = 5, at: int = 0, **kw):
+    def outcome(self, cmd: c.TaskCommand) -> dict | Refusal:
+        """What NodeState hands its listeners: the result, or the Refusal."""
+        try:
+            return self(cmd)
+        except Refusal as refusal:
+            return refusal
+
+    def submit(self, task_id: str, priority: int = 5, at: int = 0, **kw: Any) -> dict:
         return self(
-            op="submit",
-            id=task_id,
-            type=kw.pop("type", "noop"),
-            input={},
-            priority=priority,
-            at=at,
-            **kw,
+            c.Submit(
+                task_id=task_id,
+                type=kw.pop("type", TaskType.NOOP),
+                input={},
+                params=TaskParams(),
+                owner="",
+                at=at,
+                priority=priority,
+                **kw,
+            )
         )
 
-    def claim(self, node: str, at: int = 0, slots: int = 1):
-        return self(op="claim", node=node, at=at, slots=slots)["task"]
+    def claim(self, node: str, at: int = 0, slots: int = 1) -> dict | None:
+        return self(c.Claim(node=node, slots=slots, at=at))["task"]
 
 
 def test_lifecycle_and_history():
@@ -45,8 +61,8 @@ def test_lifecycle_and_history():
         and task["attempt"] == 1
         and task["node"] == "n1"
     )
-    q(op="progress", id="t1", attempt=1, node="n1", progress=0.5, note="half")
-    done = q(op="complete", id="t1", attempt=1, node="n1", result={"answer": 42}, at=3)
+    q(c.Progress("t1", attempt=1, node="n1", progress=0.5, note="half"))
+    done = q(c.Complete("t1", attempt=1, node="n1", at=3, result={"answer": 42}))
     assert (
         done["state"] == "completed"
         and done["result"] == {"answer": 42}
@@ -80,27 +96,38 @@ def test_stale_attempt_is_fenced():
     q = Q()
     q.submit("t")
     q.claim("n1")
-    q(op="node", node="n1", alive=False, at=5)  # n1 declared dead: requeued, attempt stays 1
+    # n1 declared dead: requeued, attempt stays 1
+    q(c.NodeStatus("n1", at=5, alive=False))
     again = q.claim("n2", at=6)
     assert again["id"] == "t" and again["attempt"] == 2 and again["node"] == "n2"
-    late = q(op="complete", id="t", attempt=1, node="n1", result="late", at=7)
-    assert late["error"]["code"] == "stale_attempt"
+    with pytest.raises(Refusal) as late:
+        q(c.Complete("t", attempt=1, node="n1", at=7, result={"answer": "late"}))
+    assert late.value.code is RefusalCode.STALE_ATTEMPT
     assert q.sm.get("t").state == "running"
-    assert q(op="complete", id="t", attempt=2, node="n2", result="ok", at=8)["result"] == "ok"
+    done = q(c.Complete("t", attempt=2, node="n2", at=8, result={"answer": "ok"}))
+    assert done["result"] == {"answer": "ok"}
 
 
 def test_cancel_only_queued_with_clear_errors():
     q = Q()
     q.submit("queued")
     q.submit("running")
-    q(op="claim", node="n1", slots=1, at=0)  # takes "queued" (older)
-    assert q(op="cancel", id="running", at=1)["state"] == "cancelled"
-    err = q(op="cancel", id="queued", at=1)["error"]
-    assert err["code"] == "conflict" and "running" in err["message"] and "abort" in err["message"]
-    q(op="complete", id="queued", attempt=1, node="n1", at=2)
-    err = q(op="cancel", id="queued", at=3)["error"]
-    assert err["details"]["state"] == "completed"
-    assert q(op="cancel", id="nope", at=3)["error"]["code"] == "not_found"
+    q(c.Claim(node="n1", slots=1, at=0))  # takes "queued" (older)
+    assert q(c.Cancel("running", at=1, by="admin"))["state"] == "cancelled"
+    with pytest.raises(Refusal) as err:
+        q(c.Cancel("queued", at=1, by="admin"))
+    assert (
+        err.value.code is RefusalCode.CONFLICT
+        and "running" in err.value.message
+        and "abort" in err.value.message
+    )
+    q(c.Complete("queued", attempt=1, node="n1", at=2, result={}))
+    with pytest.raises(Refusal) as err:
+        q(c.Cancel("queued", at=3, by="admin"))
+    assert err.value.details["state"] == "completed"
+    with pytest.raises(Refusal) as err:
+        q(c.Cancel("nope", at=3, by="admin"))
+    assert err.value.code is RefusalCode.NOT_FOUND
     # a cancelled task is never claimed
     assert q.claim("n2") is None
 
@@ -109,11 +136,11 @@ def test_retry_with_backoff_then_fail():
     q = Q()
     q.submit("t", max_attempts=2)
     q.claim("n1", at=1000)
-    r = q(op="fail", id="t", attempt=1, node="n1", error="boom", retryable=True, at=1000)
+    r = q(c.Fail("t", attempt=1, node="n1", at=1000, error="boom", retryable=True))
     assert r["state"] == "queued" and r["not_before"] == 1000 + q.sm.policy.delay(1)
     assert q.claim("n1", at=1500) is None  # still backing off
     assert q.claim("n1", at=r["not_before"])["attempt"] == 2
-    final = q(op="fail", id="t", attempt=2, node="n1", error="boom again", retryable=True, at=5000)
+    final = q(c.Fail("t", attempt=2, node="n1", at=5000, error="boom again", retryable=True))
     assert final["state"] == "failed" and final["error"] == "boom again"
 
 
@@ -121,7 +148,7 @@ def test_bad_input_is_not_retried():
     q = Q()
     q.submit("t", max_attempts=5)
     q.claim("n1")
-    r = q(op="fail", id="t", attempt=1, node="n1", error="empty document", retryable=False, at=1)
+    r = q(c.Fail("t", attempt=1, node="n1", at=1, error="empty document", retryable=False))
     assert r["state"] == "failed"
 
 
@@ -130,14 +157,12 @@ def test_abort_running_and_queued():
     q.submit("run")
     q.submit("wait")
     q.claim("n1")
-    assert q(op="abort", id="wait", at=1)["state"] == "cancelled"
-    flagged = q(op="abort", id="run", at=1)
+    assert q(c.Abort("wait", at=1, by="admin"))["state"] == "cancelled"
+    flagged = q(c.Abort("run", at=1, by="admin"))
     assert flagged["state"] == "running" and flagged["abort_requested"]
-    assert q(op="progress", id="run", attempt=1, node="n1", progress=0.1)["abort_requested"]
-    assert (
-        q(op="fail", id="run", attempt=1, node="n1", error="aborted", aborted=True, at=2)["state"]
-        == "cancelled"
-    )
+    assert q(c.Progress("run", attempt=1, node="n1", progress=0.1))["abort_requested"]
+    stopped = q(c.Fail("run", attempt=1, node="n1", at=2, error="aborted", aborted=True))
+    assert stopped["state"] == "cancelled"
 
 
 def test_dead_node_tasks_are_requeued_and_expire_cleans_up():
@@ -146,13 +171,13 @@ def test_dead_node_tasks_are_requeued_and_expire_cleans_up():
         q.submit(f"t{i}")
     q.claim("n1", slots=3)
     q.claim("n1", slots=3)
-    r = q(op="node", node="n1", alive=False, at=10)
+    r = q(c.NodeStatus("n1", at=10, alive=False))
     assert sorted(r["requeued"]) == ["t0", "t1"]
-    assert q.sm.counts()["queued"] == 3
+    assert q.sm.counts()[TaskState.QUEUED] == 3
     for i in range(3):
         t = q.claim("n2", slots=3, at=11)
-        q(op="complete", id=t["id"], attempt=t["attempt"], node="n2", at=20 + i)
-    assert q(op="expire", before=22)["expired"] == 2
+        q(c.Complete(t["id"], attempt=t["attempt"], node="n2", at=20 + i, result={}))
+    assert q(c.Expire(before=22))["expired"] == 2
     assert len(q.sm.tasks) == 1 and next(iter(q.sm.tasks.values())).finished_at == 22
 
 
@@ -163,9 +188,9 @@ def test_fairness_equal_nodes_differ_by_at_most_one():
     rng = random.Random(4)
     nodes = ["n1", "n2", "n3"]
     for n in nodes:  # every node is asking for work
-        q(op="claim", node=n, slots=8, at=0)
+        q(c.Claim(node=n, slots=8, at=0))
     for _ in range(200):
-        q(op="claim", node=rng.choice(nodes), slots=8, at=1)
+        q(c.Claim(node=rng.choice(nodes), slots=8, at=1))
         loads = [len(q.sm.running_on(n)) for n in nodes]
         assert max(loads) - min(loads) <= 1, loads
     assert sum(len(q.sm.running_on(n)) for n in nodes) == 12
@@ -177,48 +202,71 @@ def test_replicas_fed_the_same_log_are_identical_and_snapshots_round_trip():
     replays = 0
     for i in range(300):
         op = rng.random()
+        cmd: c.TaskCommand
         if op < 0.4:
             # some with idempotency keys from a small pool, so that repeats replay
-            key = (
-                {"idem_key": f"k{rng.randrange(20)}", "fingerprint": "f"}
-                if rng.random() < 0.5
-                else {}
+            keyed = rng.random() < 0.5
+            cmd = c.Submit(
+                task_id=f"t{i}",
+                type=TaskType.NOOP,
+                input={},
+                params=TaskParams(),
+                owner="",
+                at=i,
+                priority=rng.randrange(10),
+                idem_key=f"k{rng.randrange(20)}" if keyed else None,
+                fingerprint="f" if keyed else None,
             )
-            cmds = [
-                dict(op="submit", id=f"t{i}", type="noop", priority=rng.randrange(10), at=i, **key)
-            ]
         elif op < 0.7:
-            cmds = [dict(op="claim", node=rng.choice(["n1", "n2"]), slots=3, at=i)]
+            cmd = c.Claim(node=rng.choice(["n1", "n2"]), slots=3, at=i)
         elif op < 0.85:
             running = [t for t in a.sm.tasks.values() if t.state == "running"]
             if not running:
                 continue
             t = rng.choice(running)
+            assert t.node is not None
             report = rng.choice(["complete", "fail", "release"])
-            cmds = [{"op": report, "id": t.id, "attempt": t.attempt, "node": t.node, "at": i}]
+            if report == "complete":
+                cmd = c.Complete(t.id, t.attempt, t.node, at=i, result={})
+            elif report == "fail":
+                cmd = c.Fail(t.id, t.attempt, t.node, at=i, error="failed")
+            else:
+                cmd = c.Release(t.id, t.attempt, t.node, at=i, reason="")
         else:
-            cmds = [dict(op="cancel", id=f"t{rng.randrange(i + 1)}", at=i)]
-        for cmd in cmds:
-            answer = a(**cmd)
-            assert answer == b(**cmd)
-            replays += isinstance(answer, dict) and answer.get("replayed") is True
+            cmd = c.Cancel(f"t{rng.randrange(i + 1)}", at=i, by="?")
+        answer = a.outcome(cmd)
+        assert answer == b.outcome(cmd)
+        replays += isinstance(answer, dict) and answer.get("replayed") is True
     assert a.sm.snapshot() == b.sm.snapshot()
     assert any(h[4].startswith("released by") for t in a.sm.tasks.values() for h in t.history)
     assert replays > 0
-    c = TaskQueue()
-    c.restore(a.sm.snapshot())
-    assert c.snapshot() == a.sm.snapshot()
-    assert c.counts() == a.sm.counts()
+    restored = TaskQueue()
+    restored.restore(a.sm.snapshot())
+    assert restored.snapshot() == a.sm.snapshot()
+    assert restored.counts() == a.sm.counts()
     # the restored queue claims in the same order
-    for i in range(5):
-        cmd = msgpack.packb(dict(op="claim", node="n9", slots=99, at=10_000), use_bin_type=True)
-        assert c.apply(1, cmd) == a.sm.apply(1, cmd)
+    for _ in range(5):
+        claim = c.Claim(node="n9", slots=99, at=10_000)
+        assert restored.apply(claim) == a.sm.apply(claim)
 
 
-def test_malformed_commands_answer_errors_instead_of_raising():
+def test_malformed_commands_are_refused_instead_of_raising():
+    # Entries that are not commands never reach the queue: NodeState refuses them
+    # (an unknown tag; a submit without its fields) and the log goes on.
+    state = NodeState(TaskQueue())
+    for entry in (
+        msgpack.packb([codec.CODEC_VERSION, "explode", {}]),
+        msgpack.packb([codec.CODEC_VERSION, "submit", {}]),
+    ):
+        outcome = codec.outcome_from_wire(state.apply(1, entry))
+        assert isinstance(outcome, Refusal) and outcome.code is RefusalCode.BAD_COMMAND
+    assert state.tasks.tasks == {}
+    # Commands that decode but cannot apply are refusals with a code and details.
     q = Q()
-    assert q(op="explode")["error"]["code"] == "bad_command"
-    assert q(op="submit")["error"]["code"] == "bad_command"
-    assert q.submit("t", priority=12)["error"]["details"]["field"] == "priority"
+    with pytest.raises(Refusal) as err:
+        q.submit("t", priority=12)
+    assert err.value.code is RefusalCode.INVALID and err.value.details["field"] == "priority"
     q.submit("t")
-    assert q.submit("t")["error"]["code"] == "conflict"
+    with pytest.raises(Refusal) as err:
+        q.submit("t")
+    assert err.value.code is RefusalCode.CONFLICT

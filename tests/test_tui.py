@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
-from node.api_client import ApiClient
+from node.client.aio import ApiClient
 from tests.nodecluster import ADMIN_PASSWORD, NodeCluster, add_text_document, running_cluster
 from tui.app import RagraftApp
 from tui.views.detail import TaskDetail
@@ -120,7 +120,7 @@ async def _cancel_a_queued_task_and_filter(cluster: NodeCluster) -> None:
         cluster.request("n1", "GET", f"/api/v1/tasks/{waiting['id']}")[1].get("state")
         == "cancelled"
     )
-    time.sleep(1)
+    await asyncio.sleep(1)
     task = cluster.request("n3", "GET", f"/api/v1/tasks/{waiting['id']}")[1]
     assert task["state"] == "cancelled" and task["started_at"] is None  # it never ran
 

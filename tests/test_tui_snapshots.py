@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from node.api_client import ApiClient
+from node.client.aio import ApiClient
 from tui.app import RagraftApp
 from tui.views.detail import TaskDetail
 from tui.views.login import LoginScreen

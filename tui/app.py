@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote
 
 from textual import on, work
 from textual.app import App, ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
-from node.api_client import ApiClient, ApiError
+from node.client.aio import ApiClient, ApiError
+from node.replica.vocabulary import FINISHED, TaskState
 from tui.views.detail import TaskDetail
 from tui.views.knowledge import KnowledgeView
 from tui.views.login import LoginScreen
@@ -32,7 +34,7 @@ class RagraftApp(App[None]):
     CSS = """
     #status { dock: bottom; height: 1; background: $boost; color: $text-muted; padding: 0 1; }
     """
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"),
         Binding("o", "tab('overview')", "overview"),
         Binding("t", "tab('tasks')", "tasks"),
@@ -216,11 +218,11 @@ class RagraftApp(App[None]):
         while True:  # follow the ingest task to its end
             task = await self.api.request("GET", f"/api/v1/tasks/{task_id}")
             view.progress(
-                task["progress"] if task["state"] != "completed" else 1.0,
+                task["progress"] if task["state"] != TaskState.COMPLETED else 1.0,
                 f"{path.name}: {task['state']} {task.get('progress_note', '')}",
             )
-            if task["state"] in ("completed", "failed", "cancelled"):
-                if task["state"] != "completed":
+            if task["state"] in FINISHED:
+                if task["state"] != TaskState.COMPLETED:
                     self.say(f"[red]{path.name}: {task.get('error')}[/]")
                 break
             await asyncio.sleep(0.5)

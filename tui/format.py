@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 
+from node.replica.vocabulary import TaskState
+
 STATE_STYLE = {
-    "queued": "yellow",
-    "running": "cyan",
-    "completed": "green",
-    "failed": "red",
-    "cancelled": "magenta",
+    TaskState.QUEUED: "yellow",
+    TaskState.RUNNING: "cyan",
+    TaskState.COMPLETED: "green",
+    TaskState.FAILED: "red",
+    TaskState.CANCELLED: "magenta",
 }
 
 

@@ -17,11 +17,12 @@ import contextlib
 import html
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import panel as pn
 
-from node.api_client import ApiClient, ApiError
+from node.client.aio import ApiClient, ApiError
 from ui.views.knowledge import KnowledgeView
 from ui.views.nodes import NodesView
 from ui.views.overview import OverviewView
@@ -36,10 +37,21 @@ SLOW_S = 2.0
 
 
 class Dashboard:
-    def __init__(self, api_url: str, node_id: str, peers: dict[str, str]) -> None:
+    def __init__(
+        self, api_url: str, node_id: str, peers: dict[str, str], warnings: Sequence[str] = ()
+    ) -> None:
         self.api = ApiClient([api_url], timeout=15.0)  # its own node only: the page dies with it
         self.node_id = node_id
         self.peers = peers
+        # What an insecure cluster leaves open, on every view (node/secrets.py insecurity).
+        self.insecure = pn.pane.Alert(
+            "**INSECURE cluster** (insecure = true): "
+            + "; ".join(html.escape(w) for w in warnings),
+            alert_type="danger",
+            visible=bool(warnings),
+            sizing_mode="stretch_width",
+            css_classes=["insecure"],
+        )
         self.status = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["status"])
         self.root = pn.Column(sizing_mode="stretch_width")
         self._stale = True
@@ -56,6 +68,7 @@ class Dashboard:
         self.login_error = pn.pane.Markdown("")
         button.on_click(self._login)
         self.root[:] = [
+            self.insecure,
             pn.pane.Markdown(f"## ragraft · node {html.escape(self.node_id)}"),
             self.user,
             self.password,
@@ -95,7 +108,13 @@ class Dashboard:
         header = pn.pane.Markdown(
             f"## ragraft · node {html.escape(self.node_id)} · {html.escape(self.api.user)}"
         )
-        self.root[:] = [watchdog(self.node_id, self.peers), header, self.status, self.tabs]
+        self.root[:] = [
+            watchdog(self.node_id, self.peers),
+            self.insecure,
+            header,
+            self.status,
+            self.tabs,
+        ]
 
     # ------------------------------------------------------------ live updates
     async def _follow_events(self) -> None:
@@ -155,9 +174,11 @@ class Dashboard:
         await self.api.close()
 
 
-def page(api_url: str, node_id: str, peers: dict[str, str]) -> pn.viewable.Viewable:
+def page(
+    api_url: str, node_id: str, peers: dict[str, str], warnings: Sequence[str] = ()
+) -> pn.viewable.Viewable:
     pn.extension("tabulator")
-    dashboard = Dashboard(api_url, node_id, peers)
+    dashboard = Dashboard(api_url, node_id, peers, warnings)
 
     def closed(_: Any) -> None:
         asyncio.get_running_loop().create_task(dashboard.close())

@@ -14,31 +14,18 @@ from bokeh.models import ColumnDataSource, HoverTool, Legend
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
+from node.replica.vocabulary import FINISHED, LATENCY_EDGES_MS, TaskState
+
 STATE_COLOURS = {
-    "queued": "#b7791f",
-    "running": "#2b6cb0",
-    "completed": "#2f855a",
-    "failed": "#c53030",
-    "cancelled": "#805ad5",
+    TaskState.QUEUED: "#b7791f",
+    TaskState.RUNNING: "#2b6cb0",
+    TaskState.COMPLETED: "#2f855a",
+    TaskState.FAILED: "#c53030",
+    TaskState.CANCELLED: "#805ad5",
 }
-STATES = list(STATE_COLOURS)
-# The API's latency bucket edges (node/task_history.py); the axis is drawn before the first answer.
-LATENCY_EDGES_MS = (
-    0,
-    10,
-    25,
-    50,
-    100,
-    250,
-    500,
-    1_000,
-    2_500,
-    5_000,
-    10_000,
-    30_000,
-    60_000,
-    300_000,
-)
+# Plain strings: they become Bokeh column names, legend labels and widget options.
+STATES = [s.value for s in TaskState]
+QUEUED = TaskState.QUEUED.value
 
 
 def in_document(model: Any, change: Callable[[], None]) -> None:
@@ -107,25 +94,21 @@ class StatesOverTime:
 
 class QueueDepth:
     def __init__(self) -> None:
-        self.source = ColumnDataSource({"t": [], "queued": []}, name="queue-depth")
+        self.source = ColumnDataSource({"t": [], QUEUED: []}, name="queue-depth")
         self.figure = _figure("queue depth (last 10 min)", x_axis_type="datetime")
         self.figure.varea(
-            "t", 0, "queued", source=self.source, color=STATE_COLOURS["queued"], alpha=0.35
+            "t", 0, QUEUED, source=self.source, color=STATE_COLOURS[QUEUED], alpha=0.35
         )
-        self.figure.line(
-            "t", "queued", source=self.source, color=STATE_COLOURS["queued"], line_width=2
-        )
+        self.figure.line("t", QUEUED, source=self.source, color=STATE_COLOURS[QUEUED], line_width=2)
 
     def update(self, history: dict) -> None:
-        replace_data(
-            self.source, {"t": history["t"], "queued": history["states"].get("queued", [])}
-        )
+        replace_data(self.source, {"t": history["t"], QUEUED: history["states"].get(QUEUED, [])})
 
 
 class TasksPerNode:
     """Stacked bars: each node's tasks by state (GET /stats by_node)."""
 
-    SHOWN = ("running", "completed", "failed", "cancelled")
+    SHOWN = tuple(s.value for s in (TaskState.RUNNING, *FINISHED))  # not the queue
 
     def __init__(self, nodes: list[str]) -> None:
         self.source = ColumnDataSource(

@@ -10,6 +10,7 @@ import html
 import json
 import time
 
+from node.replica.vocabulary import TaskState
 from ui.charts import STATE_COLOURS
 
 GOSSIP_COLOURS = {"alive": "#2f855a", "suspect": "#b7791f", "dead": "#c53030"}
@@ -26,7 +27,10 @@ def badge(state: str, colour_of: str | None = None) -> str:
 
 def gossip_badge(status: str) -> str:
     colour = GOSSIP_COLOURS.get(status, "#555")
-    return f'<span class="gossip-{status}" style="color:{colour};font-weight:bold">{html.escape(status)}</span>'
+    return (
+        f'<span class="gossip-{status}" style="color:{colour};font-weight:bold">'
+        f"{html.escape(status)}</span>"
+    )
 
 
 def clock(ms: int | None) -> str:
@@ -37,21 +41,25 @@ def progress_bar(fraction: float, note: str = "") -> str:
     percent = max(0, min(100, round(fraction * 100)))
     return (
         f'<span class="progress" data-percent="{percent}"><progress max="100" value="{percent}" '
-        f'style="width:80px;vertical-align:middle"></progress> {percent}% {html.escape(note)}</span>'
+        f'style="width:80px;vertical-align:middle"></progress> {percent}% '
+        f"{html.escape(note)}</span>"
     )
 
 
 def task_detail(task: dict) -> str:
     parts = [
-        f"<h4>{html.escape(task['id'])} · {html.escape(task['type'])} · {badge(task['state'])}</h4>",
+        (
+            f"<h4>{html.escape(task['id'])} · {html.escape(task['type'])} · "
+            f"{badge(task['state'])}</h4>"
+        ),
         f"<pre>{html.escape(json.dumps(task.get('input'), indent=1))}</pre>",
     ]
-    if task["state"] == "running":
+    if task["state"] == TaskState.RUNNING:
         parts.append(progress_bar(task.get("progress") or 0, task.get("progress_note") or ""))
     parts.append("<b>timeline</b><ul>")
     parts += [
-        f"<li>{clock(h['at'])} {badge(h['state'])} · node {html.escape(h.get('node') or '—')} · attempt "
-        f"{h['attempt']} {html.escape(h.get('note') or '')}</li>"
+        f"<li>{clock(h['at'])} {badge(h['state'])} · node {html.escape(h.get('node') or '—')} "
+        f"· attempt {h['attempt']} {html.escape(h.get('note') or '')}</li>"
         for h in task.get("history", [])
     ]
     parts.append("</ul>")
@@ -62,16 +70,19 @@ def task_detail(task: dict) -> str:
     for c in result.get("citations", []):
         p = passages.get(c["n"], {})
         parts.append(
-            f'<details class="citation"><summary>[{c["n"]}] {html.escape(c.get("title") or c["doc_id"])} '
+            f'<details class="citation"><summary>[{c["n"]}] '
+            f"{html.escape(c.get('title') or c['doc_id'])} "
             f"(chunk {c['chunk']}) · score {p.get('score')}</summary>"
-            f"<p>{html.escape(p.get('text', ''))}</p><small>vector {p.get('vector_score')} · keyword "
+            f"<p>{html.escape(p.get('text', ''))}</p>"
+            f"<small>vector {p.get('vector_score')} · keyword "
             f"{p.get('keyword_score')}</small></details>"
         )
     if "answer" not in result and result.get("passages"):
         parts.append(passage_list(result["passages"]))
     if task.get("error"):
         parts.append(
-            f'<b style="color:#c53030">error</b><p class="task-error">{html.escape(task["error"])}</p>'
+            f'<b style="color:#c53030">error</b>'
+            f'<p class="task-error">{html.escape(task["error"])}</p>'
         )
     return "".join(parts)
 
@@ -79,8 +90,9 @@ def task_detail(task: dict) -> str:
 def passage_list(passages: list[dict]) -> str:
     return (
         "".join(
-            f'<p class="passage"><b>[{p["n"]}] {html.escape(p.get("title") or p["doc_id"])}</b> score '
-            f"{p['score']:.3f} (vector {p.get('vector_score')}, keyword {p.get('keyword_score')})<br>"
+            f'<p class="passage"><b>[{p["n"]}] {html.escape(p.get("title") or p["doc_id"])}</b> '
+            f"score {p['score']:.3f} (vector {p.get('vector_score')}, "
+            f"keyword {p.get('keyword_score')})<br>"
             f"{html.escape(p['text'][:400])}</p>"
             for p in passages
         )

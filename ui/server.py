@@ -4,13 +4,18 @@ asyncio loop, on the node's dashboard_port."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 log = logging.getLogger("ragraft.ui")
 
 
 async def start_dashboard(
-    node_id: str, host: str, port: int, api_url: str, peers: dict[str, str]
+    node_id: str,
+    host: str,
+    port: int,
+    api_url: str,
+    peers: dict[str, str],
+    warnings: Sequence[str] = (),
 ) -> Callable[[], Awaitable[None]]:
     """Start serving; returns the function that stops it.  Panel is imported here,
     so a node with the dashboard off never pays for it."""
@@ -32,7 +37,7 @@ async def start_dashboard(
     local_api = api_url.replace("0.0.0.0", "127.0.0.1")
 
     def session() -> object:  # a plain function: Panel calls it once per browser session
-        return page(local_api, node_id, peers)
+        return page(local_api, node_id, peers, warnings)
 
     server = pn.serve(
         {"/": session},

@@ -19,8 +19,8 @@ class NodeWatchdog(ReactiveHTML):
 
     # fixed at the top of the window: it must be seen whatever the page is scrolled to
     _template = (
-        '<div id="banner" class="node-down" style="display:none;position:fixed;top:0;left:0;right:0;'
-        'z-index:1000;background:#c53030;color:white;padding:8px;font-weight:bold"></div>'
+        '<div id="banner" class="node-down" '
+        'style="display:none;position:fixed;top:0;left:0;right:0;z-index:1000;background:#c53030;color:white;padding:8px;font-weight:bold"></div>'
     )
     _scripts: ClassVar[dict[str, str]] = {
         "render": """
@@ -40,5 +40,8 @@ def watchdog(node_id: str, peers: dict[str, str]) -> NodeWatchdog:
         f'<a href="{html.escape(url)}" style="color:white">{html.escape(n)}</a>'
         for n, url in sorted(peers.items())
     )
-    message = f"Node {html.escape(node_id)}, which serves this page, stopped answering. Open another node: {links}"
+    message = (
+        f"Node {html.escape(node_id)}, which serves this page, stopped answering. "
+        f"Open another node: {links}"
+    )
     return NodeWatchdog(message=message, sizing_mode="stretch_width", height=0, min_height=0)

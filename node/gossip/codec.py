@@ -149,7 +149,8 @@ def _address(v: Any, what: str) -> str:
 def _update(v: Any) -> Update:
     if type(v) is not list or len(v) != 6:
         raise _Invalid(
-            f"update: expected [status, node, address, incarnation, meta_version, meta], got {_describe(v)}"
+            "update: expected [status, node, address, incarnation, meta_version, meta], "
+            f"got {_describe(v)}"
         )
     code, node, address, incarnation, meta_version, meta = v
     status = _STATUS_BY_CODE.get(code) if type(code) is int else None

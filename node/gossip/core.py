@@ -409,7 +409,7 @@ class Swim:
         out: list[Out] = []
         if type(msg) is not Sync:
             self._pull_if_unknown(msg.src, msg.src_addr, now_ms, out)
-        if type(msg) is Sync:
+        if isinstance(msg, Sync):  # (no subclasses: the same test as `type(msg) is Sync`)
             self._apply_all(msg.states, now_ms)
             self._joined = True
             if not msg.reply:

@@ -126,7 +126,7 @@ class Gossip:
         self._ctx: zmq.asyncio.Context | None = None
         self._router: zmq.asyncio.Socket | None = None
         self._auth: AsyncioAuthenticator | None = None
-        self._dealers: dict[NodeId, tuple[str, zmq.Socket]] = {}
+        self._dealers: dict[NodeId, tuple[str, zmq.Socket[bytes]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stats: Counter[str] = Counter()
         self._started = self._stopped = False
@@ -162,7 +162,9 @@ class Gossip:
                 router.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public)
                 router.setsockopt(zmq.ZAP_DOMAIN, _ZAP_DOMAIN.encode())
             self._router = router
-            await bind_with_retry(router, self.bind_address)
+            # bind_with_retry calls only the synchronous bind(), the same on an asyncio
+            # socket, but consensus types its parameter as a plain zmq.Socket[bytes].
+            await bind_with_retry(router, self.bind_address)  # type: ignore[arg-type]
         except BaseException:
             await self.stop(leave=False)
             raise
@@ -345,7 +347,7 @@ class Gossip:
         for node in [n for n in self._dealers if n not in members]:
             self._close_dealer(node)
 
-    def _dealer(self, node: NodeId, address: str) -> zmq.Socket | None:
+    def _dealer(self, node: NodeId, address: str) -> zmq.Socket[bytes] | None:
         current = self._dealers.get(node)
         if current is not None:
             if current[0] == address:
@@ -358,7 +360,7 @@ class Gossip:
         except ValueError:
             self._stats["bad_addresses"] += 1
             return None
-        sock: zmq.Socket = zmq.Socket(self._ctx, zmq.DEALER)
+        sock: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, self._identity)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)

@@ -33,7 +33,7 @@ class MetricsHistory:
             series = self._samples.setdefault(node, deque(maxlen=self._keep))
             series.append((now, {field: meta.get(field) for field in FIELDS}))
 
-    def series(self) -> dict[str, dict[str, list]]:
+    def series(self) -> dict[str, dict[str, list[Any]]]:
         """{node: {"t": [unix ms...], "cpu_percent": [...], ...}} (None where a node has no GPU)."""
         out = {}
         for node, samples in sorted(self._samples.items()):

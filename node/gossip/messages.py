@@ -133,7 +133,7 @@ def check_meta(meta: Any, *, depth: int = 0) -> None:
 def freeze_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     """A checked private copy (lists and dicts copied deeply): later changes to
     the caller's dict can then never alter what was announced."""
-    copy = _deep_copy(dict(meta))
+    copy: dict[str, Any] = _deep_copy(dict(meta))
     check_meta(copy)
     return copy
 

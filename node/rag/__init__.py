@@ -1,1 +1,4 @@
-"""The RAG engine: documents, chunking, embedding, indexes, prompts and generation (see docs/rag-engine.md)."""
+"""The RAG engine: documents, chunking, embedding, indexes, prompts and generation.
+
+See docs/rag-engine.md.
+"""

@@ -24,7 +24,7 @@ class GenerationBatcher:
         self.backend = backend
         self.max_batch = max_batch
         self.window_s = window_s
-        self._inbox: queue.Queue[tuple[GenRequest, Future] | None] = queue.Queue()
+        self._inbox: queue.Queue[tuple[GenRequest, Future[GenResult]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._serve, name="generation-batcher", daemon=True)
         self._thread.start()
         self.batches = 0
@@ -75,7 +75,7 @@ class GenerationBatcher:
             self.batched_requests += len(live)
             try:
                 results = self.backend.generate([r for r, _ in live])
-            except BaseException as exc:  # hand the error to every waiting task
+            except BaseException as exc:  # noqa: BLE001 - whatever it is, every waiting task gets it
                 for _, fut in live:
                     fut.set_exception(exc)
                 continue

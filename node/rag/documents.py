@@ -28,7 +28,7 @@ from typing import Any
 from pypdf import PasswordType, PdfReader
 
 ParseProgressFn = Callable[[int, int, str], None]
-CancelledFn = Callable[[], bool]
+from node.replica.vocabulary import CancelledFn
 
 MEDIA_TEXT = "text/plain"
 MEDIA_MARKDOWN = "text/markdown"

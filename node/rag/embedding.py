@@ -28,7 +28,7 @@ from node import models
 log = logging.getLogger("ragraft.rag.embedding")
 
 EmbedProgressFn = Callable[[int, int, str], None]
-CancelledFn = Callable[[], bool]
+from node.replica.vocabulary import CancelledFn
 
 BUNDLED_MODEL_ID = "all-MiniLM-L6-v2"
 DEFAULT_BATCH_SIZE = 64
@@ -110,4 +110,5 @@ class Embedder:
 
     def encode_query(self, text: str) -> np.ndarray:
         """One query as a (dim,) vector."""
-        return self.encode([text])[0]
+        vector: np.ndarray = self.encode([text])[0]
+        return vector

@@ -16,20 +16,25 @@ every node (this one included) indexes them by applying the log.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from node.rag.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, chunk_pages
+from node.rag.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, ChunkText, chunk_pages
 from node.rag.documents import BadDocument, ParseCancelled, parse
 from node.rag.embedding import EmbeddingCancelled
-from node.rag.generation import GenerationBackend, GenRequest, GenResult, PromptTooLongError
+from node.rag.generation import (
+    ChatMessage,
+    GenerationBackend,
+    GenRequest,
+    GenResult,
+    PromptTooLongError,
+)
 from node.rag.knowledge import (
     MAX_K,
     SEARCH_MODES,
-    KBError,
     KnowledgeBase,
     Passage,
     vectors_to_bytes,
@@ -40,9 +45,8 @@ from node.rag.prompts import (
     build_qa_prompt,
     map_citations,
 )
-
-ProgressFn = Callable[[float, str], None]
-CancelledFn = Callable[[], bool]
+from node.replica.refusal import Refusal
+from node.replica.vocabulary import CancelledFn, ProgressFn
 
 MAX_NEW_TOKENS = 2048
 MAX_STOP_STRINGS = 8
@@ -132,11 +136,11 @@ class RagEngine:
     def run(
         self,
         task_type: str,
-        task_input: dict,
-        params: dict | None = None,
+        task_input: dict[str, Any],
+        params: dict[str, Any] | None = None,
         progress: ProgressFn | None = None,
         cancelled: CancelledFn | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """The result of one `qa`, `generate` or `retrieve` task."""
         progress = progress or _ignore
         cancelled = cancelled or _never
@@ -150,7 +154,7 @@ class RagEngine:
         raise BadInput(f"the RAG engine does not run {task_type!r} tasks")
 
     def retrieve(
-        self, query: str, params: dict, cancelled: CancelledFn = _never
+        self, query: str, params: dict[str, Any], cancelled: CancelledFn = _never
     ) -> tuple[list[Passage], float]:
         """Ranked passages for `query` and the milliseconds it took."""
         if cancelled():
@@ -176,13 +180,17 @@ class RagEngine:
                 tags=params.get("tags"),
                 min_score=min_score,
             )
-        except KBError as exc:
+        except Refusal as exc:
             raise BadInput(f"retrieval: {exc}") from None
         return passages, (time.perf_counter() - started) * 1000
 
     def _retrieve_task(
-        self, task_input: dict, params: dict, progress: ProgressFn, cancelled: CancelledFn
-    ) -> dict:
+        self,
+        task_input: dict[str, Any],
+        params: dict[str, Any],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> dict[str, Any]:
         query = _text_input(task_input, "query")
         progress(0.1, "retrieving")
         passages, retrieve_ms = self.retrieve(query, params, cancelled)
@@ -193,8 +201,12 @@ class RagEngine:
         }
 
     def _qa_task(
-        self, task_input: dict, params: dict, progress: ProgressFn, cancelled: CancelledFn
-    ) -> dict:
+        self,
+        task_input: dict[str, Any],
+        params: dict[str, Any],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> dict[str, Any]:
         query = _text_input(task_input, "query")
         progress(0.05, "retrieving")
         passages, retrieve_ms = self.retrieve(query, params, cancelled)
@@ -228,8 +240,12 @@ class RagEngine:
         }
 
     def _generate_task(
-        self, task_input: dict, params: dict, progress: ProgressFn, cancelled: CancelledFn
-    ) -> dict:
+        self,
+        task_input: dict[str, Any],
+        params: dict[str, Any],
+        progress: ProgressFn,
+        cancelled: CancelledFn,
+    ) -> dict[str, Any]:
         prompt = _text_input(task_input, "prompt")
         backend = self._need_backend()
         max_new = _int_param(
@@ -276,7 +292,11 @@ class RagEngine:
         return self.backend
 
     def _generate(
-        self, messages: list, params: dict, max_new: int, cancelled: CancelledFn
+        self,
+        messages: list[ChatMessage],
+        params: dict[str, Any],
+        max_new: int,
+        cancelled: CancelledFn,
     ) -> GenResult:
         stop = params.get("stop", ())
         if isinstance(stop, str):
@@ -321,7 +341,7 @@ class RagEngine:
         media_type: str | None = None,
         progress: ProgressFn | None = None,
         cancelled: CancelledFn | None = None,
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         """Parse, chunk and embed an upload: the `put_chunks` batches to commit, each
         `{"chunks": [{ordinal, page, text}], "vectors": bytes}` within `entry_bytes`.
         Raises `BadInput` (with the parser's message) for a file that cannot be read."""
@@ -363,9 +383,11 @@ class RagEngine:
         return _batches(chunks, vectors, self.settings.entry_bytes)
 
 
-def _batches(chunks: list, vectors: np.ndarray, entry_bytes: int) -> list[dict]:
+def _batches(
+    chunks: list[ChunkText], vectors: np.ndarray, entry_bytes: int
+) -> list[dict[str, Any]]:
     row_bytes = vectors.shape[1] * 4
-    batches: list[dict] = []
+    batches: list[dict[str, Any]] = []
     start, size = 0, 0
     for i, chunk in enumerate(chunks):
         # Characters can take up to 4 bytes in UTF-8; 64 covers the map's keys.
@@ -378,14 +400,14 @@ def _batches(chunks: list, vectors: np.ndarray, entry_bytes: int) -> list[dict]:
     return batches
 
 
-def _batch(chunks: list, vectors: np.ndarray) -> dict:
+def _batch(chunks: list[ChunkText], vectors: np.ndarray) -> dict[str, Any]:
     return {
         "chunks": [{"ordinal": c.ordinal, "page": c.page, "text": c.text} for c in chunks],
         "vectors": vectors_to_bytes(vectors),
     }
 
 
-def _passage_dict(n: int, passage: Passage) -> dict:
+def _passage_dict(n: int, passage: Passage) -> dict[str, Any]:
     return {
         "n": n,
         "doc_id": passage.doc_id,
@@ -399,7 +421,7 @@ def _passage_dict(n: int, passage: Passage) -> dict:
     }
 
 
-def _timings(retrieve_ms: float | None, result: GenResult) -> dict:
+def _timings(retrieve_ms: float | None, result: GenResult) -> dict[str, Any]:
     generate_ms = result.seconds * 1000
     return {
         "retrieve_ms": None if retrieve_ms is None else round(retrieve_ms, 2),
@@ -412,7 +434,7 @@ def _timings(retrieve_ms: float | None, result: GenResult) -> dict:
     }
 
 
-def _text_input(task_input: dict, key: str) -> str:
+def _text_input(task_input: dict[str, Any], key: str) -> str:
     value = task_input.get(key) if isinstance(task_input, dict) else None
     if not isinstance(value, str) or not value.strip():
         raise BadInput(f"input.{key} must be a non-empty string")
@@ -421,14 +443,14 @@ def _text_input(task_input: dict, key: str) -> str:
     return value
 
 
-def _int_param(params: dict, name: str, default: int, low: int, high: int) -> int:
+def _int_param(params: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
     value = params.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise BadInput(f"params.{name} must be a whole number from {low} to {high}, not {value!r}")
     return value
 
 
-def _float_param(params: dict, name: str, default: float) -> float:
+def _float_param(params: dict[str, Any], name: str, default: float) -> float:
     value = params.get(name, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadInput(f"params.{name} must be a number, not {value!r}")

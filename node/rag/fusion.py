@@ -32,4 +32,4 @@ def reciprocal_rank_fusion(
                 continue
             seen.add(item)
             fused[item] = fused.get(item, 0.0) + 1.0 / (k + rank)
-    return sorted(fused.items(), key=lambda p: (-p[1], p[0]))  # type: ignore[operator]
+    return sorted(fused.items(), key=lambda p: (-p[1], p[0]))

@@ -9,7 +9,7 @@ the same documents, chunks and indexes (`digest()` proves it).
 Rules that keep replicas identical: no clock, randomness or I/O in a command; times
 and ids arrive inside commands; chunk ids come from a counter in the state and are
 never reused; every command validates everything before it changes anything, so a
-rejected command (a `KBError`) leaves no trace.
+rejected command (a `Refusal`) leaves no trace.
 
 Versions. Uploading an existing id starts version n+1. Its chunks go into both indexes
 as they arrive but stay hidden; the previous version keeps answering searches until
@@ -29,11 +29,10 @@ threads; one lock serializes them (FAISS must not search while it removes).
 from __future__ import annotations
 
 import hashlib
-import inspect
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import msgpack
 import numpy as np
@@ -41,13 +40,24 @@ import numpy as np
 from node.rag.fusion import reciprocal_rank_fusion
 from node.rag.keyword_index import KeywordIndex
 from node.rag.vector_index import INDEX_KINDS, IndexKind, VectorIndex
+from node.replica.commands import (
+    DeleteDocument,
+    DocumentUpload,
+    FailIngest,
+    FinishIngest,
+    KnowledgeCommand,
+    PutChunks,
+    SetEnabled,
+)
+from node.replica.refusal import Refusal, RefusalCode, refuse
+from node.replica.vocabulary import MAX_TOP_K
 
 SearchMode = Literal["vector", "keyword", "hybrid"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("vector", "keyword", "hybrid")
 DocState = Literal["uploaded", "ingesting", "ready", "failed"]
 
 DEFAULT_DIM = 384
-MAX_K = 100
+MAX_K = MAX_TOP_K
 # Each ranking contributes this many candidates to a hybrid fusion: a chunk ranked low
 # by one method but high by the other must be in both lists to be fused fairly.
 HYBRID_DEPTH = 50
@@ -66,17 +76,8 @@ NORM_TOLERANCE = 1e-3
 _SNAPSHOT_FORMAT = 1
 
 
-class KBError(ValueError):
-    """A command or query that cannot apply; `code` maps to an HTTP status upstream
-    (invalid 400, not_found 404, conflict 409, bad_command 400)."""
-
-    def __init__(self, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.details = details
-
-    def to_dict(self) -> dict:
-        return {"error": {"code": self.code, "message": str(self), "details": self.details}}
+def _refusal(code: str, message: str, **details: Any) -> Refusal:
+    return refuse(RefusalCode(code), message, **details)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,7 @@ class Passage:
     vector_score: float | None
     keyword_score: float | None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -126,11 +127,11 @@ def vectors_to_bytes(vectors: np.ndarray) -> bytes:
     return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
 
 
-# ---- validation helpers (raise KBError("invalid"), never mutate) ----------------------
+# ---- validation helpers (raise _refusal("invalid"), never mutate) ----------------------
 
 
-def _invalid(message: str, **details: Any) -> KBError:
-    return KBError("invalid", message, **details)
+def _invalid(message: str, **details: Any) -> Refusal:
+    return _refusal("invalid", message, **details)
 
 
 def _check_text(name: str, value: Any, max_chars: int, *, allow_empty: bool = True) -> str:
@@ -144,10 +145,10 @@ def _check_text(name: str, value: Any, max_chars: int, *, allow_empty: bool = Tr
 
 
 def _check_doc_id(doc_id: Any) -> str:
-    _check_text("doc_id", doc_id, MAX_ID_CHARS, allow_empty=False)
-    if doc_id.strip() != doc_id or not doc_id.isprintable():
+    text = _check_text("doc_id", doc_id, MAX_ID_CHARS, allow_empty=False)
+    if text.strip() != text or not text.isprintable():
         raise _invalid("doc_id must be printable, without surrounding whitespace")
-    return doc_id
+    return text
 
 
 def _check_int(name: str, value: Any, minimum: int = 0) -> int:
@@ -231,7 +232,7 @@ def _check_filter(name: str, values: Any) -> list[str] | None:
     return sorted(set(items)) or None
 
 
-def _sorted_map(record: dict) -> dict:
+def _sorted_map(record: dict[str, Any]) -> dict[str, Any]:
     return {key: record[key] for key in sorted(record)}
 
 
@@ -245,7 +246,7 @@ class KnowledgeBase:
         self._reset()
 
     def _reset(self) -> None:
-        self._documents: dict[str, dict] = {}
+        self._documents: dict[str, dict[str, Any]] = {}
         self._uploads: dict[str, _Upload] = {}
         self._staging: dict[str, _Staging] = {}
         self._serving_chunks: dict[str, list[int]] = {}  # doc -> chunk ids by ordinal
@@ -260,7 +261,7 @@ class KnowledgeBase:
 
     # ---- commands ------------------------------------------------------------------
 
-    def put_upload(
+    def store_upload(
         self,
         doc_id: str,
         title: str,
@@ -269,7 +270,7 @@ class KnowledgeBase:
         tags: Sequence[str] | None,
         data: bytes,
         at: float,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """A new document, or a new version of an existing one."""
         _check_doc_id(doc_id)
         title = _check_text("title", title, MAX_TITLE_CHARS) or doc_id
@@ -325,10 +326,10 @@ class KnowledgeBase:
         doc_id: str,
         version: int,
         batch_no: int,
-        chunks: list[dict],
+        chunks: list[dict[str, Any]],
         vectors: bytes,
         n_batches: int | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """One batch of a version's chunks with their vectors (row i embeds chunks[i]).
         Re-sending a batch already applied is a no-op (`duplicate: True`)."""
         _check_int("batch_no", batch_no)
@@ -350,7 +351,7 @@ class KnowledgeBase:
                 }
             known_n = staging.n_batches if staging is not None else None
             if n_batches is not None and known_n is not None and n_batches != known_n:
-                raise KBError(
+                raise _refusal(
                     "conflict",
                     f"n_batches {n_batches} differs from {known_n} announced by an earlier batch",
                 )
@@ -393,7 +394,7 @@ class KnowledgeBase:
                 "chunk_count": doc["chunk_count"],
             }
 
-    def finish_ingest(self, doc_id: str, version: int, node: str, at: float) -> dict:
+    def finish_ingest(self, doc_id: str, version: int, node: str, at: float) -> dict[str, Any]:
         """All batches are in: the version becomes the one searches see, atomically."""
         _check_text("node", node, MAX_ID_CHARS, allow_empty=False)
         _check_time(at)
@@ -404,13 +405,13 @@ class KnowledgeBase:
             doc = self._pending_version(doc_id, version)
             staging = self._staging.get(doc_id)
             if staging is None:
-                raise KBError("conflict", f"{doc_id} v{version} has no chunks to finish")
+                raise _refusal("conflict", f"{doc_id} v{version} has no chunks to finish")
             expected = (
                 staging.n_batches if staging.n_batches is not None else max(staging.batches) + 1
             )
             missing = sorted(set(range(expected)) - staging.batches)
             if missing:
-                raise KBError(
+                raise _refusal(
                     "conflict",
                     f"{doc_id} v{version} is missing chunk batches",
                     missing=missing[:20],
@@ -444,7 +445,7 @@ class KnowledgeBase:
                 "removed_chunks": len(old_ids),
             }
 
-    def fail_ingest(self, doc_id: str, version: int, error: str, at: float) -> dict:
+    def fail_ingest(self, doc_id: str, version: int, error: str, at: float) -> dict[str, Any]:
         """The version cannot be ingested: drop its chunks and bytes, keep serving the
         previous version (if any)."""
         if not isinstance(error, str):
@@ -463,7 +464,7 @@ class KnowledgeBase:
                 "serving_version": serving,
             }
 
-    def delete(self, doc_id: str, at: float) -> dict:
+    def delete(self, doc_id: str, at: float) -> dict[str, Any]:
         _check_time(at)
         with self._lock:
             doc = self._require(doc_id)
@@ -480,7 +481,7 @@ class KnowledgeBase:
                 "removed_chunks": len(old_ids),
             }
 
-    def set_enabled(self, doc_id: str, enabled: bool, at: float) -> dict:
+    def set_enabled(self, doc_id: str, enabled: bool, at: float) -> dict[str, Any]:
         if not isinstance(enabled, bool):
             raise _invalid("enabled must be true or false")
         _check_time(at)
@@ -497,52 +498,49 @@ class KnowledgeBase:
                     self._hidden.update(serving)
             return {"doc_id": doc_id, "enabled": enabled, "changed": changed}
 
-    # The runtime's state machine hands over decoded log entries {"op": "kb.<name>", ...}.
-    _OPS: ClassVar[dict[str, str]] = {
-        f"kb.{name}": name
-        for name in (
-            "put_upload",
-            "put_chunks",
-            "finish_ingest",
-            "fail_ingest",
-            "delete",
-            "set_enabled",
-        )
-    }
+    def apply(self, cmd: KnowledgeCommand) -> dict[str, Any]:
+        """Apply one command of the log; raises Refusal (and changes nothing) when
+        it cannot."""
+        if isinstance(cmd, PutChunks):
+            chunks = [
+                {"ordinal": ch.ordinal, "page": ch.page, "text": ch.text} for ch in cmd.chunks
+            ]
+            return self.put_chunks(
+                cmd.doc_id, cmd.version, cmd.batch_no, chunks, cmd.vectors, cmd.n_batches
+            )
+        if isinstance(cmd, FinishIngest):
+            return self.finish_ingest(cmd.doc_id, cmd.version, cmd.node, cmd.at)
+        if isinstance(cmd, FailIngest):
+            return self.fail_ingest(cmd.doc_id, cmd.version, cmd.error, cmd.at)
+        if isinstance(cmd, DeleteDocument):
+            return self.delete(cmd.doc_id, cmd.at)
+        if isinstance(cmd, SetEnabled):
+            return self.set_enabled(cmd.doc_id, cmd.enabled, cmd.at)
+        raise _refusal("bad_command", f"{type(cmd).__name__} is not a knowledge-base command")
 
-    def execute(self, cmd: dict) -> dict:
-        """Apply one decoded command; a rejected command answers {"error": {...}}."""
-        if not isinstance(cmd, dict):
-            return KBError("bad_command", "a command is a map with an 'op'").to_dict()
-        op = cmd.get("op")
-        name = self._OPS.get(op) if isinstance(op, str) else None
-        if name is None:
-            return KBError("bad_command", f"unknown knowledge-base op {op!r}").to_dict()
-        method = getattr(self, name)
-        arguments = {key: value for key, value in cmd.items() if key != "op"}
-        try:
-            inspect.signature(method).bind(**arguments)
-        except TypeError as exc:
-            return KBError("bad_command", f"{cmd['op']}: {exc}").to_dict()
-        try:
-            return method(**arguments)
-        except KBError as exc:
-            return exc.to_dict()
+    def put_upload(self, doc: DocumentUpload, at: float) -> dict[str, Any]:
+        """A new document, or a new version of an existing one (the file part of
+        an Upload; NodeState queues its ingest task in the same entry)."""
+        return self.store_upload(
+            doc.doc_id, doc.title, doc.source, doc.media_type, doc.tags, doc.data, at
+        )
 
     # ---- command internals ---------------------------------------------------------
 
-    def _require(self, doc_id: Any) -> dict:
+    def _require(self, doc_id: Any) -> dict[str, Any]:
         if not isinstance(doc_id, str):
             raise _invalid("doc_id must be a string")
         doc = self._documents.get(doc_id)
         if doc is None:
-            raise KBError("not_found", f"no document {doc_id!r}")
+            raise _refusal("not_found", f"no document {doc_id!r}")
         return doc
 
-    def _finished_by(self, doc_id: Any, version: Any, node: str) -> dict | None:
+    def _finished_by(self, doc_id: Any, version: Any, node: str) -> dict[str, Any] | None:
         """The answer of `finish_ingest` when `node` already finished this version."""
         doc = self._documents.get(doc_id) if isinstance(doc_id, str) else None
-        serving = doc["serving"] if doc is not None else None
+        if doc is None:
+            return None
+        serving = doc["serving"]
         if (
             serving is None
             or doc["version"] != version
@@ -560,18 +558,18 @@ class KnowledgeBase:
             "duplicate": True,
         }
 
-    def _pending_version(self, doc_id: Any, version: Any) -> dict:
+    def _pending_version(self, doc_id: Any, version: Any) -> dict[str, Any]:
         """The document whose latest version `version` is still being ingested."""
         _check_int("version", version, minimum=1)
         doc = self._require(doc_id)
         if version != doc["version"]:
-            raise KBError(
+            raise _refusal(
                 "conflict",
                 f"{doc_id} v{version} is stale: the latest version is v{doc['version']}",
                 latest_version=doc["version"],
             )
         if doc["state"] not in ("uploaded", "ingesting"):
-            raise KBError(
+            raise _refusal(
                 "conflict", f"{doc_id} v{version} is already {doc['state']}", state=doc["state"]
             )
         return doc
@@ -592,12 +590,14 @@ class KnowledgeBase:
 
     # ---- queries -------------------------------------------------------------------
 
-    def get(self, doc_id: str) -> dict | None:
+    def get(self, doc_id: str) -> dict[str, Any] | None:
         with self._lock:
             doc = self._documents.get(doc_id)
             return _copy_record(doc) if doc is not None else None
 
-    def list_documents(self, state: str | None = None, tag: str | None = None) -> list[dict]:
+    def list_documents(
+        self, state: str | None = None, tag: str | None = None
+    ) -> list[dict[str, Any]]:
         """Records by id; optionally only those in `state` or carrying `tag`."""
         with self._lock:
             return [
@@ -729,7 +729,7 @@ class KnowledgeBase:
             keyword_score=keyword_score,
         )
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         with self._lock:
             by_state: dict[str, int] = {}
             for doc in self._documents.values():
@@ -757,7 +757,7 @@ class KnowledgeBase:
 
     # ---- replication: digest, snapshot, restore ------------------------------------
 
-    def _logical_state(self) -> dict:
+    def _logical_state(self) -> dict[str, Any]:
         """Everything but the indexes, in a canonical order."""
         chunk_ids = sorted(self._chunks)
         chunks = [self._chunks[i] for i in chunk_ids]
@@ -851,10 +851,10 @@ class KnowledgeBase:
             serving = documents[chunk.doc_id]["serving"]
             if serving is not None and chunk.version == serving["version"]:
                 serving_chunks.setdefault(chunk.doc_id, []).append(chunk_id)
-        for doc_id, ids in serving_chunks.items():
-            ids.sort(key=lambda i: chunks[i].ordinal)
+        for doc_id, by_ordinal in serving_chunks.items():
+            by_ordinal.sort(key=lambda i: chunks[i].ordinal)
             if not documents[doc_id]["enabled"]:
-                hidden.update(ids)
+                hidden.update(by_ordinal)
         if len(vectors) != len(chunks) or len(keywords) != len(chunks):
             raise ValueError("snapshot indexes do not match its chunks")
 
@@ -871,14 +871,14 @@ class KnowledgeBase:
             self._keywords = keywords
 
 
-def _canonical_record(doc: dict) -> dict:
+def _canonical_record(doc: dict[str, Any]) -> dict[str, Any]:
     record = _sorted_map(doc)
     if record["serving"] is not None:
         record["serving"] = _sorted_map(record["serving"])
     return record
 
 
-def _copy_record(doc: dict) -> dict:
+def _copy_record(doc: dict[str, Any]) -> dict[str, Any]:
     record = dict(doc)
     record["tags"] = list(doc["tags"])
     if doc["serving"] is not None:

@@ -238,14 +238,20 @@ class VectorIndex:
             # cores that was 2-3x slower (median of 200 interleaved queries on 100k vectors:
             # 52-57 ms against 22-25 ms; 10k: 5.5 against 1.7 ms) than the
             # selector path, which scans in the calling thread. So always pass one.
-            params = faiss.SearchParameters(sel=selector if selector is not None else _ALL)
+            # faiss's stub omits the keyword arguments its Python wrapper accepts
+            params = faiss.SearchParameters(  # type: ignore[call-arg]
+                sel=selector if selector is not None else _ALL
+            )
             scores, labels = self._index.search(q, want, params=params)
             return _ranked(self._pairs(scores[0], labels[0]), k)
         # HNSW: a filter can leave fewer than k hits within efSearch candidates; widen
         # the search (over-fetch) until it yields enough or covers the whole graph.
         ef = max(self.ef_search, want)
         while True:
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+            # faiss's stub lacks SearchParametersHNSW (the module has it)
+            params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
+                sel=selector, efSearch=ef
+            )
             scores, labels = self._index.search(q, want, params=params)
             pairs = self._pairs(scores[0], labels[0])
             if len(pairs) >= want or ef >= self._index.ntotal:

@@ -5,7 +5,7 @@ gossip and the API listen there, nothing on 127.0.0.1. Every namespace has its o
 port space, so every node uses the same ports. Models are off (noop tasks only), the
 dashboard is off, the admin password and token secret come from the environment.
 
-Each node runs as `ip netns exec rgN python -m node.cli node ...` (`ip` execs the
+Each node runs as `ip netns exec rgN python -m node.cli.main node ...` (`ip` execs the
 command, so the Popen pid is the node itself: kill -9, SIGSTOP and SIGCONT reach it).
 Nodes get PR_SET_PDEATHSIG=SIGKILL: if the test process dies, they die with it (start
 them from the main thread: the signal follows the thread that forked). The wrapper
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tests.nemesis.client import Http
 from tests.nemesis.netns import Network
-from tests.nodecluster import ADMIN_PASSWORD, TOKEN_SECRET, mint_token
+from tests.nodecluster import ADMIN_PASSWORD, TOKEN_SECRET, mint_token, write_secrets
 
 RAFT_PORT, GOSSIP_PORT, API_PORT, DASHBOARD_PORT = 7101, 7201, 8101, 8301
 CLUSTER_NAME = "nemesis"
@@ -58,6 +58,7 @@ class NemesisCluster:
         lines.append(extra_toml)
         self.config = data_root / "cluster.toml"
         self.config.write_text("\n".join(lines))
+        write_secrets(data_root, CLUSTER_NAME)  # secure as shipped: CURVE, sealed log
         self.env = {
             **os.environ,
             "RAGRAFT_LOAD_MODELS": "0",
@@ -89,7 +90,7 @@ class NemesisCluster:
                     *self.net.exec_prefix(node),
                     sys.executable,
                     "-m",
-                    "node.cli",
+                    "node.cli.main",
                     "node",
                     "--config",
                     str(self.config),

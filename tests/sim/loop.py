@@ -1,6 +1,6 @@
 """An asyncio event loop on a virtual clock, with processes that can lose power.
 
-The simulation runs the production driver (consensus/node.py) unchanged: its
+The simulation runs the production driver (consensus/driver.py) unchanged: its
 ticker sleeps, its proposals wait on futures, its fsync runs "in a worker
 thread".  SimLoop gives all of that a deterministic home:
 

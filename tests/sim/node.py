@@ -1,5 +1,5 @@
 """A simulated node: its disk, and the processes that run the production Raft
-driver (consensus/node.py RaftNode) on it, one after another.
+driver (consensus/driver.py RaftNode) on it, one after another.
 
 Each start is a new Process on the SimLoop with a new RaftNode, a new state
 machine, a new transport endpoint and fenced views of the same disk, exactly
@@ -8,7 +8,7 @@ and repair the log, persist in its "worker thread", install snapshots, forward
 and re-propose, expire sessions, time proposals out, stop) is the code under
 test.
 
-The node also serves the clients' requests the way node/api.py does: an
+The node also serves the clients' requests the way node/http/tasks.py does: an
 incoming write is a task in the node's process that awaits propose(); an
 incoming read awaits read_barrier() and then reads the local state.
 """
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
-from consensus.node import NodeOptions, RaftNode
+from consensus.driver import NodeOptions, RaftNode
 from consensus.types import NodeId
 from tests.sim.disk import LogView, SimDisk, SnapshotView, StableView
 from tests.sim.loop import Process

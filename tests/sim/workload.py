@@ -2,7 +2,7 @@
 
 Clients talk to nodes over their own links (delays, no partitions: they stand
 where Jepsen's control node stands) and use the nodes' client API
-(SimNode.serve_write / serve_read), which is what node/api.py does with HTTP.
+(SimNode.serve_write / serve_read), which is what node/http/tasks.py does with HTTP.
 
 - A *session* client names every write with a request of its own client
   session (consensus/session.py): it retries a write that timed out or was
@@ -168,8 +168,29 @@ class Workload:
             return
         self.sim.note("write-err", node_id, f"{write.cmd.decode()}: {outcome}")
         self.sim.stats["write_refusals"] += 1
+        if outcome == "StaleRequest" and write.request is not None:
+            self._renew_session(write)
         written = outcome not in NOT_APPLIED and not (outcome == "NoQuorum" and detail is False)
         self._retry_or_give_up(write, maybe_written=written)
+
+    def _renew_session(self, write: Write) -> None:
+        """A StaleRequest for the request a session client still waits for means
+        its session expired: the client retried it for longer than the session
+        ttl (through a long election, say).  That copy was not applied, and no
+        later copy can be: the cluster forgot the session, so it refuses it for
+        good.  An earlier copy may have applied before the session was forgotten,
+        so the client cannot resend the same command and keep exactly once; as a
+        real client would, it gives that request up and sends its command again
+        as a new one, in a new session (seen in soak seed 68323: the final
+        command was refused forever)."""
+        client = write.client
+        now_ms = int(self.sim.epoch * 1000 + self.sim.loop.time() * 1000)
+        client.session = f"client{client.id}:{client.seq}:{write.attempt}"
+        client.started_ms = client.last_ms = now_ms
+        client.unanswered = {write.seq}
+        write.request = Request(client.session, now_ms, write.seq, write.seq)
+        write.cmd = write.cmd.split(b"/")[0] + b"/%d" % write.attempt
+        self.sim.stats["sessions_renewed"] += 1
 
     def _write_silence(self, write: Write, attempt: int) -> None:
         if write.done or attempt != write.attempt:

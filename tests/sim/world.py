@@ -1,6 +1,6 @@
 """The deterministic world: one random.Random(seed), an asyncio loop on a
 virtual clock (tests/sim/loop.py), and the production Raft driver
-(consensus/node.py) running on every simulated node.  No wall clock and no
+(consensus/driver.py) running on every simulated node.  No wall clock and no
 threads: the same seed always gives the same run, in any process.
 
 A run has two phases:
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from consensus.messages import (
     AppendRequest,
     AppendResponse,
+    CommitHint,
     HeartbeatRequest,
     HeartbeatResponse,
     ProposeRequest,
@@ -726,10 +727,14 @@ class Sim:
             if raw.term_at(raw.commit_index) != raw.term:
                 continue
             members = raw.membership.members()
+            # A member still loading its disk (raw is None) may hold a later term
+            # and a longer log: until it has loaded, no leader is known to be in
+            # charge (soak seed 111178: a stale leader's log decided which nodes
+            # to retire, and the restarted node's log then added one of them).
             if all(
-                n.raw.term <= raw.term
+                n.raw is not None and n.raw.term <= raw.term
                 for n in self.up_nodes()
-                if n.raw is not None and n.id in members
+                if n.id in members
             ):
                 return leader
         return None
@@ -853,6 +858,8 @@ def format_message(m) -> str:
         return f"{head} SnapshotResp {m.snapshot_index} next={m.next_offset} done={m.done}"
     if isinstance(m, TimeoutNow):
         return f"{head} TimeoutNow"
+    if isinstance(m, CommitHint):
+        return f"{head} CommitHint {m.index}/{m.log_term}"
     if isinstance(m, ProposeRequest):
         return f"{head} Propose x{len(m.commands)}"
     if isinstance(m, ReadIndexRequest):

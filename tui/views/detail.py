@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
@@ -15,10 +16,15 @@ from tui import format as fmt
 
 def render_task(task: dict) -> str:
     lines = [
-        f"[b]{task['id']}[/b]  {task['type']}  {fmt.state(task['state'])}  priority {task['priority']}  "
-        f"owner {task['owner']}  attempt {task['attempt']}/{task.get('max_attempts', '?')}",
-        f"node {task.get('node') or '—'}  progress {task.get('progress', 0) * 100:.0f}% "
-        f"{task.get('progress_note', '')}",
+        (
+            f"[b]{task['id']}[/b]  {task['type']}  {fmt.state(task['state'])}  "
+            f"priority {task['priority']}  owner {task['owner']}  "
+            f"attempt {task['attempt']}/{task.get('max_attempts', '?')}"
+        ),
+        (
+            f"node {task.get('node') or '—'}  progress {task.get('progress', 0) * 100:.0f}% "
+            f"{task.get('progress_note', '')}"
+        ),
         "",
         "[b]input[/b]",
         json.dumps(task.get("input"), indent=1)[:800],
@@ -27,8 +33,8 @@ def render_task(task: dict) -> str:
     ]
     for step in task.get("history", []):
         lines.append(
-            f"  {fmt.clock(step['at'])}  {fmt.state(step['state']):<24} node {step.get('node') or '—'}"
-            f"  attempt {step['attempt']}  {step.get('note', '')}"
+            f"  {fmt.clock(step['at'])}  {fmt.state(step['state']):<24} "
+            f"node {step.get('node') or '—'}  attempt {step['attempt']}  {step.get('note', '')}"
         )
     result = task.get("result")
     if isinstance(result, dict):
@@ -37,7 +43,8 @@ def render_task(task: dict) -> str:
         if result.get("citations"):
             lines += ["", "[b]citations[/b]"]
             lines += [
-                f"  [{c['n']}] {c.get('title') or c['doc_id']} (doc {c['doc_id']}, chunk {c['chunk']})"
+                f"  [{c['n']}] {c.get('title') or c['doc_id']} "
+                f"(doc {c['doc_id']}, chunk {c['chunk']})"
                 for c in result["citations"]
             ]
         if result.get("passages"):
@@ -59,7 +66,7 @@ def render_task(task: dict) -> str:
 
 
 class TaskDetail(ModalScreen[None]):
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q", "dismiss", "back"),
         Binding("c", "act('cancel')", "cancel"),
         Binding("a", "act('abort')", "abort"),

@@ -8,7 +8,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Button, Input, Label, Static
 
-from node.api_client import ApiError
+from node.client.aio import ApiError
 
 
 class LoginScreen(Screen[None]):

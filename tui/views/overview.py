@@ -6,15 +6,19 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Label, Sparkline, Static
 
+from node.replica.vocabulary import TaskState
 from tui import format as fmt
 
-STATES = ("queued", "running", "completed", "failed", "cancelled")
+STATES = tuple(TaskState)  # one card each, in the lifecycle's order
 
 
 class Overview(Vertical):
     DEFAULT_CSS = """
     Overview .cards { height: 5; }
-    Overview .card { width: 1fr; border: round $primary; content-align: center middle; text-align: center; height: 5; }
+    Overview .card {
+        width: 1fr; border: round $primary; content-align: center middle; text-align: center;
+        height: 5;
+    }
     Overview #throughput { height: 2; margin: 0 1; }
     Overview #cluster-line { height: auto; margin: 0 1; }
     """

@@ -8,6 +8,20 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static
 
+from node.replica.vocabulary import (
+    DEFAULT_PRIORITY,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    SUBMITTABLE_TYPES,
+    SearchMode,
+    TaskType,
+)
+
+# The types a form can fill: those that take a text (a query or a prompt).
+FORM_TYPES = tuple(t for t in SUBMITTABLE_TYPES if t.text_field)
+# Hybrid first: the default of [rag] mode, and the best choice when in doubt.
+FORM_MODES = (SearchMode.HYBRID, SearchMode.VECTOR, SearchMode.KEYWORD)
+
 
 class SubmitForm(Vertical):
     DEFAULT_CSS = """
@@ -27,18 +41,22 @@ class SubmitForm(Vertical):
         yield Input(placeholder="What does the lighthouse keeper polish?", id="submit-query")
         with Horizontal():
             yield Select(
-                [("qa", "qa"), ("generate", "generate"), ("retrieve", "retrieve")],
-                value="qa",
+                [(t.value, t.value) for t in FORM_TYPES],
+                value=TaskType.QA.value,
                 allow_blank=False,
                 id="submit-type",
             )
             yield Select(
-                [(m, m) for m in ("hybrid", "vector", "keyword")],
-                value="hybrid",
+                [(m.value, m.value) for m in FORM_MODES],
+                value=SearchMode.HYBRID.value,
                 allow_blank=False,
                 id="submit-mode",
             )
-            yield Input(value="5", placeholder="priority 0-9", id="submit-priority")
+            yield Input(
+                value=str(DEFAULT_PRIORITY),
+                placeholder=f"priority {PRIORITY_MIN}-{PRIORITY_MAX}",
+                id="submit-priority",
+            )
         with Horizontal():
             yield Input(value="5", placeholder="top k", id="submit-topk")
             yield Input(value="128", placeholder="max tokens", id="submit-tokens")
@@ -47,7 +65,7 @@ class SubmitForm(Vertical):
         yield Static("", id="submit-status")
 
     def body(self) -> dict:
-        kind = str(self.query_one("#submit-type", Select).value)
+        kind = TaskType(str(self.query_one("#submit-type", Select).value))
         text = self.query_one("#submit-query", Input).value.strip()
 
         def number(name: str, cast: type) -> object:
@@ -61,14 +79,13 @@ class SubmitForm(Vertical):
             "top_k": number("topk", int),
             "mode": str(self.query_one("#submit-mode", Select).value),
         }
-        if kind != "retrieve":
+        if kind != TaskType.RETRIEVE:
             params.update(
                 max_new_tokens=number("tokens", int), temperature=number("temperature", float)
             )
-        key = "prompt" if kind == "generate" else "query"
         return {
-            "type": kind,
-            "input": {key: text},
+            "type": kind.value,
+            "input": {kind.text_field: text},
             "priority": number("priority", int),
             "params": params,
         }

@@ -10,11 +10,12 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Input, Select, Static
 
+from node.replica.vocabulary import TaskState, TaskType
 from tui import format as fmt
 
 PAGE = 50
-STATE_OPTIONS = [(s, s) for s in ("queued", "running", "completed", "failed", "cancelled")]
-TYPE_OPTIONS = [(t, t) for t in ("qa", "generate", "retrieve", "ingest", "noop")]
+STATE_OPTIONS = [(s.value, s.value) for s in TaskState]
+TYPE_OPTIONS = [(t.value, t.value) for t in TaskType]
 
 
 class TaskList(Vertical):
@@ -69,7 +70,7 @@ class TaskList(Vertical):
         for t in page.get("items", []):
             progress = (
                 f"{t['progress'] * 100:.0f}% {t.get('progress_note', '')}"
-                if t["state"] == "running"
+                if t["state"] == TaskState.RUNNING
                 else ""
             )
             table.add_row(
@@ -90,7 +91,8 @@ class TaskList(Vertical):
         self.next_cursor = page.get("next_cursor")
         number = len(self.cursors)
         self.query_one("#page-info", Static).update(
-            f"page {number} · {page.get('total', 0)} matching tasks · \\[ previous · ] next · enter details"
+            f"page {number} · {page.get('total', 0)} matching tasks · "
+            "\\[ previous · ] next · enter details"
         )
 
     def next_page(self) -> bool:

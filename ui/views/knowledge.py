@@ -10,16 +10,18 @@ from urllib.parse import quote, urlencode
 import pandas as pd
 import panel as pn
 
-from node.api_client import ApiClient, ApiError
+from node.client.aio import ApiClient, ApiError
+from node.replica.vocabulary import TaskState, TaskType
+from ui.choices import FORM_MODES, bounds
 from ui.render import badge, passage_list, progress_bar
 from ui.tables import LiveTable
 
 # a document's state drawn in the colour of the task state it resembles
 DOC_STATES = {
-    "uploaded": "queued",
-    "ingesting": "running",
-    "ready": "completed",
-    "failed": "failed",
+    "uploaded": TaskState.QUEUED,
+    "ingesting": TaskState.RUNNING,
+    "ready": TaskState.COMPLETED,
+    "failed": TaskState.FAILED,
 }
 
 
@@ -51,10 +53,8 @@ class KnowledgeView:
         delete.on_click(self._delete)
         self.notice = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.k_query = pn.widgets.TextInput(name="retrieval test", placeholder="a query", width=400)
-        self.k_mode = pn.widgets.Select(
-            name="mode", options=["hybrid", "vector", "keyword"], width=110
-        )
-        self.k_top = pn.widgets.IntInput(name="top-k", value=5, start=1, end=50, width=80)
+        self.k_mode = pn.widgets.Select(name="mode", options=FORM_MODES, width=110)
+        self.k_top = pn.widgets.IntInput(name="top-k", value=5, width=80, **bounds("top_k"))
         search = pn.widgets.Button(name="Search", width=100)
         search.on_click(self._search)
         self.k_results = pn.pane.HTML("", sizing_mode="stretch_width", name="retrieval-results")
@@ -75,7 +75,14 @@ class KnowledgeView:
         ingesting = await self.api.request(
             "GET",
             "/api/v1/tasks?"
-            + urlencode({"type": "ingest", "state": "queued,running", "limit": 500, "full": 1}),
+            + urlencode(
+                {
+                    "type": TaskType.INGEST.value,
+                    "state": f"{TaskState.QUEUED},{TaskState.RUNNING}",
+                    "limit": 500,
+                    "full": 1,
+                }
+            ),
         )
         progress = {t["input"].get("doc_id"): t for t in ingesting["items"]}
         rows = []
@@ -86,7 +93,7 @@ class KnowledgeView:
                 if task is None
                 else (
                     progress_bar(task["progress"], task.get("progress_note") or "")
-                    if task["state"] == "running"
+                    if task["state"] == TaskState.RUNNING
                     else "waiting for a slot"
                 )
             )
@@ -111,12 +118,15 @@ class KnowledgeView:
             doc, task = by_id.get(up["doc_id"]), progress.get(up["doc_id"])
             if up.get("error"):
                 status = f'<b style="color:#c53030">refused: {html.escape(up["error"])}</b>'
-            elif task is not None and task["state"] == "running":
+            elif task is not None and task["state"] == TaskState.RUNNING:
                 status = progress_bar(task["progress"], task.get("progress_note") or "")
             elif doc is None:
                 status = "deleted"
             elif doc["state"] == "ready":
-                status = f"{progress_bar(1.0)} ready: {doc['chunk_count']} chunks by {doc.get('ingested_by')}"
+                status = (
+                    f"{progress_bar(1.0)} ready: {doc['chunk_count']} chunks "
+                    f"by {doc.get('ingested_by')}"
+                )
             elif doc["state"] == "failed":
                 status = (
                     f'<b style="color:#c53030">failed: {html.escape(doc.get("error") or "")}</b>'

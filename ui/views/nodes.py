@@ -48,8 +48,9 @@ class NodesView:
 
     def show(self, cluster: dict, nodes: list[dict]) -> None:
         self.raft.object = (
-            f"this node: **{html.escape(cluster['node'])}** · leader **{cluster.get('leader') or 'none'}** · "
-            f"term {cluster['term']} · quorum {'yes' if cluster.get('quorum') else '**NO**'}"
+            f"this node: **{html.escape(cluster['node'])}** · "
+            f"leader **{cluster.get('leader') or 'none'}** · term {cluster['term']} · "
+            f"quorum {'yes' if cluster.get('quorum') else '**NO**'}"
         )
         leader_commit = (
             max(((n.get("metrics") or {}).get("raft") or {}).get("commit", 0) for n in nodes)
@@ -76,7 +77,9 @@ class NodesView:
                     "cpu %": m.get("cpu_percent"),
                     "mem %": m.get("mem_percent"),
                     "gpu %": m.get("gpu_util_percent"),
-                    "slots": f"{m.get('slots_used', '—')}/{m.get('slots_total', n.get('slots') or '—')}",
+                    "slots": (
+                        f"{m.get('slots_used', '—')}/{m.get('slots_total', n.get('slots') or '—')}"
+                    ),
                     "running tasks": ", ".join(
                         f"{html.escape(r['id'])} ({r.get('type', '')} "
                         f"{round(r.get('progress', 0) * 100)}%)"

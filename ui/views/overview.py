@@ -93,8 +93,9 @@ class OverviewView:
                 f" · gpu {m['gpu_util_percent']}%" if m.get("gpu_util_percent") is not None else ""
             )
             cells.append(
-                f'<div class="node-card" data-node="{html.escape(n["id"])}" style="border-left:6px solid {colour};'
-                f'padding:4px 10px;margin:4px;display:inline-block">'
+                f'<div class="node-card" data-node="{html.escape(n["id"])}" '
+                f'style="border-left:6px solid {colour};'
+                'padding:4px 10px;margin:4px;display:inline-block">'
                 f"<b>{html.escape(n['id'])}</b> {n.get('raft_role') or ''} · "
                 f'<span class="gossip">{html.escape(n["status"])}</span>'
                 f" · cpu {m.get('cpu_percent', '—')}% · mem {m.get('mem_percent', '—')}%{gpu}"

@@ -8,7 +8,15 @@ from typing import Any
 
 import panel as pn
 
-from node.api_client import ApiClient, ApiError
+from node.client.aio import ApiClient, ApiError
+from node.replica.vocabulary import (
+    DEFAULT_PRIORITY,
+    FINISHED,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    TaskType,
+)
+from ui.choices import FORM_MODES, FORM_TYPES, bounds
 from ui.render import task_detail
 
 
@@ -17,23 +25,25 @@ class SubmitView:
         self.api = api
         self.followed: str | None = None
         self.s_type = pn.widgets.Select(
-            name="type", options=["qa", "generate", "retrieve"], width=120, css_classes=["s-type"]
+            name="type", options=FORM_TYPES, width=120, css_classes=["s-type"]
         )
         self.s_query = pn.widgets.TextAreaInput(
             name="question or prompt", height=80, sizing_mode="stretch_width"
         )
         self.s_priority = pn.widgets.IntInput(
-            name="priority (0-9)", value=5, start=0, end=9, width=110
+            name=f"priority ({PRIORITY_MIN}-{PRIORITY_MAX})",
+            value=DEFAULT_PRIORITY,
+            start=PRIORITY_MIN,
+            end=PRIORITY_MAX,
+            width=110,
         )
-        self.s_topk = pn.widgets.IntInput(name="top-k", value=5, start=1, end=50, width=90)
-        self.s_mode = pn.widgets.Select(
-            name="retrieval mode", options=["hybrid", "vector", "keyword"], width=120
-        )
+        self.s_topk = pn.widgets.IntInput(name="top-k", value=5, width=90, **bounds("top_k"))
+        self.s_mode = pn.widgets.Select(name="retrieval mode", options=FORM_MODES, width=120)
         self.s_tokens = pn.widgets.IntInput(
-            name="max tokens", value=128, start=1, end=2048, width=110
+            name="max tokens", value=128, width=110, **bounds("max_new_tokens")
         )
         self.s_temp = pn.widgets.FloatInput(
-            name="temperature", value=0.0, start=0, end=2, step=0.1, width=110
+            name="temperature", value=0.0, step=0.1, width=110, **bounds("temperature")
         )
         submit = pn.widgets.Button(name="Submit", button_type="primary", width=120)
         submit.on_click(self._submit)
@@ -58,19 +68,19 @@ class SubmitView:
             self.result.object = html.escape(str(exc))
             return
         self.result.object = task_detail(task)
-        if task["state"] in ("completed", "failed", "cancelled"):
+        if task["state"] in FINISHED:
             self.followed = None  # reached its end: stop re-reading it
 
     async def _submit(self, _: Any) -> None:
-        kind = self.s_type.value
+        kind = TaskType(self.s_type.value)
         params: dict = {"top_k": self.s_topk.value, "mode": self.s_mode.value}
-        if kind != "retrieve":
+        if kind != TaskType.RETRIEVE:
             params.update(max_new_tokens=self.s_tokens.value, temperature=self.s_temp.value)
         body = {
-            "type": kind,
+            "type": kind.value,
             "priority": self.s_priority.value,
             "params": params,
-            "input": {("prompt" if kind == "generate" else "query"): self.s_query.value},
+            "input": {kind.text_field: self.s_query.value},
         }
         try:
             task = await self.api.submit(body)  # one idempotency key per click, for all its tries

@@ -16,13 +16,14 @@ from urllib.parse import quote, urlencode
 import pandas as pd
 import panel as pn
 
-from node.api_client import ApiClient, ApiError
+from node.client.aio import ApiClient, ApiError
+from node.replica.vocabulary import PRIORITY_MAX, PRIORITY_MIN, TaskState, TaskType
 from ui.charts import STATES
 from ui.render import badge, clock, progress_bar, task_detail
 from ui.tables import LiveTable
 
 PAGE = 50
-TYPES = ["qa", "generate", "retrieve", "ingest", "noop"]
+TYPES = [t.value for t in TaskType]
 SORTS = {
     "newest first": "-submitted",
     "oldest first": "submitted",
@@ -79,7 +80,7 @@ class TasksView:
             pn.widgets.Select,
             "priority",
             name="priority",
-            options=["", *map(str, range(10))],
+            options=["", *map(str, range(PRIORITY_MIN, PRIORITY_MAX + 1))],
             width=80,
         )
         self.f_since = _filter(
@@ -180,7 +181,7 @@ class TasksView:
                 "waited ms": t.get("waited_ms"),
                 "ran ms": t.get("ran_ms"),
                 "progress": progress_bar(t["progress"], t.get("progress_note", ""))
-                if t["state"] == "running"
+                if t["state"] == TaskState.RUNNING
                 else "",
                 "input": t.get("input_excerpt", ""),
             }
@@ -231,10 +232,9 @@ class TasksView:
         for task_id in self.selected_ids():
             try:
                 task = await self.api.request(method, f"/api/v1/tasks/{quote(task_id)}{suffix}")
-                stopping = task["state"] == "running" and task.get("abort_requested")
-                messages.append(
-                    f"{task_id}: {'abort requested; its node stops it' if stopping else task['state']}"
-                )
+                stopping = task["state"] == TaskState.RUNNING and task.get("abort_requested")
+                what = "abort requested; its node stops it" if stopping else task["state"]
+                messages.append(f"{task_id}: {what}")
             except ApiError as exc:  # e.g. 409: the task started meanwhile
                 messages.append(f"{task_id}: {verb} refused: {exc}")
         self.notice.object = html.escape("; ".join(messages)) or "select tasks first (checkboxes)"

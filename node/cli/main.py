@@ -1,0 +1,299 @@
+"""ragraft command line, the argparse front: ``ragraft up | node | init | keys |
+hash-password | version | tui`` here, and the REST client commands (login,
+submit, tasks, show, cancel, abort, retry, kb, status) declared and run by
+`node.cli.parser`.  Heavy imports stay inside the branch that needs them, so that
+a client command starts in well under a second (no torch, no asyncio)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from node import config as cluster_config
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _dist_version
+
+    try:
+        return _dist_version("ragraft")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+def _load(path: str) -> cluster_config.ClusterConfig:
+    try:
+        return cluster_config.load(path)
+    except cluster_config.ConfigError as exc:
+        raise SystemExit(f"ragraft: {exc}") from None
+
+
+def _private_files() -> None:
+    """What a node or the launcher creates (logs, data, secrets) is its owner's alone:
+    0600 files, 0700 directories."""
+    os.umask(0o077)
+
+
+def _secured(config: cluster_config.ClusterConfig) -> cluster_config.ClusterConfig:
+    from node.secrets import with_secrets
+
+    try:
+        return with_secrets(config)
+    except cluster_config.ConfigError as exc:
+        raise SystemExit(f"ragraft: {exc}") from None
+
+
+def _admin_headers(base: str) -> dict[str, str]:
+    """Admin credentials from the environment: RAGRAFT_API_KEY, or RAGRAFT_ADMIN_PASSWORD
+    (exchanged for a token)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("RAGRAFT_API_KEY"):
+        return {"Authorization": f"Bearer {os.environ['RAGRAFT_API_KEY']}"}
+    password = os.environ.get("RAGRAFT_ADMIN_PASSWORD")
+    if not password:
+        raise SystemExit(
+            "ragraft: this needs an admin: set RAGRAFT_API_KEY or RAGRAFT_ADMIN_PASSWORD"
+        )
+    login = urllib.request.Request(
+        f"{base}/api/v1/auth/token",
+        method="POST",
+        data=json.dumps({"username": "admin", "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(login, timeout=30) as response:
+            return {"Authorization": f"Bearer {json.loads(response.read())['access_token']}"}
+    except urllib.error.HTTPError as exc:
+        raise SystemExit(
+            f"ragraft: admin login refused ({exc.code}); check RAGRAFT_ADMIN_PASSWORD"
+        ) from None
+
+
+def _remove_node(config: cluster_config.ClusterConfig, target: str | None, url: str | None) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not target:
+        raise SystemExit("ragraft node remove: say which node, e.g. `ragraft node remove n4`")
+    base = (url or config.nodes[0].api_url).rstrip("/")
+    if not base.startswith("http"):
+        base = "http://" + base
+    request = urllib.request.Request(
+        f"{base}/api/v1/cluster/members/{target}", method="DELETE", headers=_admin_headers(base)
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            view = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read() or b"{}")
+        raise SystemExit(
+            f"ragraft: could not remove {target}: {body.get('error', {}).get('message', exc)}"
+        ) from None
+    except OSError as exc:
+        raise SystemExit(
+            f"ragraft: cannot reach {base}: {exc}; pass --url of a running node"
+        ) from None
+    print(f"removed {target}; voters now {', '.join(view['members']['voters'])}")
+    return 0
+
+
+def _init(config: cluster_config.ClusterConfig, directory: str | None, force: bool) -> int:
+    from pathlib import Path
+
+    from node.secrets import ClusterSecrets, write_bundle
+
+    _private_files()
+    target = Path(directory) if directory else config.secrets_dir
+    try:
+        path = write_bundle(ClusterSecrets.generate(config.name), target, replace_existing=force)
+    except cluster_config.ConfigError as exc:
+        raise SystemExit(f"ragraft: {exc}") from None
+    print(f"wrote the secrets of cluster {config.name!r} to {path} (0600)")
+    print(
+        f"copy {target} to every host, to the same path or one named by RAGRAFT_SECRETS_DIR "
+        "(e.g. scp -rp), and keep it out of version control: whoever has it can join the "
+        "cluster and read its data"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ragraft", description="ragraft distributed RAG cluster")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser(
+        "up", help="start every node of cluster.toml locally, each as its own process"
+    )
+    up.add_argument("--config", default="cluster.toml", help="cluster file (default: cluster.toml)")
+    up.add_argument(
+        "--data-dir", help="keep every node's data under DIR/<id> instead of the file's data_dir"
+    )
+
+    node = sub.add_parser("node", help="run one node of the cluster in this process")
+    node.add_argument(
+        "--config", default="cluster.toml", help="cluster file (default: cluster.toml)"
+    )
+    node.add_argument(
+        "action", nargs="?", choices=["remove"], help="remove: take a node out of the cluster"
+    )
+    node.add_argument("target", nargs="?", help="with remove: the id of the node to remove")
+    node.add_argument("--id", help="node id from the cluster file, e.g. n1")
+    node.add_argument(
+        "--join", metavar="HOST:PORT", help="API address of a member: join the running cluster"
+    )
+    node.add_argument(
+        "--url", help="with remove: API address of a member (default: the first node of the file)"
+    )
+    node.add_argument(
+        "--data-dir", help="keep this node's data under DIR/<id> instead of the file's data_dir"
+    )
+    node.add_argument("--log-level", default="INFO")
+    node.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("RAGRAFT_LOG_FORMAT", "text"),
+        help="json: one object per line, for a log stack",
+    )
+
+    init = sub.add_parser(
+        "init",
+        help="write the cluster's secrets bundle (CURVE keys, encryption key, token secret) "
+        "to copy to every host",
+    )
+    init.add_argument(
+        "--config", default="cluster.toml", help="cluster file (default: cluster.toml)"
+    )
+    init.add_argument(
+        "--secrets-dir", help="write it here instead of the file's [security] secrets_dir"
+    )
+    init.add_argument("--force", action="store_true", help="replace a bundle that is already there")
+
+    sub.add_parser(
+        "keys", help="print new CURVE keys, an encryption key, a token secret and an API key"
+    )
+    hasher = sub.add_parser("hash-password", help="print a password hash for [[security.users]]")
+    hasher.add_argument("--password", help="the password (default: asked for, not echoed)")
+    sub.add_parser("version", help="print the ragraft version")
+    tui = sub.add_parser("tui", help="the terminal UI")
+    tui.add_argument("--config", default="cluster.toml", help="cluster file: its nodes' API URLs")
+    tui.add_argument(
+        "--url", action="append", help="API URL of a node (repeatable); overrides --config"
+    )
+
+    from node.cli.parser import add_parsers
+
+    add_parsers(sub)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "data_dir", None):
+        # Through the environment, so that the nodes `up` starts inherit it.
+        os.environ["RAGRAFT_DATA_DIR"] = os.path.abspath(args.data_dir)
+    if args.command == "version":
+        print(f"ragraft {_version()}")
+        return 0
+    if args.command == "keys":
+        import secrets
+
+        from consensus.cipher import Cipher
+        from consensus.zmq_transport import generate_cluster_keys
+        from node.http.auth import new_api_key
+
+        public, secret = generate_cluster_keys()
+        print(
+            "# paste into [cluster] of cluster.toml "
+            "(or set RAGRAFT_CLUSTER_PUBLIC_KEY / _SECRET_KEY)"
+        )
+        print(f'curve_public_key = "{public}"')
+        print(f'curve_secret_key = "{secret}"')
+        print(
+            "# paste into [security] (or set RAGRAFT_ENCRYPTION_KEY): "
+            "encrypts replicated data at rest"
+        )
+        print(f'encryption_key = "{Cipher.generate_key()}"')
+        print("# also in [security] (or RAGRAFT_TOKEN_SECRET): signs the API's bearer tokens")
+        print(f'token_secret = "{secrets.token_urlsafe(32)}"')
+        key, digest = new_api_key()
+        print(
+            f"# an admin API key for scripts: keep {key} secret "
+            "(send it as Authorization: Bearer ...)"
+        )
+        print(f'# [[security.api_keys]]\n# user = "admin"\n# key_sha256 = "{digest}"')
+        return 0
+    if args.command == "hash-password":
+        import getpass
+
+        from node.http.auth import hash_password
+
+        password = args.password or getpass.getpass("password: ")
+        if len(password) < 8:
+            raise SystemExit("ragraft: use at least 8 characters")
+        print(hash_password(password))
+        return 0
+    if args.command == "init":
+        return _init(_load(args.config), args.secrets_dir, args.force)
+    if args.command == "up":
+        from node.cli.launcher import up as launch
+        from node.secrets import ensure_bundle
+
+        _private_files()
+        config = _load(args.config)
+        try:
+            bundle = ensure_bundle(config)
+        except cluster_config.ConfigError as exc:
+            raise SystemExit(f"ragraft: {exc}") from None
+        if bundle is not None:
+            print(f"cluster secrets: {bundle} (0600; keep it, the data is sealed with it)")
+        return launch(config)
+    if args.command == "node" and args.action == "remove":
+        return _remove_node(_load(args.config), args.target, args.url)
+    if args.command == "node":
+        # Before torch or faiss is imported: OpenMP threads that spin while idle would
+        # steal the CPU the event loop needs for Raft heartbeats.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("TQDM_DISABLE", "1")  # model loading reports its own progress lines
+        import asyncio
+
+        from node.runtime.main import run_node
+
+        if not args.id:
+            parser.error("node: --id is required to run a node")
+        _private_files()
+        config = _secured(_load(args.config))
+        from node.logs import configure
+
+        configure(args.id, args.log_level, args.log_format)
+        try:
+            config.node(args.id)
+        except cluster_config.ConfigError as exc:
+            raise SystemExit(f"ragraft: {exc}") from None
+        asyncio.run(run_node(config, args.id, join=args.join))
+        # What runs after this (joining worker threads at exit) is not ours to time:
+        # this line tells a slow exit from a slow stop.
+        logging.getLogger("ragraft.node").info("node %s: exiting", args.id)
+        return 0
+    if args.command == "tui":
+        from node.cli.parser import targets
+        from node.client.rest import saved_token
+        from tui.app import run as run_tui
+
+        where = targets(args, _load)
+        run_tui(where.urls, saved_token(where.credential_key))
+        return 0
+    if getattr(args, "handler", None):
+        from node.cli.parser import run as run_command
+
+        return run_command(args, _load)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The `ragraft` client commands' arguments and their dispatch.
+
+Each command talks REST to the nodes of cluster.toml (or --url), through
+`node.client.rest.Client`, which fails over between them.  The implementations live
+in `node/cli/commands/` and are imported only when their command runs, so that
+`ragraft --help` and friends start fast.  Every command takes --config, --url,
+--json (print the API's raw JSON, for scripts) and --timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from node.replica.vocabulary import (
+    DEFAULT_PRIORITY,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    SUBMITTABLE_TYPES,
+    SearchMode,
+    TaskState,
+    TaskType,
+)
+
+# path -> node.config.ClusterConfig (exits with a message if bad)
+ConfigLoader = Callable[[str], Any]
+
+MODES = tuple(m.value for m in SearchMode)
+
+
+def _one_of(values: Any) -> str:
+    """`a, b or c`, for help texts."""
+    names = [str(v) for v in values]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the client commands to the `ragraft` subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default="cluster.toml",
+        help="cluster file: its nodes' API URLs (default: cluster.toml)",
+    )
+    common.add_argument(
+        "--url",
+        action="append",
+        metavar="URL",
+        help="API URL of a node, e.g. http://127.0.0.1:8101 (repeatable; overrides --config)",
+    )
+    common.add_argument(
+        "--json", action="store_true", help="print the API's raw JSON (for scripts)"
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="per request and node, before trying the next node (default: 15)",
+    )
+
+    def command(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        handler: str,
+        help_text: str,
+    ) -> argparse.ArgumentParser:
+        parser = parent.add_parser(name, parents=[common], help=help_text, description=help_text)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    p = command(sub, "login", "cluster:login", "log in and keep the token for the other commands")
+    p.add_argument("--user", default="admin", help="user name (default: admin)")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input instead of asking for it",
+    )
+
+    p = command(sub, "submit", "tasks:submit", "submit a task; --wait follows it to its answer")
+    p.add_argument(
+        "text", help="the question (qa, retrieve), the prompt (generate) or a duration in ms (noop)"
+    )
+    p.add_argument(
+        "--type",
+        default=TaskType.QA.value,
+        choices=[t.value for t in SUBMITTABLE_TYPES],
+        help=f"default: {TaskType.QA}",
+    )
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=DEFAULT_PRIORITY,
+        help=f"{PRIORITY_MIN} (lowest) to {PRIORITY_MAX} (most urgent); default {DEFAULT_PRIORITY}",
+    )
+    p.add_argument("--top-k", type=int, help="passages to retrieve")
+    p.add_argument(
+        "--mode", choices=MODES, help="retrieval mode (default: the cluster's [rag] mode)"
+    )
+    p.add_argument("--max-tokens", type=int, help="most new tokens to generate")
+    p.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="show progress until it finishes; print the answer "
+        "(exit 1 if it failed or was cancelled)",
+    )
+
+    p = command(sub, "tasks", "tasks:list_tasks", "list tasks, newest first")
+    p.add_argument(
+        "--state",
+        help=f"{_one_of(TaskState)} (comma-separated for several)",
+    )
+    p.add_argument("--type", help=_one_of(TaskType))
+    p.add_argument("--node", help="the node that ran them, e.g. n2")
+    p.add_argument("--limit", type=int, default=20, help="how many (default: 20)")
+
+    for name, text in (
+        ("show", "a task in full: input, timeline and result"),
+        ("cancel", "cancel a queued task"),
+        ("abort", "stop a running task (a queued one is cancelled)"),
+        ("retry", "resubmit a failed or cancelled task as a new one"),
+    ):
+        command(sub, name, f"tasks:{name}", text).add_argument("id", help="task id")
+
+    kb = sub.add_parser(
+        "kb",
+        help="the knowledge base: add, ls, rm, search",
+        description="the knowledge base: add, ls, rm, search",
+    )
+    actions = kb.add_subparsers(dest="kb_command", required=True, metavar="{add,ls,rm,search}")
+    p = command(actions, "add", "kb:add", "upload files and follow their ingestion")
+    p.add_argument("files", nargs="+", metavar="FILE", help="text, Markdown, HTML or PDF files")
+    p.add_argument("--tags", default="", help="comma-separated tags, e.g. a,b")
+    p.add_argument(
+        "--id", help="document id: replaces that document with a new version (one file only)"
+    )
+    p.add_argument(
+        "--no-wait", action="store_true", help="return once uploaded, without following the ingest"
+    )
+    p = command(actions, "ls", "kb:ls", "list documents")
+    p.add_argument("--state", help="uploaded, ingesting, ready or failed")
+    p.add_argument("--tag", help="only documents with this tag")
+    p = command(actions, "rm", "kb:rm", "delete documents")
+    p.add_argument("ids", nargs="+", metavar="ID", help="document ids (see `ragraft kb ls`)")
+    p = command(actions, "search", "kb:search", "retrieve passages now (no generation)")
+    p.add_argument("query", nargs="+", help="the query")
+    p.add_argument("-k", type=int, default=5, help="how many passages (default: 5)")
+    p.add_argument(
+        "--mode", choices=MODES, help="retrieval mode (default: the cluster's [rag] mode)"
+    )
+    p.add_argument("--tags", help="only passages of documents with these comma-separated tags")
+
+    command(
+        sub,
+        "status",
+        "cluster:status",
+        "the cluster (leader, term, quorum), its nodes and task counts",
+    )
+
+
+@dataclass(frozen=True)
+class Targets:
+    urls: list[str]
+    names: dict[str, str]  # url -> node id, for messages
+    cluster_name: str  # for people
+    credential_key: str  # the credentials file's entry
+
+
+def targets(args: argparse.Namespace, load_config: ConfigLoader) -> Targets:
+    """Where to send requests: --url if given, else every node of --config."""
+    from node.client.rest import normalize_url
+
+    if args.url:
+        urls = [normalize_url(u) for u in args.url]
+        return Targets(urls, {}, urls[0], "url:" + urls[0])
+    config = load_config(args.config)
+    return Targets(
+        [n.api_url for n in config.nodes],
+        {n.api_url: n.id for n in config.nodes},
+        config.name,
+        config.name,
+    )
+
+
+def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
+    """Run the client command `args` names; its exit code."""
+    from node.cli.commands.output import Output
+    from node.client.rest import Client, ClientError, token_source
+
+    where = targets(args, load_config)
+    args.cluster_name, args.credential_key = where.cluster_name, where.credential_key
+    token, _ = token_source(where.credential_key)
+    out = Output(json_mode=args.json)
+    client = Client(where.urls, token, timeout=args.timeout, names=where.names)
+    module, _, function = args.handler.partition(":")
+    handler = getattr(importlib.import_module(f"node.cli.commands.{module}"), function)
+    try:
+        code = handler(client, args, out)
+    except ClientError as exc:
+        if out.json_mode and exc.body is not None:
+            out.json(exc.body)
+        out.note(f"ragraft: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        out.note("\nragraft: interrupted")
+        return 130
+    if client.stale and args.handler != "cluster:status":
+        out.note(
+            f"ragraft: note: {client.label(client.answered_by or '')} has no leader right now; "
+            "its answer may be stale"
+        )
+    return int(code)

@@ -1,0 +1,321 @@
+"""Authentication: salted scrypt password hashes, JWT bearer tokens, API keys.
+
+Every route needs `Authorization: Bearer <token or API key>` except health,
+readiness, metrics, the OpenAPI document and the login route.  The middleware
+puts the caller in `request["user"]` and `request["role"]` (a UserRole).
+
+Who exists: the built-in `admin` (its hash lives in the replicated accounts,
+set at the cluster's first start by node/runtime/housekeeping.py from
+RAGRAFT_ADMIN_PASSWORD or a generated password printed once), users from
+`[[security.users]]`, and API keys (from `[[security.api_keys]]` or created
+through the API; only their SHA-256 is kept).  Reads go to this node's replica
+of the accounts; key changes are proposed as PutKey / DeleteKey.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import hmac
+import secrets
+import time
+from typing import Any
+
+import jwt
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from node.config import SecuritySettings
+from node.http.body import BadBody, read_json_object
+from node.http.errors import Handler, error, propose, write
+from node.ids import new_task_id, now_ms
+from node.replica import commands as c
+from node.replica.accounts import Accounts
+from node.replica.replica import Replica
+from node.replica.vocabulary import MAX_AUTH_BODY_BYTES, UserRole
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v1/auth/token"})
+EVENTS_PATH = "/api/v1/events"
+API_KEY_PREFIX = "rgk_"
+ADMIN = "admin"  # the built-in admin's user name
+# scrypt with n=2**14, r=8: ~16 MiB and tens of ms per check; slow enough to make
+# guessing expensive, fast enough for a login route.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    b64 = base64.urlsafe_b64encode
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = hashed.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.urlsafe_b64decode(digest)
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=base64.urlsafe_b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def new_api_key() -> tuple[str, str]:
+    """A new key and the SHA-256 hex digest that is stored instead of it."""
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, key_digest(key)
+
+
+def key_digest(key: str) -> str:
+    # Keys carry 256 random bits, so a fast hash is enough (no dictionary to guess from).
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def is_admin(request: web.Request) -> bool:
+    role: str = request["role"]  # set by the authentication middleware
+    return role == UserRole.ADMIN
+
+
+class Authenticator:
+    """Who a credential belongs to.  Reads this node's replica of the accounts
+    (the admin's hash, the generated token secret, API keys) and the configured
+    users; never writes."""
+
+    def __init__(self, settings: SecuritySettings, replica: Replica, cluster_name: str) -> None:
+        self.settings = settings
+        self.replica = replica
+        # Tokens name their cluster: one minted by another cluster with the same
+        # secret is not accepted here.
+        self.issuer = f"ragraft:{cluster_name}"
+        self._users = {u.name: u for u in settings.users}
+        self._config_keys = {digest: user for user, digest in settings.api_keys}
+
+    @property
+    def accounts(self) -> Accounts:
+        return self.replica.state.accounts
+
+    @property
+    def secret(self) -> str | None:
+        return self.settings.token_secret or self.accounts.token_secret
+
+    def role_of(self, user: str) -> UserRole | None:
+        if user == ADMIN:
+            return UserRole.ADMIN
+        spec = self._users.get(user)
+        return UserRole(spec.role) if spec is not None else None
+
+    def check_password(self, user: str, password: str) -> UserRole | None:
+        """The user's role if the password is right, else None."""
+        if user == ADMIN:
+            hashed = self.accounts.admin_hash
+            if hashed is None:
+                return None
+            return UserRole.ADMIN if verify_password(password, hashed) else None
+        spec = self._users.get(user)
+        if spec is None:
+            verify_password(password, _dummy_hash())  # same time for unknown users
+            return None
+        return UserRole(spec.role) if verify_password(password, spec.password_hash) else None
+
+    def issue(self, user: str, role: UserRole) -> dict[str, Any]:
+        secret = self.secret
+        if secret is None:
+            raise LookupError("no token secret yet")
+        now = int(time.time())
+        ttl = self.settings.token_ttl_seconds
+        token = jwt.encode(
+            {"sub": user, "role": str(role), "iat": now, "exp": now + ttl, "iss": self.issuer},
+            secret,
+            algorithm="HS256",
+        )
+        return {"access_token": token, "token_type": "bearer", "expires_in": ttl}
+
+    def identify(self, credential: str) -> tuple[str, UserRole] | None:
+        """(user, role) for a bearer token or an API key, else None."""
+        if credential.startswith(API_KEY_PREFIX):
+            return self._identify_key(credential)
+        secret = self.secret
+        if secret is None:
+            return None
+        try:
+            claims = jwt.decode(
+                credential,
+                secret,
+                algorithms=["HS256"],
+                issuer=self.issuer,
+                options={"require": ["sub", "exp", "iss"]},
+            )
+        except jwt.PyJWTError:
+            return None
+        user = claims["sub"]
+        role = self.role_of(user)  # a removed user's old tokens stop working
+        return (user, role) if role is not None else None
+
+    def _identify_key(self, key: str) -> tuple[str, UserRole] | None:
+        digest = key_digest(key)
+        user = self._config_keys.get(digest)
+        if user is None:
+            stored = self.accounts.key_by_digest(digest)
+            user = stored["user"] if stored is not None else None
+        role = self.role_of(user) if user is not None else None
+        return (user, role) if user is not None and role is not None else None
+
+    def middleware(self) -> Middleware:
+        @web.middleware
+        async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path in PUBLIC_PATHS or request.method == "OPTIONS":
+                return await handler(request)
+            header = _authorization(request)
+            scheme, _, credential = header.partition(" ")
+            who = (
+                self.identify(credential.strip())
+                if scheme.lower() == "bearer" and credential
+                else None
+            )
+            if who is None:
+                return _unauthorized(missing=not header)
+            request["user"], request["role"] = who
+            return await handler(request)
+
+        return authenticate
+
+
+def _authorization(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    if not header and request.path == EVENTS_PATH and request.query.get("access_token"):
+        # Browsers' EventSource cannot send headers: the stream accepts the token in the URL.
+        return "Bearer " + request.query["access_token"]
+    return header
+
+
+def _unauthorized(missing: bool) -> web.Response:
+    message = (
+        "missing bearer token: log in with POST /api/v1/auth/token {username, password} "
+        "and send Authorization: Bearer <access_token> (or an API key)"
+        if missing
+        else "invalid or expired token: log in again"
+    )
+    response = error(401, "unauthorized", message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="ragraft"'
+    return response
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked against for an unknown user, so that its login takes as long as a
+    known user's (made once: hashing it is as slow as a check)."""
+    return hash_password("x", b"0" * 16)
+
+
+class AuthAPI:
+    """/api/v1/auth: login, who am I, and API keys (created and revoked through the log)."""
+
+    def __init__(self, auth: Authenticator, replica: Replica) -> None:
+        self.auth = auth
+        self.replica = replica
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/api/v1/auth/token", self.login)
+        app.router.add_get("/api/v1/auth/me", self.me)
+        app.router.add_post("/api/v1/auth/keys", self.create_key)
+        app.router.add_get("/api/v1/auth/keys", self.list_keys)
+        app.router.add_delete("/api/v1/auth/keys/{id}", self.delete_key)
+
+    async def login(self, request: web.Request) -> web.Response:
+        try:
+            # public: a stranger's body, so the small bound
+            body = await read_json_object(
+                request, MAX_AUTH_BODY_BYTES, hint='send JSON {"username", "password"}'
+            )
+        except BadBody as exc:
+            return exc.response()
+        if not isinstance(body.get("username"), str) or not isinstance(body.get("password"), str):
+            return error(422, "invalid", "username and password must be strings", field="username")
+        user = body["username"]
+        # scrypt takes tens of milliseconds: off the event loop.
+        role = await asyncio.get_running_loop().run_in_executor(
+            None, self.auth.check_password, user, body["password"]
+        )
+        if role is None:
+            if self.auth.accounts.admin_hash is None and user == ADMIN:
+                return error(
+                    503,
+                    "initialising",
+                    "the cluster has not set up its admin account yet "
+                    "(it needs a leader); retry in a few seconds",
+                )
+            return error(401, "bad_credentials", "wrong username or password")
+        try:
+            return web.json_response(self.auth.issue(user, role))
+        except LookupError:
+            return error(
+                503, "initialising", "the cluster has no token secret yet; retry in a few seconds"
+            )
+
+    async def me(self, request: web.Request) -> web.Response:
+        return web.json_response({"user": request["user"], "role": request["role"]})
+
+    async def create_key(self, request: web.Request) -> web.Response:
+        try:  # no body: a key for the caller, without a label
+            body = (
+                await read_json_object(request, MAX_AUTH_BODY_BYTES)
+                if request.can_read_body
+                else {}
+            )
+        except BadBody as exc:
+            return exc.response()
+        user = request["user"]
+        label, owner = body.get("label", ""), body.get("user", user)
+        if not isinstance(label, str) or not isinstance(owner, str):
+            return error(422, "invalid", "label and user must be strings", field="user")
+        if owner != user:
+            if not is_admin(request):
+                return error(403, "forbidden", "only an admin can create keys for another user")
+            if self.auth.role_of(owner) is None:
+                return error(422, "invalid", f"no user {owner!r}", field="user")
+        key, digest = new_api_key()
+        cmd = c.PutKey(
+            key_id="key-" + new_task_id().lower(),
+            user=owner,
+            sha256=digest,
+            at=now_ms(),
+            label=label,
+        )
+        outcome = await propose(self.replica, cmd)
+        if outcome.failure is not None:
+            return outcome.failure
+        return web.json_response(
+            {**outcome.result, "key": key, "note": "shown once: only its SHA-256 is kept"},
+            status=201,
+        )
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        keys = [
+            {k: v for k, v in key.items() if k != "sha256"}
+            for key in self.auth.accounts.keys.values()
+            if is_admin(request) or key["user"] == request["user"]
+        ]
+        return web.json_response({"items": keys})
+
+    async def delete_key(self, request: web.Request) -> web.Response:
+        # A user may revoke only their own keys: the state machine checks the owner
+        # (answering not_found for another user's key, which it does not reveal).
+        cmd = c.DeleteKey(
+            key_id=request.match_info["id"],
+            at=now_ms(),
+            user=None if is_admin(request) else request["user"],
+        )
+        return await write(self.replica, cmd)

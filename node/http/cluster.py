@@ -1,0 +1,208 @@
+"""The cluster routes: nodes, the Raft view, membership changes and health.
+
+Membership changes go through the Replica (add_member, remove_member); only the
+leader can make them, so a node that is not the leader passes the request on to
+the one it knows.  What the replica raises is answered with node/http/errors.py's
+mapping: a refused change (another one in progress, an invalid one) is a 409, a
+change that could not be committed a 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
+
+from aiohttp import ClientSession, web
+
+from node.config import ClusterConfig
+from node.gossip.history import MetricsHistory
+from node.http import errors
+from node.http.body import BadBody, read_bounded, read_json_object
+from node.http.errors import error
+from node.replica.refusal import Refused
+from node.replica.replica import NoQuorum, NotLeader, Replica
+from node.replica.vocabulary import MAX_JSON_BODY_BYTES
+from node.secrets import insecurity
+
+
+class Membership(Protocol):
+    """What the routes read of gossip (node/gossip/driver.py's Gossip)."""
+
+    def snapshot(self) -> Mapping[str, dict[str, Any]]: ...
+
+
+class ModelStatus(Protocol):
+    """What /readyz reads of the RAG service (node/execution/rag_service.py)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def status(self) -> Any: ...  # ModelStatus: .to_dict()
+
+
+def cluster_view(replica: Replica) -> dict[str, Any]:
+    status = replica.status()
+    return {
+        "node": replica.node_id,
+        "leader": status["leader"],
+        "role": status["role"],
+        "term": status["term"],
+        "commit_index": status["commit"],
+        "applied_index": status["applied"],
+        "members": {
+            "voters": status["voters"],
+            "learners": status["learners"],
+            "addresses": status["addresses"],
+        },
+        "quorum": status["leader"] is not None,
+    }
+
+
+def _raft_role(status: dict[str, Any], node_id: str) -> str | None:
+    if status["leader"] == node_id:
+        return "leader"
+    if node_id in status["learners"]:
+        return "learner"
+    return "follower" if node_id in status["voters"] else None
+
+
+class ClusterAPI:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        replica: Replica,
+        gossip: Membership,
+        rag: ModelStatus,
+        history: MetricsHistory | None = None,
+    ) -> None:
+        self.config = config
+        self.replica = replica
+        self.gossip = gossip
+        self.rag = rag
+        self.history = history
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/nodes", self.nodes)
+        app.router.add_get("/api/v1/nodes/history", self.nodes_history)
+        app.router.add_get("/api/v1/cluster", self.cluster)
+        app.router.add_post("/api/v1/cluster/members", self.add_member)
+        app.router.add_delete("/api/v1/cluster/members/{id}", self.remove_member)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+
+    # ------------------------------------------------------------ reads
+    async def nodes(self, _: web.Request) -> web.Response:
+        status = self.replica.status()
+        tasks = self.replica.state.tasks
+        known = tasks.nodes
+        table = self.gossip.snapshot()
+        items = []
+        for node_id in sorted(
+            set(status["voters"]) | set(status["learners"]) | set(known) | set(table)
+        ):
+            info = known.get(node_id, {})
+            member = table.get(node_id, {})
+            items.append(
+                {
+                    "id": node_id,
+                    "raft_address": status["addresses"].get(node_id),
+                    "gossip_address": member.get("address"),
+                    "status": member.get("status", "unknown"),
+                    "status_since_unix_ms": member.get("status_since_unix_ms"),
+                    "raft_role": _raft_role(status, node_id),
+                    "slots": info.get("slots"),
+                    "running": tasks.running_on(node_id),
+                    "metrics": member.get("meta", {}),
+                }
+            )
+        return web.json_response({"items": items})
+
+    async def nodes_history(self, _: web.Request) -> web.Response:
+        series = self.history.series() if self.history is not None else {}
+        period = self.history.period_s if self.history is not None else None
+        return web.json_response({"period_s": period, "nodes": series})
+
+    async def cluster(self, _: web.Request) -> web.Response:
+        return web.json_response(cluster_view(self.replica))
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "node": self.replica.node_id})
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        # Ready = a leader is known and the models are loaded (or loading is off).
+        leader = self.replica.leader
+        ready = leader is not None and self.rag.ready
+        body: dict[str, Any] = {
+            "ready": ready,
+            "leader": leader,
+            "models": self.rag.status.to_dict(),
+        }
+        if self.config.insecure:  # a load balancer's check shows it, every time
+            body["insecure"] = insecurity(self.config)
+        return web.json_response(body, status=200 if ready else 503)
+
+    # ------------------------------------------------------------ membership
+    async def add_member(self, request: web.Request) -> web.Response:
+        refused = _admins_only(request)
+        if refused is not None:
+            return refused
+        if not self.replica.is_leader:
+            return await self._forward_to_leader(request, self.replica.leader)
+        try:
+            body = await read_json_object(request, MAX_JSON_BODY_BYTES)
+        except BadBody as exc:
+            return exc.response()
+        node, address = body.get("id"), body.get("raft_address")
+        if not isinstance(node, str) or not isinstance(address, str):
+            return error(422, "invalid", "give the new node's id and raft_address", field="id")
+        return await self._change(request, self.replica.add_member(node, address))
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        refused = _admins_only(request)
+        if refused is not None:
+            return refused
+        if not self.replica.is_leader:
+            return await self._forward_to_leader(request, self.replica.leader)
+        return await self._change(request, self.replica.remove_member(request.match_info["id"]))
+
+    async def _change(self, request: web.Request, change: Awaitable[None]) -> web.Response:
+        """Wait for a membership change; answer the cluster as it is after it."""
+        # (Not errors.propose: a membership change is not a command of the log's
+        # state machines, but its refusals answer through the same mapping.)
+        try:
+            await change
+        except NotLeader as exc:  # leadership moved while the change was being made
+            return await self._forward_to_leader(request, exc.leader)
+        except Refused as exc:
+            return errors.refusal_response(exc.refusal)
+        except NoQuorum as exc:
+            return errors.no_quorum_response(exc)
+        return web.json_response(cluster_view(self.replica))
+
+    async def _forward_to_leader(self, request: web.Request, leader: str | None) -> web.Response:
+        # Only the leader may change the membership: pass the request on, credentials included.
+        url = next((n.api_url for n in self.config.nodes if n.id == leader), None)
+        if url is None:
+            return error(503, "no_leader", "no leader is known; retry shortly")
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": request.headers.get("Authorization", ""),
+        }
+        try:  # the leader refuses a larger body: do not buffer one here to pass it on
+            data = await read_bounded(request, MAX_JSON_BODY_BYTES)
+        except BadBody as exc:
+            return exc.response()
+        async with (
+            ClientSession() as session,
+            session.request(request.method, url + request.path_qs, data=data, headers=headers) as r,
+        ):
+            return web.Response(
+                body=await r.read(), status=r.status, content_type="application/json"
+            )
+
+
+def _admins_only(request: web.Request) -> web.Response | None:
+    if request["role"] != "admin":
+        return error(403, "forbidden", "only an admin can change the cluster's membership")
+    return None

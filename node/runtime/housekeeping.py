@@ -1,0 +1,101 @@
+"""The leader's chores, each a loop that commits a command now and then.
+
+- sweep_expired: finished tasks past the retention period go (R10); the cut-off
+  time travels in the command, so every node removes the same set;
+- requeue_dead_nodes: a node gossip has confirmed dead gets its running tasks
+  requeued (a scan, not a reaction to events, so a leader elected after the
+  death still does it);
+- initialise_accounts: the first leader of a new cluster sets the admin password
+  (and the token secret when none is configured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from node.config import SecuritySettings, TaskSettings
+from node.gossip.driver import Gossip
+from node.http.auth import hash_password
+from node.ids import now_ms
+from node.replica.commands import Expire, InitAccounts, NodeStatus
+from node.replica.refusal import Refused
+from node.replica.replica import NoQuorum, Replica
+
+log = logging.getLogger("ragraft.node")
+
+
+async def sweep_expired(replica: Replica, settings: TaskSettings) -> None:
+    while True:
+        await asyncio.sleep(settings.sweep_seconds)
+        if not replica.is_leader:
+            continue
+        try:
+            result = await replica.propose(
+                Expire(before=now_ms() - settings.retention_seconds * 1000)
+            )
+        except (NoQuorum, Refused) as exc:
+            log.warning("could not expire old tasks: %s", exc)
+            continue
+        if result.get("expired"):
+            log.info("expired %d finished tasks", result["expired"])
+
+
+async def requeue_dead_nodes(replica: Replica, gossip: Gossip, interval: float = 0.5) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        if not replica.is_leader:
+            continue
+        members = gossip.members()
+        for node_id, info in list(replica.state.tasks.nodes.items()):
+            member = members.get(node_id)
+            if member is None or not info.get("alive", True):
+                continue
+            status = str(getattr(member.status, "value", member.status))
+            if status not in ("dead", "left"):
+                continue
+            try:
+                result = await replica.propose(NodeStatus(node_id, now_ms(), alive=False))
+            except (NoQuorum, Refused) as exc:
+                log.warning("could not record that node %s is dead: %s", node_id, exc)
+                continue
+            log.warning(
+                "node %s is %s: requeued its tasks %s", node_id, status, result.get("requeued")
+            )
+
+
+async def initialise_accounts(
+    replica: Replica, settings: SecuritySettings, node_id: str, interval: float = 0.5
+) -> None:
+    """The command is made once and re-sent unchanged until the accounts are set
+    up: a copy that committed although its proposal timed out is recognised by
+    its hash, and only the node whose hash won prints its password."""
+    accounts = replica.state.accounts
+    cmd: InitAccounts | None = None
+    password = settings.admin_password or secrets.token_urlsafe(12)
+    while not accounts.initialized:
+        await asyncio.sleep(interval)
+        if not replica.is_leader or accounts.initialized:
+            continue
+        if cmd is None:
+            hashed = await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
+            cmd = InitAccounts(
+                admin_hash=hashed,
+                at=now_ms(),
+                token_secret=None if settings.token_secret else secrets.token_urlsafe(32),
+            )
+        try:
+            await replica.propose(cmd)
+        except (NoQuorum, Refused) as exc:
+            log.warning("could not initialise the admin account yet: %s", exc)
+    if (
+        cmd is not None
+        and accounts.admin_hash == cmd.admin_hash
+        and settings.admin_password is None
+    ):
+        print(
+            f"node {node_id}: the admin password is {password} (shown once, only its hash is "
+            "kept; set RAGRAFT_ADMIN_PASSWORD to choose it)",
+            flush=True,
+        )

@@ -1,0 +1,247 @@
+"""One ragraft node process, wired from cluster.toml: the composition root.
+
+The replica (node/replica: the node state, replicated by the Raft driver with
+durable stores under the node's data_dir, ZeroMQ transport, CURVE when the
+cluster has keys); the executor claims and runs tasks; gossip spreads liveness
+and metrics; the RAG service loads the models and adds the RAG task types; the
+REST API serves /api/v1 on api_port, the dashboard its own port.  This is the
+only module that builds the Raft driver: everything else goes through Replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from consensus.cipher import Cipher
+from consensus.driver import NodeOptions, RaftNode
+from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
+from consensus.tuning import tune_gc
+from consensus.zmq_transport import CurveKeys, ZmqTransport
+from node.config import ClusterConfig, ConfigError
+from node.execution.executor import Executor, NoopRunner
+from node.execution.rag_service import RagService, import_libraries
+from node.gossip.driver import Gossip
+from node.gossip.history import MetricsHistory
+from node.gossip.metrics import NodeMetrics
+from node.http.app import build_http
+from node.http.events import EventHub
+from node.http.metrics import MetricsExporter
+from node.rag.knowledge import KnowledgeBase
+from node.replica.replica import Replica
+from node.replica.state import NodeState
+from node.replica.tasks import RetryPolicy, TaskQueue
+from node.replica.vocabulary import TaskType
+from node.runtime.housekeeping import initialise_accounts, requeue_dead_nodes, sweep_expired
+from node.runtime.join import ask_to_join
+from node.secrets import insecurity
+
+log = logging.getLogger("ragraft.node")
+SLOW_STOP_S = 2.0  # a part that takes longer to stop is named in a warning
+
+
+def _curve_keys(config: ClusterConfig) -> CurveKeys | None:
+    """The cluster's CURVE key pair, None when CURVE is off.  load_config refuses a
+    file that sets only one of the two keys, so a public key comes with its secret."""
+    if not config.curve_enabled:
+        return None
+    if config.curve_public is None or config.curve_secret is None:
+        raise ConfigError(
+            f"{config.path}: cluster.curve_public_key is set without curve_secret_key"
+        )
+    return CurveKeys.cluster(config.curve_public, config.curve_secret)
+
+
+def build_replica(
+    config: ClusterConfig, node_id: str, state: NodeState, joining: bool = False
+) -> Replica:
+    spec = config.node(node_id)
+    raft_dir = spec.data_dir / "raft"
+    raft_dir.mkdir(parents=True, exist_ok=True)
+    known = {n.id: n.raft_address for n in config.nodes}
+    # Nodes marked join = true were added after the cluster's first start: they
+    # are not in the bootstrap membership and learn everything from the leader.
+    initial = (
+        {} if spec.join or joining else {n.id: n.raft_address for n in config.nodes if not n.join}
+    )
+    options = NodeOptions(
+        id=node_id,
+        initial_members=initial,
+        known_addresses=known,
+        tick_ms=config.raft.tick_ms,
+        election_ticks=config.raft.election_ticks,
+        heartbeat_ticks=config.raft.heartbeat_ticks,
+        snapshot_entries=config.raft.snapshot_entries,
+        cipher=Cipher.from_base64(config.encryption_key) if config.encryption_key else None,
+    )
+    curve = _curve_keys(config)
+    transport = ZmqTransport(node_id, spec.raft_address, curve)
+    raft = RaftNode(
+        options,
+        state,
+        FileLogStore(raft_dir / "log", segment_bytes=config.raft.segment_bytes),
+        FileStableStore(raft_dir / "state"),
+        FileSnapshotStore(raft_dir / "snapshots"),
+        transport,
+    )
+    return Replica(raft, state)
+
+
+async def run_node(config: ClusterConfig, node_id: str, join: str | None = None) -> None:
+    spec = config.node(node_id)
+    if join is not None and not (
+        os.environ.get("RAGRAFT_API_KEY") or config.security.admin_password
+    ):
+        raise SystemExit(
+            f"node {node_id}: to join a cluster a node needs admin credentials: "
+            "set RAGRAFT_API_KEY to an admin's API key (POST /api/v1/auth/keys) "
+            "or RAGRAFT_ADMIN_PASSWORD"
+        )
+    for warning in insecurity(config):  # on every start, not only the first
+        log.warning("node %s: INSECURE: %s (insecure = true in [security])", node_id, warning)
+    spec.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(spec.data_dir, 0o700)  # a data dir made before secure defaults was 0755
+    settings = config.tasks
+    dashboard = os.environ.get("RAGRAFT_DASHBOARD", "1") != "0"
+    if config.models.load:
+        import_libraries(node_id)
+    if dashboard:
+        import ui.app  # noqa: F401  (Panel and Bokeh: a few seconds of imports, done before Raft starts)
+    kb = KnowledgeBase(index_kind=config.rag.index)
+    state = NodeState(TaskQueue(RetryPolicy(settings.max_attempts, settings.retry_backoff_ms)), kb)
+    replica = build_replica(config, node_id, state, joining=join is not None)
+    await replica.start()
+    slots = spec.slots or settings.slots
+    executor = Executor(replica, node_id, slots, {TaskType.NOOP: NoopRunner()})
+    state.listen(executor.on_apply)
+    await executor.start()
+    rag = RagService(node_id, kb, config.models, config.rag, spec.data_dir, executor, replica)
+    events = EventHub(node_id, state)
+    state.listen(events.on_apply)
+    curve = _curve_keys(config)
+    sample = NodeMetrics(
+        runtime=lambda: {
+            **executor.status(),
+            "models": rag.status.state,
+            "generator": rag.status.generator,
+            "raft": replica.brief(),
+        }
+    )
+    gossip = Gossip(
+        node_id,
+        spec.gossip_address,
+        {n.id: n.gossip_address for n in config.nodes if n.id != node_id},
+        sample,
+        events.on_gossip,
+        curve=curve,
+    )
+    await gossip.start()
+    metrics = MetricsExporter(node_id, replica, executor, gossip, rag, sample)
+    history = MetricsHistory(gossip.snapshot)
+    state.listen(metrics.on_apply)
+    background = [
+        asyncio.create_task(sweep_expired(replica, settings), name="housekeeper"),
+        asyncio.create_task(history.run(), name="metrics-history"),
+        asyncio.create_task(requeue_dead_nodes(replica, gossip), name="failover"),
+        asyncio.create_task(events.publish_cluster(replica.status), name="cluster-events"),
+        asyncio.create_task(
+            initialise_accounts(replica, config.security, node_id), name="accounts"
+        ),
+    ]
+    runner = web.AppRunner(
+        build_http(config, replica, executor, gossip, rag, events, metrics, history),
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, spec.host, spec.api_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await executor.stop()
+        await replica.stop()
+        raise SystemExit(
+            f"node {node_id}: cannot listen on {spec.host}:{spec.api_port} ({exc.strerror}); "
+            f"is another ragraft running? stop it or change nodes.api_port"
+        ) from None
+    print(f"node {node_id}: raft {spec.raft_address}, api {spec.api_url}", flush=True)
+    stop_dashboard = None
+    if dashboard:
+        from ui.server import start_dashboard
+
+        peers = {n.id: n.dashboard_url for n in config.nodes if n.id != node_id}
+        try:
+            stop_dashboard = await start_dashboard(
+                node_id, spec.host, spec.dashboard_port, spec.api_url, peers, insecurity(config)
+            )
+            print(f"node {node_id}: dashboard {spec.dashboard_url}", flush=True)
+        except OSError as exc:
+            log.error(
+                "dashboard not started: cannot listen on %s:%d (%s); change nodes.dashboard_port",
+                spec.host,
+                spec.dashboard_port,
+                exc.strerror,
+            )
+    tune_gc()
+    # Only now: the loader thread's imports (torch, transformers) would otherwise
+    # hold up the start of the API for as long as the models take.
+    await rag.start()
+    if join is not None:
+        background.append(
+            asyncio.create_task(
+                ask_to_join(join, node_id, spec.raft_address, config.security), name="join"
+            )
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("node %s stopping", node_id)
+    for task in background:
+        task.cancel()
+    steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("executor", executor.stop),  # first, while Raft can still commit the hand-back
+        ("dashboard", stop_dashboard or _nothing),
+        ("gossip", gossip.stop),
+        ("api", runner.cleanup),
+        ("models", _as_async(rag.close)),
+        ("raft", replica.stop),
+    ]
+    await _stop_in_order(node_id, steps)
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _as_async(close: Callable[[], object]) -> Callable[[], Awaitable[object]]:
+    async def run() -> object:
+        return close()
+
+    return run
+
+
+async def _stop_in_order(
+    node_id: str, steps: list[tuple[str, Callable[[], Awaitable[object]]]]
+) -> None:
+    """Each part stops in turn; how long each took is logged, so a slow stop says
+    which part held it up (an operator's supervisor kills a node that takes too long)."""
+    loop = asyncio.get_running_loop()
+    took: list[str] = []
+    started = loop.time()
+    for name, stop_part in steps:
+        t0 = loop.time()
+        try:
+            await stop_part()
+        except Exception:
+            log.exception("stopping %s failed; stopping the rest", name)
+        elapsed = loop.time() - t0
+        took.append(f"{name} {elapsed:.2f} s")
+        if elapsed > SLOW_STOP_S:
+            log.warning("stopping %s took %.1f s", name, elapsed)
+    log.info("node %s stopped in %.2f s (%s)", node_id, loop.time() - started, ", ".join(took))

@@ -1,0 +1,423 @@
+"""node/replica/codec.py: every command round-trips; anything else is a CodecError;
+entries of the previous release ({"op": ...} maps) still read."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.rag.knowledge import KnowledgeBase
+from node.replica import codec
+from node.replica import commands as c
+from node.replica.refusal import Refusal, RefusalCode
+from node.replica.state import NodeState
+from node.replica.tasks import TaskQueue
+from node.replica.vocabulary import SearchMode, TaskParams, TaskType
+
+text = st.text(max_size=20)
+ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+ints = st.integers(min_value=0, max_value=2**53)
+ms = st.integers(min_value=0, max_value=2**45)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+objects = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
+params = st.builds(
+    TaskParams,
+    top_k=st.none() | st.integers(1, 100),
+    mode=st.none() | st.sampled_from(SearchMode),
+    min_score=st.none() | st.floats(-1e9, 1e9),
+    doc_ids=st.none() | st.lists(ids, max_size=3).map(tuple),
+    tags=st.none() | st.lists(ids, max_size=3).map(tuple),
+    max_new_tokens=st.none() | st.integers(1, 2048),
+    temperature=st.none() | st.floats(0.0, 5.0),
+    top_p=st.none() | st.floats(1e-6, 1.0),
+    stop=st.none() | st.lists(text, max_size=8).map(tuple),
+    seed=st.none() | st.integers(0, 2**63 - 1),
+)
+task_types = st.sampled_from(TaskType)
+maybe = st.none
+
+STRATEGIES = {
+    c.Submit: st.builds(
+        c.Submit,
+        task_id=ids,
+        type=task_types,
+        input=objects,
+        params=params,
+        owner=text,
+        at=ms,
+        priority=st.integers(0, 9),
+        max_attempts=maybe() | st.integers(1, 10),
+        idem_key=maybe() | text,
+        fingerprint=maybe() | text,
+    ),
+    c.Claim: st.builds(
+        c.Claim,
+        node=ids,
+        slots=st.integers(1, 64),
+        at=ms,
+        max=st.integers(1, 64),
+        types=maybe() | st.lists(task_types, max_size=5).map(tuple),
+        fair_window_ms=ints,
+    ),
+    c.Progress: st.builds(
+        c.Progress, task_id=ids, attempt=ints, node=ids, progress=st.floats(0, 1), note=text
+    ),
+    c.Complete: st.builds(c.Complete, task_id=ids, attempt=ints, node=ids, at=ms, result=objects),
+    c.Fail: st.builds(
+        c.Fail,
+        task_id=ids,
+        attempt=ints,
+        node=ids,
+        at=ms,
+        error=text,
+        retryable=st.booleans(),
+        aborted=st.booleans(),
+    ),
+    c.Release: st.builds(c.Release, task_id=ids, attempt=ints, node=ids, at=ms, reason=text),
+    c.Cancel: st.builds(c.Cancel, task_id=ids, at=ms, by=text, owner=maybe() | text),
+    c.Abort: st.builds(c.Abort, task_id=ids, at=ms, by=text, owner=maybe() | text),
+    c.Expire: st.builds(c.Expire, before=ms),
+    c.NodeStatus: st.builds(
+        c.NodeStatus, node=ids, at=ms, alive=st.booleans(), slots=maybe() | st.integers(0, 256)
+    ),
+    c.RequeueNode: st.builds(c.RequeueNode, node=ids, at=ms, reason=text),
+    c.Upload: st.builds(
+        c.Upload,
+        doc=st.builds(
+            c.DocumentUpload,
+            doc_id=ids,
+            title=text,
+            source=text,
+            media_type=text,
+            tags=st.lists(ids, max_size=3).map(tuple),
+            data=st.binary(max_size=64),
+        ),
+        task_id=ids,
+        owner=text,
+        at=ms,
+        priority=st.integers(0, 9),
+        idem_key=maybe() | text,
+        fingerprint=maybe() | text,
+    ),
+    c.PutChunks: st.builds(
+        c.PutChunks,
+        doc_id=ids,
+        version=st.integers(1, 1000),
+        batch_no=st.integers(0, 1000),
+        chunks=st.lists(
+            st.builds(c.Chunk, ordinal=ints, page=st.integers(1, 999), text=text), max_size=3
+        ).map(tuple),
+        vectors=st.binary(max_size=48),
+        n_batches=maybe() | st.integers(1, 100),
+    ),
+    c.FinishIngest: st.builds(c.FinishIngest, doc_id=ids, version=ints, node=ids, at=ms),
+    c.FailIngest: st.builds(c.FailIngest, doc_id=ids, version=ints, error=text, at=ms),
+    c.DeleteDocument: st.builds(c.DeleteDocument, doc_id=ids, at=ms),
+    c.SetEnabled: st.builds(c.SetEnabled, doc_id=ids, enabled=st.booleans(), at=ms),
+    c.InitAccounts: st.builds(c.InitAccounts, admin_hash=text, at=ms, token_secret=maybe() | text),
+    c.PutKey: st.builds(c.PutKey, key_id=ids, user=text, sha256=text, at=ms, label=text),
+    c.DeleteKey: st.builds(c.DeleteKey, key_id=ids, at=ms, user=maybe() | text),
+}
+
+
+def test_every_command_has_a_tag_and_a_strategy():
+    assert set(codec.TAGS) == set(STRATEGIES)
+    assert len(set(codec.TAGS.values())) == len(codec.TAGS)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(*STRATEGIES.values()))
+def test_every_command_round_trips(cmd):
+    data = codec.encode(cmd)
+    assert codec.decode(data) == cmd
+    assert codec.encode(codec.decode(data)) == data  # one form, byte for byte
+
+
+def test_defaults_are_left_out_of_the_entry():
+    cmd = c.Claim("n1", 2, 1_700_000_000_000)
+    assert msgpack.unpackb(codec.encode(cmd)) == [
+        1,
+        "claim",
+        {"node": "n1", "slots": 2, "at": 1_700_000_000_000},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xc1", "not msgpack"),
+        (msgpack.packb([2, "claim", {}]), "version 2"),
+        (msgpack.packb([1, "drop_tables", {}]), "unknown command 'drop_tables'"),
+        (msgpack.packb([1, "claim", {"node": "n1", "at": 1}]), "missing field 'slots'"),
+        (
+            msgpack.packb([1, "claim", {"node": "n1", "slots": 1, "at": 1, "evil": 1}]),
+            "unknown field 'evil'",
+        ),
+        (msgpack.packb([1, "claim", {"node": 7, "slots": 1, "at": 1}]), "expected str"),
+        (msgpack.packb([1, "claim", {"node": "n", "slots": True, "at": 1}]), "expected an integer"),
+        (
+            msgpack.packb([1, "claim", {"node": "n", "slots": 1, "at": 1, "types": ["x"]}]),
+            "unknown TaskType",
+        ),
+        (
+            msgpack.packb(
+                [
+                    1,
+                    "submit",
+                    {
+                        "task_id": "t",
+                        "type": "qa",
+                        "input": {},
+                        "owner": "",
+                        "at": 1,
+                        "params": {"top_k": 10**6},
+                    },
+                ]
+            ),
+            "params.top_k must be",
+        ),
+        (msgpack.packb({"op": "drop_tables"}), "unknown command"),
+        (msgpack.packb({"op": "claim"}), "malformed claim"),
+        (msgpack.packb("hello"), "not a [version, tag, fields]"),
+    ],
+)
+def test_anything_else_is_a_codec_error_that_says_why(data, reason):
+    with pytest.raises(codec.CodecError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        codec.decode(data)
+
+
+def test_entries_of_the_previous_release_still_read():
+    # Deliberately legacy: {"op": ...} maps are what the previous release logged.
+    legacy = {
+        "op": "submit",
+        "id": "t1",
+        "type": "qa",
+        "owner": "alice",
+        "at": 5,
+        "priority": 7,
+        "input": {"query": "why?"},
+        "params": {"top_k": 3, "unknown": 1, "temperature": 99},
+    }
+    cmd = codec.decode(msgpack.packb(legacy))
+    assert cmd == c.Submit("t1", TaskType.QA, {"query": "why?"}, TaskParams(top_k=3), "alice", 5, 7)
+    chunks = {
+        "op": "kb.put_chunks",
+        "doc_id": "d",
+        "version": 1,
+        "batch_no": 0,
+        "chunks": [{"ordinal": 0, "page": 2, "text": "x"}],
+        "vectors": b"\0" * 4,
+    }
+    assert codec.decode(msgpack.packb(chunks, use_bin_type=True)).chunks == (c.Chunk(0, 2, "x"),)
+    for op in (
+        "claim",
+        "complete",
+        "fail",
+        "cancel",
+        "abort",
+        "expire",
+        "node",
+        "requeue_node",
+        "kb.upload",
+        "kb.finish_ingest",
+        "kb.fail_ingest",
+        "kb.delete",
+        "kb.set_enabled",
+        "auth.init",
+        "auth.put_key",
+        "auth.delete_key",
+        "progress",
+        "release",
+    ):
+        assert op in codec._LEGACY
+
+
+def test_a_refusal_survives_the_session_tables_wire_form():
+    refusal = Refusal(RefusalCode.CONFLICT, "t1 is running", {"state": "running"})
+    wire = codec.outcome_to_wire(refusal)
+    assert codec.outcome_from_wire(msgpack.unpackb(msgpack.packb(wire))) == refusal
+    result = {"id": "t1", "state": "queued"}
+    assert codec.outcome_from_wire(codec.outcome_to_wire(result)) is result
+
+
+def test_commands_are_frozen_values():
+    cmd = c.Expire(5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cmd.before = 6  # type: ignore[misc]
+    assert c.Expire(5) == cmd and hash(c.Expire(5)) == hash(cmd)
+
+
+# ---------------------------------------------------------------------- garbage
+wire_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=10)
+    | st.binary(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+field_names = st.sampled_from(
+    sorted({f.name for cls in codec.TAGS for f in dataclasses.fields(cls)} | {"op", "id"})
+)
+# Well-formed envelopes around wrong fields: a known tag, fields of the right names
+# with values of any type (most are wrong), or an {"op": ...} map of the previous
+# release with the same.
+envelopes = st.one_of(
+    st.tuples(
+        st.just(codec.CODEC_VERSION),
+        st.sampled_from(sorted(codec.TAGS.values())),
+        st.dictionaries(field_names, wire_values, max_size=8),
+    ).map(list),
+    st.builds(
+        lambda op, rest: {**rest, "op": op},
+        st.sampled_from(sorted(codec._LEGACY)),
+        st.dictionaries(field_names, wire_values, max_size=8),
+    ),
+    wire_values,
+)
+
+
+def _decodes_or_codec_error(data: bytes) -> None:
+    try:
+        cmd = codec.decode(data)
+    except codec.CodecError:
+        return
+    assert type(cmd) in codec.TAGS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_garbage_bytes_are_a_codec_error(data):
+    _decodes_or_codec_error(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(envelopes)
+def test_wrong_field_types_are_a_codec_error(value):
+    _decodes_or_codec_error(msgpack.packb(value, use_bin_type=True))
+
+
+def _wrong_values(hint: Any) -> list[Any]:
+    """Wire values that are not of type `hint` (None is right for an optional)."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        inner = next(a for a in typing.get_args(hint) if a is not type(None))
+        return [v for v in _wrong_values(inner) if v is not None]
+    if hint is bool:
+        return [1, "true", None]
+    if hint is int:
+        return ["7", 2.5, True, None]
+    if hint is float:
+        return ["x", True, None, float("nan")]
+    if hint is str:
+        return [7, b"x", None, ["x"]]
+    if hint is bytes:
+        return ["x", 7, None]
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return ["no-such-value", 1, None]
+    if hint is TaskParams:
+        return [[1], "x", {"top_k": "3"}, {"no_such_param": 1}]
+    if origin is dict:
+        return [[1], "x", {1: "integer key"}, None]
+    if origin is tuple:
+        return ["x", {"a": 1}, [object_marker], None]
+    if dataclasses.is_dataclass(hint):
+        return ["x", [1], {}, None]
+    raise AssertionError(f"no wrong values for {hint!r}")
+
+
+object_marker = {"not": "an item"}  # a map where list items of a scalar type belong
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(*STRATEGIES.values()), st.data())
+def test_a_wrongly_typed_field_is_a_codec_error(cmd, data):
+    """Take a good entry and give one field a value of another type: refused."""
+    version, tag, fields = msgpack.unpackb(codec.encode(cmd))
+    hints = typing.get_type_hints(type(cmd))
+    name = data.draw(st.sampled_from([f.name for f in dataclasses.fields(cmd)]))
+    if hints[name] == dict[str, Any]:
+        return  # free-form maps (input, result) hold anything with string keys
+    bad = data.draw(st.sampled_from(_wrong_values(hints[name])))
+    if bad == [object_marker] and typing.get_args(hints[name])[0] is c.Chunk:
+        bad = ["not a chunk"]
+    fields[name] = bad
+    with pytest.raises(codec.CodecError):
+        codec.decode(msgpack.packb([version, tag, fields], use_bin_type=True))
+
+
+def _busy_state() -> NodeState:
+    """A node state with a task running, a document and an account."""
+    state = NodeState(TaskQueue(), KnowledgeBase(dim=4))
+    entries = [
+        c.Submit("t1", TaskType.NOOP, {}, TaskParams(), "ann", 1),
+        c.Submit("t2", TaskType.QA, {"query": "q"}, TaskParams(top_k=3), "ann", 2),
+        c.Claim("n1", 1, 3),
+        c.Upload(
+            c.DocumentUpload("d1", "Doc", "d1.txt", "text/plain", ("x",), b"hello"), "T9", "ann", 4
+        ),
+        c.InitAccounts("hash", 5),
+        c.PutKey("k1", "ann", "sha", 6),
+    ]
+    for index, cmd in enumerate(entries, start=1):
+        outcome = codec.outcome_from_wire(state.apply(index, codec.encode(cmd)))
+        assert not isinstance(outcome, Refusal), (cmd, outcome)
+    return state
+
+
+GARBAGE = [
+    b"",
+    b"\xc1",
+    b"\x93\x01",  # truncated
+    msgpack.packb("hello"),
+    msgpack.packb([codec.CODEC_VERSION + 1, "claim", {"node": "n1", "slots": 1, "at": 1}]),
+    msgpack.packb([codec.CODEC_VERSION, "drop_tables", {}]),
+    msgpack.packb([codec.CODEC_VERSION, 7, {}]),
+    msgpack.packb([codec.CODEC_VERSION, "claim", {"node": "n1", "slots": "all", "at": 1}]),
+    msgpack.packb([codec.CODEC_VERSION, "expire", {"before": 2.5}]),
+    msgpack.packb([codec.CODEC_VERSION, "kb.delete", {"doc_id": "d1"}]),
+    msgpack.packb([codec.CODEC_VERSION, "cancel", {"task_id": "t2", "at": 9, "by": None}]),
+    msgpack.packb([codec.CODEC_VERSION, "auth.delete_key", ["k1", 9]]),
+    msgpack.packb({"op": "drop_tables"}),  # legacy: an unknown op
+    msgpack.packb({"op": "cancel", "at": 9}),  # legacy: no task id
+    msgpack.packb({"op": "expire", "before": "yesterday"}),  # legacy: not a time
+]
+
+
+@pytest.mark.parametrize("entry", GARBAGE, ids=range(len(GARBAGE)))
+def test_node_state_refuses_what_is_not_a_command_and_changes_nothing(entry):
+    state = _busy_state()
+    before = state.snapshot()
+    heard = []
+    state.listen(lambda cmd, outcome: heard.append((cmd, outcome)))
+    with pytest.raises(codec.CodecError):
+        codec.decode(entry)
+    outcome = codec.outcome_from_wire(state.apply(7, entry))
+    assert isinstance(outcome, Refusal) and outcome.code is RefusalCode.BAD_COMMAND
+    assert outcome.message.startswith("not a command")
+    assert state.refused_entries == 1 and state.applied_index == 7
+    assert heard == []  # nothing was applied, so nobody is told
+    # Everything but the applied index is as it was.
+    state.applied_index = 6
+    assert state.snapshot() == before
+    # and the log goes on
+    done = state.apply(8, codec.encode(c.Complete("t1", 1, "n1", 9, {"ok": True})))
+    assert done["state"] == "completed"

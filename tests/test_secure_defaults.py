@@ -1,0 +1,202 @@
+"""Secure without configuration (node/secrets.py): the secrets bundle, what a node does
+without one, and an attacker on the network against a default and an insecure cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import zmq
+
+from consensus.codec import encode
+from consensus.messages import ProposeRequest
+from consensus.session import Request, pack_envelope
+from node.config import ConfigError, parse
+from node.replica import codec
+from node.replica import commands as c
+from node.secrets import (
+    BUNDLE_NAME,
+    ClusterSecrets,
+    ensure_bundle,
+    insecurity,
+    read_bundle,
+    with_secrets,
+    write_bundle,
+)
+from tests.nodecluster import NodeCluster
+
+NODES = {"nodes": [{"id": "n1", "host": "127.0.0.1", "raft_port": 7101, "gossip_port": 7201,
+                    "api_port": 8101, "dashboard_port": 8301}]}  # fmt: skip
+
+
+def config(tmp_path: Path, env: dict[str, str] | None = None, **security: object):
+    raw = {"cluster": {"name": "c1"}, **NODES, "security": security}
+    return parse(raw, tmp_path / "cluster.toml", env or {})
+
+
+# ------------------------------------------------------------------ configuration
+def test_secure_is_the_default_and_insecure_must_be_asked_for(tmp_path: Path) -> None:
+    default = config(tmp_path)
+    assert not default.insecure
+    assert default.secrets_dir == tmp_path / ".ragraft" / "secrets"  # beside the file
+    assert config(tmp_path, insecure=True).insecure
+    assert config(tmp_path, env={"RAGRAFT_INSECURE": "1"}).insecure
+    assert not config(tmp_path, env={"RAGRAFT_INSECURE": "0"}, insecure=True).insecure
+    moved = config(tmp_path, env={"RAGRAFT_SECRETS_DIR": "/etc/ragraft/secrets"})
+    assert moved.secrets_dir == Path("/etc/ragraft/secrets")
+    with pytest.raises(ConfigError, match="security.insecure"):
+        config(tmp_path, insecure="yes")
+
+
+def test_a_secure_node_without_a_bundle_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ragraft init") as refused:
+        with_secrets(config(tmp_path))
+    assert "insecure = true" in str(refused.value)
+    plain = config(tmp_path, insecure=True)
+    assert with_secrets(plain) is plain  # nothing read
+    assert len(insecurity(plain)) == 2  # traffic and data at rest, both named
+
+
+# ------------------------------------------------------------------ the bundle
+def test_bundle_is_private_and_fills_what_the_file_does_not_set(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    path = write_bundle(ClusterSecrets.generate("c1"), cfg.secrets_dir)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cfg.secrets_dir.stat().st_mode) == 0o700
+    secured = with_secrets(cfg)
+    bundle = read_bundle(cfg.secrets_dir, "c1")
+    assert secured.curve_enabled and secured.curve_public == bundle.curve_public_key
+    assert secured.encryption_key == bundle.encryption_key
+    assert secured.security.token_secret == bundle.token_secret
+    assert insecurity(secured) == []
+    # a key set in the file or the environment wins over the bundle's
+    own = "t" * 32
+    assert with_secrets(config(tmp_path, token_secret=own)).security.token_secret == own
+    with pytest.raises(ConfigError, match="already there"):
+        write_bundle(ClusterSecrets.generate("c1"), cfg.secrets_dir)  # its keys seal the data
+
+
+def test_bundle_readable_by_others_or_for_another_cluster_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "secrets"
+    path = write_bundle(ClusterSecrets.generate("c1"), directory)
+    with pytest.raises(ConfigError, match="for cluster 'c1', not 'c2'"):
+        read_bundle(directory, "c2")
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        read_bundle(directory, "c1")
+    os.chmod(path, 0o600)
+    os.chmod(directory, 0o755)
+    with pytest.raises(ConfigError, match="chmod 700"):
+        read_bundle(directory, "c1")
+    os.chmod(directory, 0o700)
+    document = json.loads(path.read_text())
+    document["encryption_key"] = "not base64 of 32 bytes"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match="encryption_key"):
+        read_bundle(directory, "c1")
+
+
+def test_first_start_writes_a_bundle_but_not_over_plaintext_data(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    (cfg.nodes[0].data_dir / "raft" / "log").mkdir(parents=True)  # a pre-secrets cluster
+    with pytest.raises(ConfigError, match="insecure = true"):
+        ensure_bundle(cfg)
+    assert not (cfg.secrets_dir / BUNDLE_NAME).exists()
+    fresh = config(tmp_path / "fresh")
+    path = ensure_bundle(fresh)
+    assert path is not None and path.exists()
+    assert ensure_bundle(fresh) == path  # the second start reads it
+    assert ensure_bundle(config(tmp_path, insecure=True)) is None
+
+
+# ------------------------------------------------------------------ on the network
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _raft_port(cluster: NodeCluster, node: str) -> int:
+    text = cluster.config.read_text()
+    start = text.index(f'id = "{node}"')
+    return int(text[text.index("raft_port = ", start) :].split("\n")[0].split("= ")[1])
+
+
+def _plant_admin_key(cluster: NodeCluster, leader: str, term: int) -> str:
+    """What a stranger on the network tries: a ProposeRequest straight to the leader's
+    Raft port, with a command that gives it an admin API key.  Returns the key's id."""
+    now = int(time.time() * 1000)
+    key_id = f"planted-{now}"
+    digest = hashlib.sha256(b"rgk_attacker").hexdigest()
+    command = codec.encode(c.PutKey(key_id, "admin", digest, now, "planted"))
+    envelope = pack_envelope(Request(f"mallory:{now}", now, 1, 1), now, command)
+    message = encode(ProposeRequest(term, "mallory", leader, (envelope,)))
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, b"mallory")
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{_raft_port(cluster, leader)}")
+        for _ in range(5):  # a few times, in case the first is sent before the handshake
+            sock.send(message)
+            time.sleep(0.2)
+        sock.close(0)
+    finally:
+        ctx.term()
+    return key_id
+
+
+def _planted(cluster: NodeCluster, leader: str, key_id: str, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while True:
+        status, keys = cluster.request(leader, "GET", "/api/v1/auth/keys")
+        assert status == 200, keys
+        if any(k.get("id") == key_id for k in keys["items"]):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("insecure", [False, True], ids=["default", "insecure"])
+def test_a_stranger_without_keys_cannot_write_the_log(tmp_path: Path, insecure: bool) -> None:
+    """The default cluster refuses the stranger's proposal (CURVE: no handshake without the
+    cluster's key); the insecure one is the control, showing the attack is real."""
+    cluster = NodeCluster(tmp_path, insecure=insecure)
+    cluster.start_all()
+    try:
+        leader = cluster.wait_ready(timeout=60)
+        status, view = cluster.request(leader, "GET", "/api/v1/cluster")
+        assert status == 200, view
+        term = view["term"]
+        ready = _get(cluster.api[leader] + "/readyz")
+        assert ("insecure" in ready) == insecure
+        key_id = _plant_admin_key(cluster, leader, term)
+        assert _planted(cluster, leader, key_id, wait=3.0 if not insecure else 10.0) == insecure
+        if not insecure:
+            log = (tmp_path / f"{leader}.log").read_text()
+            assert "INSECURE" not in log
+            # every file the nodes wrote is their owner's alone
+            for node in cluster.ids:
+                for path in [tmp_path / "data" / node, *(tmp_path / "data" / node).rglob("*")]:
+                    mode = stat.S_IMODE(path.stat().st_mode)
+                    assert mode & 0o077 == 0, f"{path} is {mode:03o}"
+        else:
+            assert "INSECURE" in (tmp_path / f"{leader}.log").read_text()
+    finally:
+        cluster.stop_all()
+
+
+def test_the_dashboard_shows_an_insecure_cluster_on_every_view() -> None:
+    from ui.app import Dashboard
+
+    warned = Dashboard("http://127.0.0.1:9", "n1", {}, ["data at rest <b>is</b> plain"])
+    assert warned.insecure.visible and warned.insecure in list(warned.root)  # the login view
+    assert "&lt;b&gt;is&lt;/b&gt;" in warned.insecure.object  # escaped like any data
+    assert not Dashboard("http://127.0.0.1:9", "n1", {}).insecure.visible
