@@ -842,13 +842,7 @@ class RawNode:
         if meta.index <= self.log.committed or (
             msg.offset == 0 and self.log.matches(meta.index, meta.term)
         ):
-            # We already have everything the snapshot holds: no transfer needed.
-            self.log.commit_to(meta.index)
-            self._apply_committed_conf()
-            self._incoming = None
-            self._send_after_persist(
-                SnapshotResponse(self.term, self.id, msg.src, meta.index, meta.size, done=True)
-            )
+            self._snapshot_already_held(msg)
             return
         if msg.offset == 0:
             self._incoming = meta
@@ -874,6 +868,14 @@ class RawNode:
             self._incoming = None
             self._send(SnapshotResponse(self.term, self.id, msg.src, meta.index, 0, done=False))
             return
+        if self.log.matches(meta.index, meta.term):
+            # Appends that arrived during the transfer took our log past the
+            # snapshot's last entry, and we may have acknowledged them: installing
+            # would drop them (soak seed 172293: the leader then counted an entry
+            # this follower no longer had, and probed it forever).  The partial
+            # snapshot stays until the next transfer starts over at offset 0.
+            self._snapshot_already_held(msg)
+            return
         self._incoming = None
         self.log.restore(meta.index, meta.term)
         self._snapshot = meta
@@ -882,6 +884,16 @@ class RawNode:
         self._conf_applied = meta.index
         self._installed = meta
         self.stats["snapshots_installed"] += 1
+        self._send_after_persist(
+            SnapshotResponse(self.term, self.id, msg.src, meta.index, meta.size, done=True)
+        )
+
+    def _snapshot_already_held(self, msg: SnapshotRequest) -> None:
+        """Our log already holds everything the snapshot does: no install needed."""
+        meta = msg.meta
+        self.log.commit_to(meta.index)
+        self._apply_committed_conf()
+        self._incoming = None
         self._send_after_persist(
             SnapshotResponse(self.term, self.id, msg.src, meta.index, meta.size, done=True)
         )

@@ -371,6 +371,58 @@ def test_lagging_follower_catches_up_through_chunked_snapshot():
     assert net.peers["n3"].applied[-1][1] == b"after"
 
 
+def test_a_snapshot_finishing_after_appends_overtook_it_keeps_the_acknowledged_entries():
+    """Soak seed 172293: while a snapshot was on its way in chunks, an append took the
+    follower's log past the snapshot's index and the follower acknowledged it; the last
+    chunk then reset the log to the snapshot, dropping the acknowledged entry (a quorum
+    may have counted it)."""
+    net = Net(IDS, max_snapshot_chunk=64)
+    net.elect("n1")
+    net.isolate("n3")
+    for i in range(10):
+        net.raw("n1").propose(b"s%d" % i)
+    net.deliver()
+    meta = net.snapshot("n1")
+    net.raw("n1").propose(b"after")
+    net.deliver()
+    raw1, raw2, raw3 = net.raw("n1"), net.raw("n2"), net.raw("n3")
+    behind = raw3.last_index
+    assert behind < meta.index
+    data = net.peers["n1"].snaps.read(meta, 0, meta.size)
+    chunks = [
+        SnapshotRequest(
+            raw1.term, "n1", "n3", meta, off, data[off : off + 64], off + 64 >= meta.size
+        )
+        for off in range(0, meta.size, 64)
+    ]
+    assert len(chunks) > 2
+    raw3.step(chunks[0])
+    net.process("n3")
+    overtaking = raw2.entries(behind + 1, raw2.last_index + 1)
+    raw3.step(
+        AppendRequest(
+            raw1.term,
+            "n1",
+            "n3",
+            behind,
+            raw2.term_at(behind),
+            tuple(overtaking),
+            meta.index - 1,  # as in the soak: the commit index had not reached the snapshot
+        )
+    )
+    net.process("n3")
+    acked = [m for m in net.sent if isinstance(m, AppendResponse) and m.src == "n3"]
+    assert acked and acked[-1].success and acked[-1].index == raw2.last_index
+    for chunk in chunks[1:]:
+        raw3.step(chunk)
+        net.process("n3")
+    assert raw3.last_index == raw2.last_index  # nothing acknowledged was dropped
+    assert raw3.commit_index >= meta.index
+    assert net.peers["n3"].log.bounds()[1] == raw2.last_index
+    net.restart("n3")
+    assert net.raw("n3").last_index == raw2.last_index
+
+
 def test_restart_after_snapshot_install():
     net = Net(IDS, max_snapshot_chunk=64)
     net.elect("n1")

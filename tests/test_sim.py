@@ -405,6 +405,26 @@ def test_a_single_voter_that_loses_power_never_reuses_its_term(seed):
     assert result.ok, result.error
 
 
+def test_a_follower_keeps_entries_that_overtook_a_snapshot_in_transfer():
+    """Soak seed 172293: appends took a follower's log past the index of a snapshot
+    still arriving in chunks; the last chunk reset its log, dropping an entry it had
+    acknowledged, and the leader, which counted it, probed the follower at that index
+    for ever (no final commit within 180 ticks).  Fails without the fix in
+    RawNode._handle_snapshot."""
+    result = run_seed(172293)
+    assert result.ok, result.error
+
+
+def test_an_operator_stops_removed_nodes_before_a_leader_is_needed():
+    """Soak seed 174027 (no pre-vote, no check-quorum): removed nodes that never heard
+    of their removal campaigned at ever higher terms and deposed each leader before it
+    could send a new member its snapshot.  The quiet phase now stops nodes that a
+    committed membership no longer lists, as an operator would, before it waits for
+    a leader (the Raft thesis, 4.2.3, on removed servers)."""
+    result = run_seed(174027)
+    assert result.ok, result.error
+
+
 # ---------------------------------------------------------------------- the checker has teeth
 def first_failure(seeds, overrides=None) -> str | None:
     for seed in seeds:

@@ -676,11 +676,13 @@ class Sim:
         healed = self.loop.time()
         leader_bound = k.leader_bound or 30 * k.election_ticks
 
-        self.wait_for(
-            lambda: self._leader_in_charge() is not None,
-            leader_bound,
-            "liveness: a leader after healing",
-        )
+        def led() -> bool:
+            if self._leader_in_charge() is not None:
+                return True
+            self._retire_known_removed()
+            return False
+
+        self.wait_for(led, leader_bound, "liveness: a leader after healing")
         self.stats["ticks_to_leader"] = int((self.loop.time() - healed) / self.tick_s)
         self._retire_non_members(spare_pending=True)
         # Nodes the cluster removed stop now (during chaos they kept running, as
@@ -738,6 +740,31 @@ class Sim:
             ):
                 return leader
         return None
+
+    def _retire_known_removed(self) -> None:
+        """Stop the nodes a committed membership change removed, before any leader
+        is in charge.  Without pre-vote and check-quorum, a removed node that never
+        heard of its removal campaigns at ever higher terms and deposes every
+        leader it reaches (the Raft thesis, section 4.2.3), so a leader that must
+        first send a new member a snapshot never lasts long enough (soak seed
+        174027); an operator stops a removed node.  Removed means: not a member as
+        of the highest commit index any node knows, and named by no membership
+        change any log holds beyond it (that one may still add it back)."""
+        live = self.live_nodes()
+        if any(not n.up or n.raw is None for n in live):
+            return  # a node still loading may know a later commit
+        known = max(live, key=lambda n: n.raw.commit_index).raw
+        members = known.membership.members()
+        pending: set[str] = set()
+        for node in live:
+            raw = node.raw
+            lo = max(known.commit_index + 1, raw.first_index)
+            for entry in raw.entries(lo, raw.last_index + 1):
+                if entry.kind == EntryKind.CONF:
+                    pending.add(ConfChange.decode(entry.data).node)
+        for node in live:
+            if node.id not in members and node.id not in pending:
+                self.retire(node)
 
     def _retire_non_members(self, spare_pending: bool) -> None:
         leader = self._leader_in_charge()
