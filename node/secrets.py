@@ -69,12 +69,27 @@ def write_bundle(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **{name: getattr(bundle, name) for name in _FIELDS},
     }
-    temporary = directory / f".{BUNDLE_NAME}.{os.getpid()}.tmp"
+    write_private_file(path, json.dumps(document, indent=2) + "\n")
+    return path
+
+
+ADMIN_PASSWORD_NAME = "admin-password"
+# What a node prints (into its log) when it has generated the admin password: where the
+# password is, never the password itself.  The launcher recognises it and shows the
+# password on its own terminal.
+ADMIN_PASSWORD_NOTICE = "the generated admin password is in "
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only (0600, its directory 0700),
+    atomically: a reader sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    temporary = path.parent / f".{path.name}.{os.getpid()}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(document, out, indent=2)
-            out.write("\n")
+            out.write(text)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temporary, 0o600)  # whatever the umask was
@@ -82,7 +97,19 @@ def write_bundle(
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    return path
+
+
+def admin_password_path(config: ClusterConfig) -> Path:
+    return (config.secrets_dir / ADMIN_PASSWORD_NAME).resolve()
+
+
+def announced_password_file(line: str) -> Path | None:
+    """The file a node's "generated admin password" notice names, if `line` is one."""
+    at = line.find(ADMIN_PASSWORD_NOTICE)
+    if at < 0:
+        return None
+    rest = line[at + len(ADMIN_PASSWORD_NOTICE) :].split(" (", 1)[0].strip()
+    return Path(rest) if rest else None
 
 
 def read_bundle(directory: Path, cluster: str) -> ClusterSecrets:

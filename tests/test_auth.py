@@ -4,6 +4,7 @@ built-in admin, and users who see only their own tasks — on real node processe
 from __future__ import annotations
 
 import re
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,7 +204,7 @@ def test_api_keys_are_shown_once_work_everywhere_and_can_be_revoked(cluster: Nod
     assert cluster.request("n3", "GET", "/api/v1/auth/me", token=key)[0] == 401
 
 
-def test_without_a_configured_password_the_admin_password_is_generated_and_printed_once(
+def test_without_a_configured_password_the_admin_password_is_generated_once_into_a_private_file(
     tmp_path: Path,
 ) -> None:
     cluster = NodeCluster(tmp_path, env={"RAGRAFT_ADMIN_PASSWORD": "", "RAGRAFT_TOKEN_SECRET": ""})
@@ -211,12 +212,19 @@ def test_without_a_configured_password_the_admin_password_is_generated_and_print
     try:
         cluster.wait_ready()
         deadline = time.monotonic() + 15
-        printed: list[str] = []
-        while time.monotonic() < deadline and not printed:
+        named: list[str] = []
+        while time.monotonic() < deadline and not named:
             logs = "".join((tmp_path / f"{n}.log").read_text() for n in cluster.ids)
-            printed = re.findall(r"the admin password is (\S+) \(shown once", logs)
+            named = re.findall(r"the generated admin password is in (\S+) \(", logs)
             time.sleep(0.2)
-        assert len(printed) == 1, printed
+        assert len(named) == 1, named
+        password_file = Path(named[0])
+        assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(password_file.parent.stat().st_mode) == 0o700
+        printed = [password_file.read_text().strip()]
+        assert len(printed[0]) >= 12
+        for node in cluster.ids:  # the node logs say where, never what
+            assert printed[0] not in (tmp_path / f"{node}.log").read_text()
         token = login(
             cluster, "n2", "admin", printed[0]
         )  # generated token secret, shared via the log
@@ -234,7 +242,8 @@ def test_without_a_configured_password_the_admin_password_is_generated_and_print
             cluster.read_barrier(node, token=token)
         time.sleep(1.0)
         logs = "".join((tmp_path / f"{n}.log").read_text() for n in cluster.ids)
-        assert len(re.findall(r"the admin password is", logs)) == 1  # never again
+        assert len(re.findall(r"the generated admin password is in", logs)) == 1  # never again
+        assert printed[0] not in logs
         assert login(cluster, "n1", "admin", printed[0])  # and the first one still holds
     finally:
         cluster.stop_all()

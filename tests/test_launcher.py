@@ -35,6 +35,7 @@ def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: 
     # A first start: `up` writes the cluster's secrets itself (secure without configuration).
     bundle = tmp_path / ".ragraft" / "secrets" / "cluster-secrets.json"
     bundle.unlink()
+    env = {k: v for k, v in layout.env.items() if k != "RAGRAFT_ADMIN_PASSWORD"}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -46,7 +47,7 @@ def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: 
             "--data-dir",
             str(data),
         ],
-        env=layout.env,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -79,6 +80,24 @@ def test_up_shows_progress_prints_urls_and_stops_every_node_on_ctrl_c(tmp_path: 
             assert (data / node).stat().st_mode & 0o777 == 0o700
             assert "insecure" not in ready
             assert "INSECURE" not in (data / f"{node}.log").read_text()
+        # No RAGRAFT_ADMIN_PASSWORD: the password is generated, shown on this terminal,
+        # kept in a 0600 file beside the bundle, and never written into a node's log.
+        shown = [
+            line.split("admin password: ", 1)[1] for line in lines if "admin password: " in line
+        ]
+        assert len(shown) == 1, output
+        password_file = bundle.parent / "admin-password"
+        assert password_file.read_text().strip() == shown[0]
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        for node in layout.ids:
+            assert shown[0] not in (data / f"{node}.log").read_text()
+        login = urllib.request.Request(
+            layout.api[layout.ids[0]] + "/api/v1/auth/token",
+            data=json.dumps({"username": "admin", "password": shown[0]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(login, timeout=10) as resp:
+            assert json.loads(resp.read())["access_token"]
         assert "models: loading embedding model" in output, (
             output
         )  # progress was shown while the models loaded

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import ClusterConfig
+from node.secrets import announced_password_file
 
 STOP_GRACE_S = 15.0  # how long the nodes get to stop after SIGTERM before they are killed
 
@@ -58,6 +59,21 @@ class _Progress:
             line = raw.decode("utf-8", "replace")
             if line.startswith(self.prefix):
                 print(f"  {self.node_id}: {line[len(self.prefix) :]}", flush=True)
+                self._show_password(line)
+
+    def _show_password(self, line: str) -> None:
+        """The node wrote a generated admin password to a private file and logged
+        where: the terminal of whoever started the cluster shows the password itself
+        (the node's log never holds it)."""
+        path = announced_password_file(line)
+        if path is None:
+            return
+        try:
+            password = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            print(f"  {self.node_id}: could not read {path}: {exc}", flush=True)
+            return
+        print(f"  admin password: {password}", flush=True)
 
 
 def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: float = 900.0) -> int:
@@ -148,6 +164,8 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
             )
         print("\nPress Ctrl-C to stop every node.", flush=True)
         while all(p.poll() is None for p in procs.values()):
+            for relay in progress:
+                relay.relay()  # (a later line, such as where a generated password went)
             time.sleep(0.5)
         dead = [n for n, p in procs.items() if p.poll() is not None]
         print(f"node(s) {', '.join(dead)} exited; stopping the others", file=sys.stderr)

@@ -6,7 +6,8 @@
   requeued (a scan, not a reaction to events, so a leader elected after the
   death still does it);
 - initialise_accounts: the first leader of a new cluster sets the admin password
-  (and the token secret when none is configured).
+  (and the token secret when none is configured); a generated password goes to a
+  file only its owner can read, never into the node's log.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from pathlib import Path
 
 from node.config import SecuritySettings, TaskSettings
 from node.gossip.driver import Gossip
@@ -22,6 +24,7 @@ from node.ids import now_ms
 from node.replica.commands import Expire, InitAccounts, NodeStatus
 from node.replica.refusal import Refused
 from node.replica.replica import NoQuorum, Replica
+from node.secrets import ADMIN_PASSWORD_NOTICE, write_private_file
 
 log = logging.getLogger("ragraft.node")
 
@@ -66,11 +69,17 @@ async def requeue_dead_nodes(replica: Replica, gossip: Gossip, interval: float =
 
 
 async def initialise_accounts(
-    replica: Replica, settings: SecuritySettings, node_id: str, interval: float = 0.5
+    replica: Replica,
+    settings: SecuritySettings,
+    node_id: str,
+    password_file: Path,
+    interval: float = 0.5,
 ) -> None:
     """The command is made once and re-sent unchanged until the accounts are set
     up: a copy that committed although its proposal timed out is recognised by
-    its hash, and only the node whose hash won prints its password."""
+    its hash, and only the node whose hash won writes its password down, into
+    `password_file` (0600); its log says where, not what (logs get shipped and
+    shared; the node log would otherwise keep the password for ever)."""
     accounts = replica.state.accounts
     cmd: InitAccounts | None = None
     password = settings.admin_password or secrets.token_urlsafe(12)
@@ -94,8 +103,9 @@ async def initialise_accounts(
         and accounts.admin_hash == cmd.admin_hash
         and settings.admin_password is None
     ):
+        write_private_file(password_file, password + "\n")
         print(
-            f"node {node_id}: the admin password is {password} (shown once, only its hash is "
-            "kept; set RAGRAFT_ADMIN_PASSWORD to choose it)",
+            f"node {node_id}: {ADMIN_PASSWORD_NOTICE}{password_file} (readable only by its "
+            "owner; log in, then delete the file; set RAGRAFT_ADMIN_PASSWORD to choose it)",
             flush=True,
         )

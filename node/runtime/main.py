@@ -39,7 +39,7 @@ from node.replica.tasks import RetryPolicy, TaskQueue
 from node.replica.vocabulary import TaskType
 from node.runtime.housekeeping import initialise_accounts, requeue_dead_nodes, sweep_expired
 from node.runtime.join import ask_to_join
-from node.secrets import insecurity
+from node.secrets import admin_password_path, insecurity
 
 log = logging.getLogger("ragraft.node")
 SLOW_STOP_S = 2.0  # a part that takes longer to stop is named in a warning
@@ -150,7 +150,8 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         asyncio.create_task(requeue_dead_nodes(replica, gossip), name="failover"),
         asyncio.create_task(events.publish_cluster(replica.status), name="cluster-events"),
         asyncio.create_task(
-            initialise_accounts(replica, config.security, node_id), name="accounts"
+            initialise_accounts(replica, config.security, node_id, admin_password_path(config)),
+            name="accounts",
         ),
     ]
     runner = web.AppRunner(
