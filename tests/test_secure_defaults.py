@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from node.secrets import (
     with_secrets,
     write_bundle,
 )
-from tests.nodecluster import NodeCluster
+from tests.nodecluster import ADMIN_PASSWORD, NodeCluster
 
 NODES = {"nodes": [{"id": "n1", "host": "127.0.0.1", "raft_port": 7101, "gossip_port": 7201,
                     "api_port": 8101, "dashboard_port": 8301}]}  # fmt: skip
@@ -215,3 +216,83 @@ def test_the_dashboard_shows_an_insecure_cluster_on_every_view() -> None:
     assert warned.insecure.visible and warned.insecure in list(warned.root)  # the login view
     assert "&lt;b&gt;is&lt;/b&gt;" in warned.insecure.object  # escaped like any data
     assert not Dashboard("http://127.0.0.1:9", "n1", {}).insecure.visible
+
+
+def _files_holding(root: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
+    """Which files under `root` hold each needle, as `grep -r` would find them."""
+    found: dict[str, list[str]] = {name: [] for name in needles}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            for name, needle in needles.items():
+                if needle in data:
+                    found[name].append(str(path.relative_to(root)))
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("insecure", [False, True], ids=["default", "insecure"])
+def test_the_data_directories_hold_no_user_text_and_no_secret(
+    tmp_path: Path, insecure: bool
+) -> None:
+    """A default cluster's log, snapshots and every other file in its data directories
+    hold no knowledge-base text, no query, no password or password hash and none of the
+    bundle's secrets, and are their owner's alone.  The insecure cluster is the control:
+    the same search finds the text there, so the search could fail."""
+    marker = uuid.uuid4().hex
+    cluster = NodeCluster(
+        tmp_path,
+        insecure=insecure,
+        extra_toml="[raft]\nsnapshot_entries = 10\n",  # snapshots get written too
+        env={"RAGRAFT_TOKEN_SECRET": ""},  # the bundle's, or (insecure) one in the log
+    )
+    cluster.start_all()
+    try:
+        leader = cluster.wait_ready(timeout=60)
+        token = cluster.login(leader)  # with the password: no token secret is shared
+        status, body = cluster.request(
+            leader,
+            "POST",
+            "/api/v1/kb/documents",
+            {"title": f"doc-{marker}", "text": f"The lighthouse code is DOC{marker}."},
+            token=token,
+        )
+        assert status == 202, body
+        for i in range(12):
+            status, body = cluster.request(
+                leader,
+                "POST",
+                "/api/v1/tasks",
+                {"type": "qa", "input": {"query": f"What is QUERY{marker} number {i}?"}},
+                token=token,
+            )
+            assert status == 201, body
+        for node in cluster.ids:
+            cluster.read_barrier(node, token=token)
+        snapshots = [p for p in (tmp_path / "data").rglob("*") if "snap" in p.name]
+    finally:
+        cluster.stop_all()
+    assert snapshots, "no snapshot was written: the test would not look at one"
+    needles = {
+        "document text": f"DOC{marker}".encode(),
+        "document title": f"doc-{marker}".encode(),
+        "query text": f"QUERY{marker}".encode(),
+        "admin password": ADMIN_PASSWORD.encode(),
+        "password hash": b"scrypt$",
+    }
+    if not insecure:
+        bundle = read_bundle(tmp_path / ".ragraft" / "secrets", "test")
+        needles |= {
+            "token secret": bundle.token_secret.encode(),
+            "encryption key": bundle.encryption_key.encode(),
+            "CURVE secret key": bundle.curve_secret_key.encode(),
+        }
+    found = _files_holding(tmp_path / "data", needles)
+    if insecure:
+        for name in ("document text", "query text", "password hash"):
+            assert found[name], f"the control found no {name}: the search is broken"
+        return
+    assert not any(found.values()), {k: v for k, v in found.items() if v}
+    for path in [tmp_path / "data", *(tmp_path / "data").rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is {mode:03o}"
