@@ -123,10 +123,48 @@ def _get(url: str) -> dict:
         return json.loads(r.read())
 
 
-def _raft_port(cluster: NodeCluster, node: str) -> int:
+def _port(cluster: NodeCluster, node: str, kind: str) -> int:
     text = cluster.config.read_text()
     start = text.index(f'id = "{node}"')
-    return int(text[text.index("raft_port = ", start) :].split("\n")[0].split("= ")[1])
+    return int(text[text.index(f"{kind}_port = ", start) :].split("\n")[0].split("= ")[1])
+
+
+# The stranger is a process of its own, as it would be.  Its ZeroMQ context is never
+# terminated: against a CURVE server the handshake is still pending, and libzmq's
+# zmq_ctx_term can then block for ever (seen once in a clean-clone run, where it held
+# the whole suite, out of reach of pytest-timeout's signal).
+_STRANGER = """
+import os, sys, time, zmq
+import msgpack
+sock = zmq.Context().socket(zmq.DEALER)
+sock.setsockopt(zmq.ROUTING_ID, sys.argv[2].encode())
+sock.setsockopt(zmq.LINGER, 0)
+sock.setsockopt(zmq.SNDTIMEO, 500)
+sock.connect(sys.argv[1])
+messages = msgpack.unpackb(sys.stdin.buffer.read())
+for _ in range(5):  # a few times, in case the first goes before the handshake
+    for message in messages:
+        try:
+            sock.send(message)
+        except zmq.Again:
+            pass
+    time.sleep(0.2)
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def _send_as_stranger(port: int, identity: str, messages: list[bytes]) -> None:
+    """Send `messages` to a node's ZeroMQ port from a process holding no key."""
+    import msgpack
+
+    done = subprocess.run(
+        [sys.executable, "-c", _STRANGER, f"tcp://127.0.0.1:{port}", identity],
+        input=msgpack.packb(messages),
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done
 
 
 def _plant_admin_key(cluster: NodeCluster, leader: str, term: int) -> str:
@@ -138,32 +176,7 @@ def _plant_admin_key(cluster: NodeCluster, leader: str, term: int) -> str:
     command = codec.encode(c.PutKey(key_id, "admin", digest, now, "planted"))
     envelope = pack_envelope(Request(f"mallory:{now}", now, 1, 1), now, command)
     message = encode(ProposeRequest(term, "mallory", leader, (envelope,)))
-    # The stranger is a process of its own, as it would be.  Its ZeroMQ context is never
-    # terminated: against a CURVE server the handshake is still pending, and libzmq's
-    # zmq_ctx_term can then block for ever (seen once in a clean-clone run, where it
-    # held the whole suite, out of reach of pytest-timeout's signal).
-    script = (
-        "import os, sys, time, zmq\n"
-        "sock = zmq.Context().socket(zmq.DEALER)\n"
-        "sock.setsockopt(zmq.ROUTING_ID, b'mallory')\n"
-        "sock.setsockopt(zmq.LINGER, 0)\n"
-        "sock.setsockopt(zmq.SNDTIMEO, 500)\n"
-        "sock.connect(sys.argv[1])\n"
-        "message = sys.stdin.buffer.read()\n"
-        "for _ in range(5):  # a few times, in case the first goes before the handshake\n"
-        "    try:\n"
-        "        sock.send(message)\n"
-        "    except zmq.Again:\n"
-        "        pass\n"
-        "    time.sleep(0.2)\n"
-        "sys.stdout.flush()\n"
-        "os._exit(0)\n"
-    )
-    target = f"tcp://127.0.0.1:{_raft_port(cluster, leader)}"
-    done = subprocess.run(
-        [sys.executable, "-c", script, target], input=message, timeout=30, check=False
-    )
-    assert done.returncode == 0, done
+    _send_as_stranger(_port(cluster, leader, "raft"), "mallory", [message])
     return key_id
 
 
@@ -205,6 +218,55 @@ def test_a_stranger_without_keys_cannot_write_the_log(tmp_path: Path, insecure: 
                     assert mode & 0o077 == 0, f"{path} is {mode:03o}"
         else:
             assert "INSECURE" in (tmp_path / f"{leader}.log").read_text()
+    finally:
+        cluster.stop_all()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("insecure", [False, True], ids=["default", "insecure"])
+def test_a_stranger_without_keys_cannot_join_gossip_or_declare_a_node_dead(
+    tmp_path: Path, insecure: bool
+) -> None:
+    """Gossip injections from a keyless process: a Sync announcing a fake member, and a
+    death claim about a live node at an incarnation above its own.  The default cluster
+    hears neither; on the insecure one (the control) the fake member is listed and the
+    live node is declared dead."""
+    from node.gossip.codec import encode as gossip_encode
+    from node.gossip.messages import Status, Sync, Update
+
+    cluster = NodeCluster(tmp_path, insecure=insecure)
+    cluster.start_all()
+    try:
+        cluster.wait_ready(timeout=60)
+        target, victim = "n1", "n2"
+        ghost_addr = "tcp://127.0.0.1:9"  # nothing listens there
+        victim_addr = f"tcp://127.0.0.1:{_port(cluster, victim, 'gossip')}"
+        forged = Sync(
+            "ghost",
+            ghost_addr,
+            target,
+            reply=False,
+            states=(
+                Update(Status.ALIVE, "ghost", ghost_addr, 1),
+                Update(Status.DEAD, victim, victim_addr, 1 << 62),
+            ),
+        )
+        _send_as_stranger(_port(cluster, target, "gossip"), "ghost", [gossip_encode(forged)])
+        deadline = time.monotonic() + (10.0 if insecure else 4.0)
+        listed, declared = False, False
+        while time.monotonic() < deadline and not (listed and declared):
+            status, nodes = cluster.request(target, "GET", "/api/v1/nodes")
+            assert status == 200, nodes
+            listed = any(item["id"] == "ghost" for item in nodes["items"])
+            log = (tmp_path / f"{target}.log").read_text()
+            declared = f"gossip: {victim} alive -> dead" in log
+            time.sleep(0.2)
+        assert listed == insecure, nodes
+        assert declared == insecure, log[-2000:]
+        if not insecure:
+            assert all(
+                item["status"] == "alive" for item in nodes["items"] if item["id"] in cluster.ids
+            ), nodes
     finally:
         cluster.stop_all()
 
