@@ -515,3 +515,23 @@ def test_incarnation_precedence_rules() -> None:
     tell(Update(LEFT, "c", "tcp://c2:1", 9_000))
     swim.forget("c")  # ...gone ones can
     assert "c" not in swim.members()
+
+
+@pytest.mark.parametrize("status", [ALIVE, SUSPECT, DEAD])
+def test_a_claim_about_us_at_the_highest_incarnation_never_breaks_our_encoder(status) -> None:
+    """A claim about ourselves at the wire's highest incarnation (only a forger makes one)
+    used to be answered with that number plus one, which the codec cannot encode: the
+    node could then send no gossip at all.  The answer now stays at the top, counted."""
+    from node.gossip.messages import MAX_INCARNATION
+
+    swim = Swim("a", "tcp://a:1", {}, rng=random.Random(0))
+    swim.tick(0)
+    out = swim.receive(
+        Ping("b", "tcp://b:1", "a", 1, (Update(status, "a", "tcp://a:1", MAX_INCARNATION),)), 10
+    )
+    assert swim.incarnation == MAX_INCARNATION
+    assert swim.stats["unrefutable_claims"] == 1
+    out += swim.tick(1000) + swim.receive(Ping("b", "tcp://b:1", "a", 2), 1010)
+    assert out
+    for o in out:
+        assert decode(encode(o.message)) == o.message

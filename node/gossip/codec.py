@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 
 from node.gossip.messages import (
+    MAX_INCARNATION,
     STATUS_CODES,
     Ack,
     GossipMessage,
@@ -52,7 +53,7 @@ _TAG_PING_REQ = WIRE_VERSION << _KIND_BITS | KIND_PING_REQ
 _TAG_SYNC = WIRE_VERSION << _KIND_BITS | KIND_SYNC
 
 _STATUS_BY_CODE: dict[int, Status] = {code: status for status, code in STATUS_CODES.items()}
-_MAX_UINT64 = (1 << 64) - 1
+_MAX_UINT64 = MAX_INCARNATION  # (every integer on the wire is an unsigned 64-bit one)
 _MAX_ID_BYTES = 255  # a ZeroMQ routing id
 _MAX_ADDRESS = 1024
 

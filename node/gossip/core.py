@@ -78,6 +78,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.gossip.messages import (
+    MAX_INCARNATION,
     RANK,
     Ack,
     GossipMessage,
@@ -594,17 +595,26 @@ class Swim:
         if u.status is Status.ALIVE:
             if u.incarnation > me.incarnation:
                 # An earlier life of ours (a clock that went back) outranks us.
-                me.incarnation = u.incarnation + 1
+                me.incarnation = self._above(u.incarnation)
                 me.meta_key = (me.incarnation, me.meta_version)
                 self._enqueue(me.id, urgent=True)
             return
         if u.incarnation >= me.incarnation:
             self.stats["refuted"] += 1
-            me.incarnation = u.incarnation + 1
+            me.incarnation = self._above(u.incarnation)
             me.meta_key = (me.incarnation, me.meta_version)
         # Either a refutation or a stale rumour about an old incarnation: in both
         # cases whoever sent it must hear that we are alive, and soon.
         self._enqueue(me.id, urgent=True)
+
+    def _above(self, incarnation: int) -> int:
+        """The incarnation that outranks `incarnation`, or the wire's highest (a claim
+        there, which only a forger makes, cannot be outranked: counted, not encoded
+        out of range, which would stop this node from gossiping at all)."""
+        if incarnation >= MAX_INCARNATION:
+            self.stats["unrefutable_claims"] += 1
+            return MAX_INCARNATION
+        return incarnation + 1
 
     def _add(self, u: Update, now_ms: int) -> None:
         meta = u.meta if u.meta is not None else {}

@@ -33,6 +33,11 @@ class Status(enum.StrEnum):
 # one.  So one comparison of (incarnation, RANK[status]) decides every case.
 RANK: dict[Status, int] = {Status.ALIVE: 0, Status.SUSPECT: 1, Status.DEAD: 2, Status.LEFT: 3}
 
+# The wire carries incarnations as unsigned 64-bit integers.  A claim at the top cannot
+# be outranked: a refutation there stays at the top (and is counted) rather than making
+# a number the codec cannot encode.
+MAX_INCARNATION = (1 << 64) - 1
+
 # Wire codes of the statuses (codec.py); fixed here, independent of enum order.
 STATUS_CODES: dict[Status, int] = {
     Status.ALIVE: 0,
