@@ -378,6 +378,26 @@ def test_a_body_that_is_not_json_is_a_400(
 
 
 @pytest.mark.parametrize(("method", "path", "good"), ROUTES, ids=ROUTE_IDS)
+def test_nan_and_infinity_are_not_json(
+    node: SimpleNamespace, method: str, path: str, good: dict[str, Any]
+) -> None:
+    """Python's json module reads NaN, Infinity and -Infinity; JSON has no such values,
+    and a NaN passes every range check (it compares false with everything)."""
+    raws = [json.dumps({**good, "extra": value}) for value in ("NaN", "Infinity")]
+    raws = [raw.replace('"NaN"', "NaN").replace('"Infinity"', "-Infinity") for raw in raws]
+
+    async def steps(client: TestClient) -> list[tuple[int, dict[str, Any]]]:
+        return [await send(client, node, method, path, raw) for raw in raws]
+
+    for status, answer in http(node, steps):
+        message, code, _ = reason(path, answer)
+        assert status == 400 and "not valid JSON" in message and "not a JSON value" in message
+        if path != CHAT_PATH:
+            assert code == "bad_json", answer
+    assert unchanged(node)
+
+
+@pytest.mark.parametrize(("method", "path", "good"), ROUTES, ids=ROUTE_IDS)
 def test_a_body_that_is_not_an_object_is_refused_as_before(
     node: SimpleNamespace, method: str, path: str, good: dict[str, Any]
 ) -> None:

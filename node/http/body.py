@@ -3,11 +3,12 @@
 Every route that takes a JSON body reads it here rather than with
 `request.json()`, which buffers the whole body up to the app's client_max_size
 (sized for uploads), lets json.loads recurse once per nesting level (a deep body
-is a RecursionError, a 500), and hands on integers that msgpack, the log's codec,
-cannot encode (a 500 when the command is proposed) or that no JSON client reads
-exactly.  A refused body raises BadBody before anything is proposed; it answers
-in the API's error format (node/http/errors.py), with the codes the routes used
-already: 413 too_large, 400 bad_json, 422 invalid.
+is a RecursionError, a 500), reads NaN and Infinity (not JSON), and hands on
+integers that msgpack, the log's codec, cannot encode (a 500 when the command is
+proposed) or that no JSON client reads exactly.  A refused body raises BadBody
+before anything is proposed; it answers in the API's error format
+(node/http/errors.py), with the codes the routes used already: 413 too_large,
+400 bad_json, 422 invalid.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ async def read_json(request: web.Request, limit: int, hint: str = "") -> Any:
         return number
 
     try:
-        value = json.loads(text, parse_int=parse_int)
+        value = json.loads(text, parse_int=parse_int, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise BadBody(
             400, "bad_json", _hinted(f"the body is not valid JSON ({exc})", hint)
@@ -89,6 +90,12 @@ async def read_json(request: web.Request, limit: int, hint: str = "") -> Any:
             field=field,
         )
     return value
+
+
+def _refuse_constant(name: str) -> float:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON has no such values,
+    and a NaN compares unequal to itself (a parameter check it passes means nothing)."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 async def read_bounded(request: web.Request, limit: int) -> bytes:
