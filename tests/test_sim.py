@@ -425,6 +425,15 @@ def test_an_operator_stops_removed_nodes_before_a_leader_is_needed():
     assert result.ok, result.error
 
 
+def test_a_removed_leader_that_alone_knows_its_removal_committed_is_not_stopped_early():
+    """Soak seed 204593: a leader committed its own removal and crashed before telling
+    the remaining voter; that voter still needed its vote.  Stopping it as removed left
+    the voter campaigning alone for ever; the quiet phase now stops a removed node only
+    once every voter of the new membership has applied the removal."""
+    result = run_seed(204593)
+    assert result.ok, result.error
+
+
 # ---------------------------------------------------------------------- the checker has teeth
 def first_failure(seeds, overrides=None) -> str | None:
     for seed in seeds:

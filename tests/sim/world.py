@@ -748,13 +748,16 @@ class Sim:
         leader it reaches (the Raft thesis, section 4.2.3), so a leader that must
         first send a new member a snapshot never lasts long enough (soak seed
         174027); an operator stops a removed node.  Removed means: not a member as
-        of the highest commit index any node knows, and named by no membership
-        change any log holds beyond it (that one may still add it back)."""
+        of the highest commit index any node knows, every voter of that membership
+        has applied the removal too (a removed leader may be the only one that knows
+        its removal committed, and the others still need its vote: soak seed
+        204593), and no log holds a later membership change naming it."""
         live = self.live_nodes()
         if any(not n.up or n.raw is None for n in live):
             return  # a node still loading may know a later commit
         known = max(live, key=lambda n: n.raw.commit_index).raw
         members = known.membership.members()
+        voters = [n for n in live if n.id in known.membership.voters]
         pending: set[str] = set()
         for node in live:
             raw = node.raw
@@ -762,9 +765,15 @@ class Sim:
             for entry in raw.entries(lo, raw.last_index + 1):
                 if entry.kind == EntryKind.CONF:
                     pending.add(ConfChange.decode(entry.data).node)
-        for node in live:
-            if node.id not in members and node.id not in pending:
-                self.retire(node)
+        removed = [
+            node
+            for node in live
+            if node.id not in members
+            and node.id not in pending
+            and not any(node.id in v.raw.membership.members() for v in voters)
+        ]
+        for node in removed:
+            self.retire(node)
 
     def _retire_non_members(self, spare_pending: bool) -> None:
         leader = self._leader_in_charge()
