@@ -435,3 +435,24 @@ def test_the_document_lists_413_on_every_json_route() -> None:
         template = path.replace("/d1", "/{id}")
         responses = paths[template][method.lower()]["responses"]
         assert "413" in responses and "400" in responses and "422" in responses, path
+
+
+def test_a_hand_made_cursor_is_a_400_with_its_reason(node: SimpleNamespace) -> None:
+    import base64
+
+    made = base64.urlsafe_b64encode(b'{"seq": "x"}').decode()
+
+    async def steps(client: TestClient) -> list[tuple[int, dict[str, Any]]]:
+        answers = []
+        for cursor in (made, "!!!", base64.urlsafe_b64encode(b'{"offset": -1}').decode()):
+            response = await client.get(
+                "/api/v1/tasks", params={"cursor": cursor}, headers=node.auth
+            )
+            answers.append((response.status, await response.json()))
+        return answers
+
+    for status, answer in http(node, steps):
+        assert status == 400 and answer["error"]["code"] == "bad_cursor", answer
+        assert answer["error"]["details"]["field"] == "cursor"
+        assert "start again without it" in answer["error"]["message"]
+    assert unchanged(node)

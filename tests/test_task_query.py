@@ -95,6 +95,49 @@ def test_bad_parameters_name_their_field(queue: TaskQueue, params: dict, field: 
     assert err.value.field == field
 
 
+def _cursor(data: object) -> str:
+    import base64
+    import json
+
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("sort", ["submitted", "-priority"])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _cursor({"offset": "ten"}),
+        _cursor({"seq": "ten"}),
+        _cursor({"offset": -5}),
+        _cursor({"seq": -5}),
+        _cursor({"offset": True}),
+        _cursor({"seq": 1.5}),
+        _cursor({"offset": 2**70}),
+        _cursor({"seq": None}),
+        _cursor([1, 2]),
+        _cursor({}),
+        _cursor({"seq": 3, "offset": 3}),
+        "!!!",
+        "",
+    ],
+)
+def test_a_hand_made_cursor_is_refused_not_a_crash(queue: TaskQueue, sort: str, cursor: str):
+    """Hand-made cursors used to reach slicing and bisecting (a TypeError: a 500)."""
+    if not cursor:
+        assert page(queue, sort=sort, cursor=cursor)[0]  # empty means no cursor
+        return
+    with pytest.raises(QueryError) as err:
+        page(queue, sort=sort, cursor=cursor)
+    assert err.value.field == "cursor"
+
+
+def test_a_cursor_past_the_end_is_an_empty_page_not_an_error(queue: TaskQueue) -> None:
+    """Tasks expire between pages: a cursor that now points past the end is honest."""
+    for sort, data in (("-priority", {"offset": 10**6}), ("submitted", {"seq": 10**6})):
+        items, cursor, total = page(queue, sort=sort, cursor=_cursor(data))
+        assert items == [] and cursor is None and total == 1000
+
+
 def test_statistics(queue: TaskQueue) -> None:
     stats = task_query.statistics(queue.tasks, queue.counts(), now_ms=6_500)
     assert stats["completed"] == 20 and stats["running"] == 30 and stats["queued"] == 950

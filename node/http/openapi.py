@@ -60,6 +60,7 @@ ROUTE_ERROR_CODES = (
     "bad_json",
     "bad_multipart",
     "bad_idempotency_key",
+    "bad_cursor",
     "bad_credentials",
     "unauthorized",
     "initialising",
@@ -646,7 +647,11 @@ def _task_paths() -> dict[str, Schema]:
             ),
             "get": _op(
                 "list tasks",
-                {"200": _json(_ref("TaskList"), "a page"), "422": _error("bad parameter")},
+                {
+                    "200": _json(_ref("TaskList"), "a page"),
+                    "400": _error("a cursor this API did not return (bad_cursor)"),
+                    "422": _error("bad parameter"),
+                },
                 tag="tasks",
                 parameters=_task_list_parameters(),
             ),

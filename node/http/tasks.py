@@ -277,6 +277,8 @@ class TaskAPI:
             query = TaskQuery.from_params(request.query, self._scope(request))
             page, next_cursor, total = task_query.run(self._tasks, query)
         except QueryError as exc:
+            if exc.field == "cursor":  # not a value out of range: a token we never made
+                return error(400, "bad_cursor", str(exc), field=exc.field)
             return error(422, "invalid", str(exc), field=exc.field)
         full = request.query.get("full") in ("1", "true")
         items = [t.to_dict() if full else task_query.summary(t) for t in page]

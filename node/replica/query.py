@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.replica.tasks import Task
-from node.replica.vocabulary import TaskState
+from node.replica.vocabulary import INT64_MAX, TaskState
 
 STATES = tuple(TaskState)
 
@@ -157,7 +157,7 @@ def run(tasks: Mapping[str, Task], query: TaskQuery) -> tuple[list[Task], str | 
     found = query.select(tasks)
     if query.sort == "submitted":
         return _by_log_order(found, query)
-    offset = _decode(query.cursor).get("offset", 0) if query.cursor else 0
+    offset = _cursor_value(query.cursor, "offset", INT64_MAX) if query.cursor else 0
     if query.sort in _PLAIN:
         # A C-level key and Python's stable sort (ties stay in log order, newest
         # first when descending) beat a Python key function per task.
@@ -178,7 +178,7 @@ def run(tasks: Mapping[str, Task], query: TaskQuery) -> tuple[list[Task], str | 
 def _by_log_order(found: list[Task], query: TaskQuery) -> tuple[list[Task], str | None, int]:
     # The cursor is the seq of the last task shown, so pages stay stable while new
     # tasks arrive; `found` is in log order, i.e. sorted by seq: bisect into it.
-    after = _decode(query.cursor).get("seq") if query.cursor else None
+    after = _cursor_value(query.cursor, "seq", INT64_MAX) if query.cursor else None
     if query.descending:
         end = len(found) if after is None else bisect.bisect_left(found, after, key=_seq)
         page = found[max(0, end - query.limit) : end][::-1]
@@ -249,16 +249,21 @@ def _encode(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
 
-def _decode(cursor: str) -> dict[str, Any]:
+_BAD_CURSOR = "cursor is not one this API returned for this listing; start again without it"
+
+
+def _cursor_value(cursor: str, key: str, high: int) -> int:
+    """The one whole number in 0..high that a cursor of this sort carries under `key`.
+    A cursor is opaque to clients, so anything else is one made by hand (or for another
+    sort): refused, never used in slicing or bisecting, where it would raise."""
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, TypeError):
-        raise QueryError(
-            "cursor", "cursor is not one this API returned; start again without it"
-        ) from None
-    if not isinstance(data, dict):
-        raise QueryError("cursor", "cursor is not one this API returned; start again without it")
-    return data
+        raise QueryError("cursor", _BAD_CURSOR) from None
+    value = data.get(key) if isinstance(data, dict) and len(data) == 1 else None
+    if type(value) is not int or not 0 <= value <= high:
+        raise QueryError("cursor", _BAD_CURSOR)
+    return value
 
 
 def statistics(
