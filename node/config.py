@@ -11,6 +11,7 @@ instead of the file:
     RAGRAFT_TOKEN_SECRET                                 [security] token_secret
     RAGRAFT_SECRETS_DIR                                  [security] secrets_dir
     RAGRAFT_INSECURE=1                                   [security] insecure = true
+    RAGRAFT_DASHBOARD_ORIGINS=a:1,b:2                    [security] dashboard_origins
     RAGRAFT_ADMIN_PASSWORD                               the built-in admin's password
     RAGRAFT_TICK_MS                                      [raft] tick_ms
     RAGRAFT_DATA_DIR                                     every node's data_dir becomes <dir>/<id>
@@ -143,6 +144,9 @@ class ClusterConfig:
     # Where the secrets bundle lives (node/secrets.py), outside every data_dir.
     secrets_dir: Path = Path(".ragraft/secrets")
     insecure: bool = False  # plaintext, unauthenticated cluster traffic: only when asked
+    # Origins (host[:port]) besides the node's own from which a browser may open the
+    # dashboard's websocket, e.g. a reverse proxy's name.
+    dashboard_origins: tuple[str, ...] = ()
 
     def node(self, node_id: str) -> NodeSpec:
         for spec in self.nodes:
@@ -397,6 +401,17 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
     secrets_dir = env.get("RAGRAFT_SECRETS_DIR") or security.get("secrets_dir", ".ragraft/secrets")
     if not isinstance(secrets_dir, str) or not secrets_dir:
         raise fail("security.secrets_dir", f"{secrets_dir!r} is not a path", "name a directory")
+    origins: Any = security.get("dashboard_origins", [])
+    if "RAGRAFT_DASHBOARD_ORIGINS" in env:
+        origins = [o.strip() for o in env["RAGRAFT_DASHBOARD_ORIGINS"].split(",") if o.strip()]
+    if not isinstance(origins, list) or not all(
+        isinstance(o, str) and o and "/" not in o for o in origins
+    ):
+        raise fail(
+            "security.dashboard_origins",
+            f"{origins!r} is not a list of host[:port] origins",
+            'list the names browsers reach the dashboard by, e.g. ["ragraft.example.com:443"]',
+        )
     rag = _rag(raw.get("rag", {}), fail)
     extra = {
         k: v
@@ -418,6 +433,7 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         extra,
         secrets_dir=base / secrets_dir,
         insecure=insecure,
+        dashboard_origins=tuple(origins),
     )
 
 
@@ -429,6 +445,7 @@ _SECURITY_KEYS = {
     "api_keys",
     "insecure",
     "secrets_dir",
+    "dashboard_origins",
 }
 
 

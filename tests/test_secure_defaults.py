@@ -358,3 +358,69 @@ def test_the_data_directories_hold_no_user_text_and_no_secret(
     for path in [tmp_path / "data", *(tmp_path / "data").rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o077 == 0, f"{path} is {mode:03o}"
+
+
+def test_dashboard_origins_are_the_nodes_own_names_never_a_wildcard() -> None:
+    import socket
+
+    from ui.server import allowed_origins
+
+    assert allowed_origins("10.0.0.5", 8301) == ["10.0.0.5:8301"]
+    local = allowed_origins("127.0.0.1", 8301, ["proxy.example:443"])
+    assert {"127.0.0.1:8301", "localhost:8301", f"{socket.gethostname()}:8301"} <= set(local)
+    assert "proxy.example:443" in local and "*" not in local
+    assert not any(o.startswith("0.0.0.0") for o in allowed_origins("0.0.0.0", 8301))
+
+
+@pytest.mark.e2e
+def test_a_page_on_another_site_cannot_open_the_dashboards_websocket(tmp_path: Path) -> None:
+    """Bokeh sessions are driven over one websocket; with websocket_origin="*" a page on
+    any site could open it from a visitor's browser.  Origins other than the node's own
+    names are now refused in the handshake."""
+    import asyncio
+
+    import aiohttp
+
+    cluster = NodeCluster(tmp_path, size=1, dashboard=True)
+    cluster.start_all()
+    try:
+        cluster.wait_ready(timeout=60)
+        url = cluster.dashboard_urls["n1"]
+        deadline = time.monotonic() + 60
+        while True:  # the dashboard starts after the API
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    assert r.status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the dashboard did not start"
+                time.sleep(0.5)
+
+        async def handshake(origin: str) -> int:
+            async with aiohttp.ClientSession() as session:
+                try:
+                    async with session.ws_connect(
+                        url.replace("http", "ws") + "/ws", headers={"Origin": origin}
+                    ):
+                        return 101
+                except aiohttp.WSServerHandshakeError as exc:
+                    return exc.status
+
+        port = url.rsplit(":", 1)[1]
+        assert asyncio.run(handshake("http://evil.example")) == 403
+        assert asyncio.run(handshake(f"http://127.0.0.1:{port}.evil.example")) == 403
+        assert asyncio.run(handshake(f"http://127.0.0.1:{port}")) != 403
+    finally:
+        cluster.stop_all()
+
+
+def test_dashboard_origins_come_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    assert config(tmp_path).dashboard_origins == ()
+    assert config(tmp_path, dashboard_origins=["rag.example:443"]).dashboard_origins == (
+        "rag.example:443",
+    )
+    env = {"RAGRAFT_DASHBOARD_ORIGINS": "a.example:80, b.example:8301"}
+    assert config(tmp_path, env).dashboard_origins == ("a.example:80", "b.example:8301")
+    for bad in ("a.example:80", ["https://a.example/x"], [""], [3]):
+        with pytest.raises(ConfigError, match="security.dashboard_origins"):
+            config(tmp_path, dashboard_origins=bad)

@@ -9,6 +9,21 @@ from collections.abc import Awaitable, Callable, Sequence
 log = logging.getLogger("ragraft.ui")
 
 
+def allowed_origins(host: str, port: int, extra: Sequence[str] = ()) -> list[str]:
+    """The origins (host:port, as Bokeh matches them) whose pages may open this
+    dashboard's websocket: the address it serves on and, when that is a loopback or
+    wildcard address, the machine's own names; plus `extra` (a reverse proxy, say).
+    Never "*": a page on another site could otherwise drive the dashboard of a
+    visitor who is logged in to it."""
+    import socket
+
+    names = {host}
+    if host in ("0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):
+        names |= {"localhost", "127.0.0.1", socket.gethostname(), socket.getfqdn()}
+    origins = {f"{name}:{port}" for name in names if name and name not in ("0.0.0.0", "::")}
+    return sorted(origins | set(extra))
+
+
 async def start_dashboard(
     node_id: str,
     host: str,
@@ -16,6 +31,7 @@ async def start_dashboard(
     api_url: str,
     peers: dict[str, str],
     warnings: Sequence[str] = (),
+    origins: Sequence[str] = (),
 ) -> Callable[[], Awaitable[None]]:
     """Start serving; returns the function that stops it.  Panel is imported here,
     so a node with the dashboard off never pays for it."""
@@ -43,7 +59,7 @@ async def start_dashboard(
         {"/": session},
         port=port,
         address=host,
-        websocket_origin="*",
+        websocket_origin=allowed_origins(host, port, origins),
         show=False,
         liveness=True,
         start=False,

@@ -177,7 +177,13 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         peers = {n.id: n.dashboard_url for n in config.nodes if n.id != node_id}
         try:
             stop_dashboard = await start_dashboard(
-                node_id, spec.host, spec.dashboard_port, spec.api_url, peers, insecurity(config)
+                node_id,
+                spec.host,
+                spec.dashboard_port,
+                spec.api_url,
+                peers,
+                insecurity(config),
+                config.dashboard_origins,
             )
             print(f"node {node_id}: dashboard {spec.dashboard_url}", flush=True)
         except OSError as exc:
