@@ -456,3 +456,31 @@ def test_a_hand_made_cursor_is_a_400_with_its_reason(node: SimpleNamespace) -> N
         assert answer["error"]["details"]["field"] == "cursor"
         assert "start again without it" in answer["error"]["message"]
     assert unchanged(node)
+
+
+def test_a_task_input_over_its_limit_is_a_422_and_the_limit_itself_is_accepted(
+    node: SimpleNamespace,
+) -> None:
+    """Extra input fields were stored whole and replicated to every node (up to the 1 MiB
+    body); an input is now at most MAX_INPUT_BYTES as JSON."""
+    from node.replica.vocabulary import MAX_INPUT_BYTES
+
+    base = {"duration_ms": 5, "note": ""}
+    room = MAX_INPUT_BYTES - len(json.dumps(base, separators=(",", ":")))
+    fits = {**NOOP, "input": {**base, "note": "é" * (room // 2)}}  # 2 bytes each in UTF-8
+    over = {**NOOP, "input": {**base, "note": "é" * (room // 2 + 1)}}
+
+    async def steps(client: TestClient) -> list[tuple[int, dict[str, Any]]]:
+        refused = await send(client, node, "POST", "/api/v1/tasks", json.dumps(over))
+        nothing = unchanged(node)
+        return [
+            refused,
+            (nothing, {}),
+            await send(client, node, "POST", "/api/v1/tasks", json.dumps(fits)),
+        ]
+
+    (status, answer), (nothing, _), (fit_status, fit_answer) = http(node, steps)
+    assert status == 422 and answer["error"]["details"]["field"] == "input", answer
+    assert str(MAX_INPUT_BYTES) in answer["error"]["message"]
+    assert nothing
+    assert fit_status == 201, fit_answer

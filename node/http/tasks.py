@@ -13,6 +13,7 @@ task the first one created and `Idempotent-Replayed: true`, on any node.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from node.replica.replica import Replica
 from node.replica.tasks import Task
 from node.replica.vocabulary import (
     DEFAULT_PRIORITY,
+    MAX_INPUT_BYTES,
     MAX_JSON_BODY_BYTES,
     MAX_NOOP_MS,
     MAX_TEXT_CHARS,
@@ -120,6 +122,11 @@ def _check_input(task_type: TaskType, task_input: dict[str, Any]) -> None:
             raise InvalidField(
                 "input.duration_ms", f"duration_ms must be a number from 0 to {MAX_NOOP_MS}"
             )
+    size = len(json.dumps(task_input, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > MAX_INPUT_BYTES:
+        raise InvalidField(
+            "input", f"input is {size} bytes as JSON; at most {MAX_INPUT_BYTES} are accepted"
+        )
     for name in _TEXT_FIELDS:
         if isinstance(task_input.get(name), str) and len(task_input[name]) > MAX_TEXT_CHARS:
             raise InvalidField(

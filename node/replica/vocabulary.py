@@ -75,6 +75,9 @@ CancelledFn = Callable[[], bool]
 
 # ---------------------------------------------------------------------- limits
 MAX_TEXT_CHARS = 8000  # a query or a prompt
+# A task's whole input as JSON (UTF-8): room for the longest text in any script, not for
+# megabytes that every node would replicate, store and keep in memory.
+MAX_INPUT_BYTES = 64 * 1024
 MAX_NEW_TOKENS = 2048
 MAX_TOP_K = 100
 MAX_STOP_STRINGS = 8
