@@ -29,6 +29,7 @@ from node.http.openai_compat import OpenAIRoutes
 from node.http.openapi import document
 from node.http.tasks import TaskAPI
 from node.rag.knowledge import KnowledgeBase
+from node.replica import commands as c
 from node.replica.replica import Replica
 from node.replica.state import NodeState
 from node.replica.tasks import TaskQueue
@@ -36,6 +37,8 @@ from node.replica.vocabulary import (
     MAX_AUTH_BODY_BYTES,
     MAX_JSON_BODY_BYTES,
     MAX_JSON_DEPTH,
+    TaskParams,
+    TaskType,
 )
 from tests.test_idempotency import InstantRaft
 
@@ -50,6 +53,9 @@ class LeaderRaft(InstantRaft):
     forwarded (none gets that far here: every body below is refused first)."""
 
     is_leader = True
+
+    def status(self) -> dict[str, Any]:
+        return {"leader": "n1", "voters": ["n1"], "learners": [], "addresses": {"n1": "tcp://n1"}}
 
 
 @pytest.fixture(scope="module")
@@ -484,3 +490,30 @@ def test_a_task_input_over_its_limit_is_a_422_and_the_limit_itself_is_accepted(
     assert str(MAX_INPUT_BYTES) in answer["error"]["message"]
     assert nothing
     assert fit_status == 201, fit_answer
+
+
+def test_a_user_sees_only_their_own_running_task_ids_in_the_node_list(
+    node: SimpleNamespace,
+) -> None:
+    """GET /api/v1/nodes listed every running task id to every user (who asks what, when);
+    a user now sees their own there, an admin all."""
+    queue = node.state.tasks
+    for task_id, owner in (("T-admin", "admin"), ("T-alice", "alice")):
+        queue.apply(c.Submit(task_id, TaskType.NOOP, {"duration_ms": 5}, TaskParams(), owner, 1))
+    queue.apply(c.Claim(node="n1", slots=4, at=2, max=4))
+
+    async def steps(client: TestClient) -> list[dict[str, Any]]:
+        login = await client.post(
+            "/api/v1/auth/token", json={"username": "alice", "password": ALICE_PW}
+        )
+        alice = {"Authorization": f"Bearer {(await login.json())['access_token']}"}
+        seen = []
+        for headers in (node.auth, alice):
+            response = await client.get("/api/v1/nodes", headers=headers)
+            assert response.status == 200, await response.text()
+            seen.append({i["id"]: i["running"] for i in (await response.json())["items"]})
+        return seen
+
+    as_admin, as_alice = http(node, steps)
+    assert as_admin["n1"] == ["T-admin", "T-alice"]
+    assert as_alice["n1"] == ["T-alice"]

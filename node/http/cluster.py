@@ -21,7 +21,8 @@ from node.http.body import BadBody, read_bounded, read_json_object
 from node.http.errors import error
 from node.replica.refusal import Refused
 from node.replica.replica import NoQuorum, NotLeader, Replica
-from node.replica.vocabulary import MAX_JSON_BODY_BYTES
+from node.replica.tasks import TaskQueue
+from node.replica.vocabulary import MAX_JSON_BODY_BYTES, UserRole
 from node.secrets import insecurity
 
 
@@ -92,9 +93,12 @@ class ClusterAPI:
         app.router.add_get("/readyz", self.readyz)
 
     # ------------------------------------------------------------ reads
-    async def nodes(self, _: web.Request) -> web.Response:
+    async def nodes(self, request: web.Request) -> web.Response:
         status = self.replica.status()
         tasks = self.replica.state.tasks
+        # A user sees only their own tasks anywhere, here too: the ids of others' running
+        # tasks say who is asking what, and when.
+        owner = None if request.get("role", UserRole.ADMIN) == UserRole.ADMIN else request["user"]
         known = tasks.nodes
         table = self.gossip.snapshot()
         items = []
@@ -112,7 +116,11 @@ class ClusterAPI:
                     "status_since_unix_ms": member.get("status_since_unix_ms"),
                     "raft_role": _raft_role(status, node_id),
                     "slots": info.get("slots"),
-                    "running": tasks.running_on(node_id),
+                    "running": [
+                        task_id
+                        for task_id in tasks.running_on(node_id)
+                        if owner is None or _owner_of(tasks, task_id) == owner
+                    ],
                     "metrics": member.get("meta", {}),
                 }
             )
@@ -206,3 +214,8 @@ def _admins_only(request: web.Request) -> web.Response | None:
     if request["role"] != "admin":
         return error(403, "forbidden", "only an admin can change the cluster's membership")
     return None
+
+
+def _owner_of(tasks: TaskQueue, task_id: str) -> str | None:
+    task = tasks.tasks.get(task_id)
+    return task.owner if task is not None else None
