@@ -66,6 +66,30 @@ def test_tokens_and_api_keys_identify_their_user() -> None:
     assert auth.identify(other_cluster) is None
 
 
+def test_an_unknown_user_costs_one_hash_like_a_known_one(monkeypatch) -> None:
+    """Constant work for unknown users: the first unknown name used to cost two scrypt
+    runs (the dummy hash was made then), telling a prober the name does not exist."""
+    import hashlib
+
+    from node.http import auth as auth_module
+
+    auth_module._dummy_hash.cache_clear()
+    settings = SecuritySettings(users=(UserSpec("alice", "user", hash_password(ALICE_PW)),))
+    auth = Authenticator(settings, replica_of(Accounts()), "c")
+    runs = []
+    real = hashlib.scrypt
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(auth_module.hashlib, "scrypt", counted)
+    for user in ("mallory", "alice", "eve", "alice"):
+        before = len(runs)
+        assert auth.check_password(user, "wrong") is None
+        assert len(runs) - before == 1, user
+
+
 def replica_of(accounts: Accounts) -> SimpleNamespace:
     """The Authenticator reads only `replica.state.accounts`."""
     return SimpleNamespace(state=SimpleNamespace(accounts=accounts))

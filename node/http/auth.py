@@ -102,6 +102,9 @@ class Authenticator:
         self.issuer = f"ragraft:{cluster_name}"
         self._users = {u.name: u for u in settings.users}
         self._config_keys = {digest: user for user, digest in settings.api_keys}
+        # Made now, not at the first unknown user's login: that one would otherwise take
+        # two hashes' time, and tell a prober the name does not exist.
+        _dummy_hash()
 
     @property
     def accounts(self) -> Accounts:
