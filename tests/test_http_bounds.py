@@ -517,3 +517,56 @@ def test_a_user_sees_only_their_own_running_task_ids_in_the_node_list(
     as_admin, as_alice = http(node, steps)
     assert as_admin["n1"] == ["T-admin", "T-alice"]
     assert as_alice["n1"] == ["T-alice"]
+
+
+# ------------------------------------------------------------------ multipart uploads
+def _form(fields: dict[str, str], files: list[tuple[str, bytes]]) -> Any:
+    import aiohttp
+
+    form = aiohttp.FormData()
+    for name, value in fields.items():
+        form.add_field(name, value)
+    for filename, data in files:
+        form.add_field("file", data, filename=filename, content_type="text/plain")
+    return form
+
+
+@pytest.mark.parametrize(
+    ("fields", "files", "says"),
+    [
+        ({"title": "t" * 10_001}, [("a.txt", b"some text")], "'title' is longer than"),
+        ({f"f{i}": "x" for i in range(17)}, [("a.txt", b"some text")], "form fields"),
+        ({}, [(f"{i}.txt", b"x" * (MAX_UPLOAD - 10)) for i in range(5)], "together"),
+    ],
+    ids=["long field", "many fields", "files together"],
+)
+def test_a_multipart_upload_over_a_limit_is_a_413_before_it_is_buffered_whole(
+    node: SimpleNamespace, fields: dict[str, str], files: list[tuple[str, bytes]], says: str
+) -> None:
+    """Form fields were read whole whatever their size, and 64 files of the per-file
+    limit each were held in memory at once."""
+
+    async def steps(client: TestClient) -> tuple[int, dict[str, Any]]:
+        response = await client.post(
+            "/api/v1/kb/documents", data=_form(fields, files), headers=node.auth
+        )
+        return response.status, await response.json()
+
+    status, answer = http(node, steps)
+    assert status == 413 and answer["error"]["code"] == "too_large", answer
+    assert says in answer["error"]["message"], answer
+    assert unchanged(node)
+
+
+def test_a_multipart_upload_within_the_limits_is_read(node: SimpleNamespace) -> None:
+    fields = {"title": "notes", "tags": "a,b", "note": "n" * 10_000}
+    files = [(f"{i}.txt", b"x" * (MAX_UPLOAD - 10)) for i in range(4)]
+
+    async def steps(client: TestClient) -> tuple[int, dict[str, Any]]:
+        response = await client.post(
+            "/api/v1/kb/documents", data=_form(fields, files), headers=node.auth
+        )
+        return response.status, await response.json()
+
+    status, answer = http(node, steps)
+    assert status == 202, answer

@@ -46,6 +46,13 @@ if TYPE_CHECKING:
 # A document id a client may choose: what the knowledge base accepts, and safe in a URL.
 _DOC_ID = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_ID_CHARS - 1}}}$")
 MAX_FILES = 64  # per multipart request: each file is one log entry
+# A multipart upload's other fields (title, tags, id): short text, few of them.
+MAX_FORM_FIELDS = 16
+MAX_FORM_FIELD_BYTES = 10_000
+# One request's files together, as a multiple of the per-file limit: every file is
+# held in memory until its log entry is proposed, so 64 files of the limit each would
+# be a gigabyte.
+UPLOAD_TOTAL_FILES_OF_LIMIT = 4
 # The media types a JSON upload's text may declare (other files come as multipart),
 # and the extension its source name gets, so that parsing picks the same format.
 _TEXT_SUFFIX = {MEDIA_TEXT: ".txt", MEDIA_MARKDOWN: ".md", MEDIA_HTML: ".html"}
@@ -198,16 +205,32 @@ class KnowledgeAPI:
         reader = await request.multipart()
         fields: dict[str, str] = {}
         parts: list[tuple[str, str | None, bytes]] = []
+        total = 0
+        total_limit = UPLOAD_TOTAL_FILES_OF_LIMIT * self.max_upload_bytes
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 continue
             if part.filename is None:
-                value = await part.read(decode=True)
-                fields[part.name or ""] = value.decode("utf-8", "replace")[:10_000]
+                if len(fields) >= MAX_FORM_FIELDS:
+                    raise UploadError(
+                        413, "too_large", f"at most {MAX_FORM_FIELDS} form fields per upload"
+                    )
+                value = await _read_field(part)
+                fields[part.name or ""] = value.decode("utf-8", "replace")
                 continue
             if len(parts) >= MAX_FILES:
                 raise UploadError(413, "too_many_files", f"at most {MAX_FILES} files per upload")
             data = await self._read_limited(part)
+            total += len(data)
+            if total > total_limit:
+                raise UploadError(
+                    413,
+                    "too_large",
+                    f"the files of one upload may hold {total_limit // (1024 * 1024)} MiB "
+                    f"together ({UPLOAD_TOTAL_FILES_OF_LIMIT} times [rag] max_upload_mb); "
+                    "upload the rest in another request",
+                    limit_bytes=total_limit,
+                )
             content_type = part.headers.get("Content-Type")
             # a browser's "I do not know": let the parser detect the format
             if content_type == "application/octet-stream":
@@ -430,3 +453,21 @@ def _upload_fingerprint(file: _File, index: int, count: int) -> str:
         list(doc.tags),
         doc.data,
     )
+
+
+async def _read_field(part: BodyPartReader) -> bytes:
+    """A form field's value, refused once it passes MAX_FORM_FIELD_BYTES (aiohttp's
+    part.read() would buffer a field of any size)."""
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(4096):
+        size += len(chunk)
+        if size > MAX_FORM_FIELD_BYTES:
+            raise UploadError(
+                413,
+                "too_large",
+                f"form field {part.name!r} is longer than {MAX_FORM_FIELD_BYTES} bytes",
+                limit_bytes=MAX_FORM_FIELD_BYTES,
+                field=part.name or "",
+            )
+        chunks.append(chunk)
+    return bytes(part.decode(b"".join(chunks)))
