@@ -570,3 +570,24 @@ def test_a_multipart_upload_within_the_limits_is_read(node: SimpleNamespace) -> 
 
     status, answer = http(node, steps)
     assert status == 202, answer
+
+
+def test_failed_logins_are_throttled_with_429_and_retry_after(node: SimpleNamespace) -> None:
+    from node.replica.vocabulary import LOGIN_FAILURES_PER_USER
+
+    async def steps(client: TestClient) -> list[tuple[int, dict[str, Any], str | None]]:
+        answers = []
+        for password in ["wrong"] * LOGIN_FAILURES_PER_USER + [ALICE_PW]:
+            response = await client.post(
+                "/api/v1/auth/token", json={"username": "alice", "password": password}
+            )
+            answers.append(
+                (response.status, await response.json(), response.headers.get("Retry-After"))
+            )
+        return answers
+
+    answers = http(node, steps)
+    assert [status for status, _, _ in answers[:-1]] == [401] * LOGIN_FAILURES_PER_USER
+    status, answer, retry_after = answers[-1]  # even the right password, for a while
+    assert status == 429 and answer["error"]["code"] == "too_many_attempts", answer
+    assert retry_after is not None and 0 < int(retry_after) <= 60

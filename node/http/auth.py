@@ -19,6 +19,7 @@ import base64
 import functools
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from typing import Any
@@ -30,6 +31,7 @@ from aiohttp.typedefs import Middleware
 from node.config import SecuritySettings
 from node.http.body import BadBody, read_json_object
 from node.http.errors import Handler, error, propose, write
+from node.http.throttle import LoginThrottle
 from node.ids import new_task_id, now_ms
 from node.replica import commands as c
 from node.replica.accounts import Accounts
@@ -226,9 +228,12 @@ def _dummy_hash() -> str:
 class AuthAPI:
     """/api/v1/auth: login, who am I, and API keys (created and revoked through the log)."""
 
-    def __init__(self, auth: Authenticator, replica: Replica) -> None:
+    def __init__(
+        self, auth: Authenticator, replica: Replica, throttle: LoginThrottle | None = None
+    ) -> None:
         self.auth = auth
         self.replica = replica
+        self.throttle = throttle or LoginThrottle()
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v1/auth/token", self.login)
@@ -248,11 +253,24 @@ class AuthAPI:
         if not isinstance(body.get("username"), str) or not isinstance(body.get("password"), str):
             return error(422, "invalid", "username and password must be strings", field="username")
         user = body["username"]
+        address = request.remote or ""
+        wait = self.throttle.retry_after(user, address)
+        if wait is not None:
+            response = error(
+                429,
+                "too_many_attempts",
+                f"too many failed logins for this user or from this address; retry in "
+                f"{math.ceil(wait)} s",
+                retry_after_s=math.ceil(wait),
+            )
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
         # scrypt takes tens of milliseconds: off the event loop.
         role = await asyncio.get_running_loop().run_in_executor(
             None, self.auth.check_password, user, body["password"]
         )
         if role is None:
+            self.throttle.failed(user, address)
             if self.auth.accounts.admin_hash is None and user == ADMIN:
                 return error(
                     503,

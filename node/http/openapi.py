@@ -28,6 +28,8 @@ from node.replica.refusal import RefusalCode
 from node.replica.vocabulary import (
     DEFAULT_PRIORITY,
     IDEMPOTENCY_TTL_MS,
+    LOGIN_FAILURES_PER_ADDRESS,
+    LOGIN_FAILURES_PER_USER,
     MAX_NOOP_MS,
     MAX_STOP_STRINGS,
     MAX_TEXT_CHARS,
@@ -61,6 +63,7 @@ ROUTE_ERROR_CODES = (
     "bad_multipart",
     "bad_idempotency_key",
     "bad_cursor",
+    "too_many_attempts",
     "bad_credentials",
     "unauthorized",
     "initialising",
@@ -547,6 +550,12 @@ def _auth_paths() -> dict[str, Schema]:
                     "401": _error("wrong username or password"),
                     "413": _error("body too large"),
                     "422": _error("missing field"),
+                    "429": _error(
+                        "too many failed logins for the user or from the address within a "
+                        f"minute (too_many_attempts; {LOGIN_FAILURES_PER_USER} per user, "
+                        f"{LOGIN_FAILURES_PER_ADDRESS} per address, on each node): "
+                        "see Retry-After"
+                    ),
                     "503": _error("the cluster is still setting up its admin account"),
                 },
                 tag="auth",

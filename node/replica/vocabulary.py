@@ -87,6 +87,10 @@ IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000  # a submission's key is remembered this l
 # JSON request bodies, as node/http/body.py reads them.  The login route is public, so
 # what a stranger can make a node buffer stays small (the key route shares the bound).
 MAX_AUTH_BODY_BYTES = 64 * 1024
+# Failed logins allowed per window on each node, before 429 (node/http/throttle.py).
+LOGIN_WINDOW_S = 60
+LOGIN_FAILURES_PER_USER = 10
+LOGIN_FAILURES_PER_ADDRESS = 30
 MAX_JSON_BODY_BYTES = 1024 * 1024  # any other JSON body (a task's text is a few KiB)
 MAX_JSON_DEPTH = 64  # nested arrays and objects; json.loads recurses once per level
 # What msgpack (the log's codec) and JSON clients keep exactly: a signed 64-bit integer.
