@@ -271,3 +271,49 @@ def test_without_a_configured_password_the_admin_password_is_generated_once_into
         assert login(cluster, "n1", "admin", printed[0])  # and the first one still holds
     finally:
         cluster.stop_all()
+
+
+def test_api_keys_carry_an_expiry_and_a_scope_in_the_replicated_accounts() -> None:
+    from node.replica.refusal import Refusal
+    from node.replica.vocabulary import KeyScope
+
+    accounts = Accounts()
+    key, digest = new_api_key()
+    old, old_digest = new_api_key()
+    now = int(time.time() * 1000)
+    with pytest.raises(Refusal, match="expire after"):
+        accounts.apply(c.PutKey("k0", "alice", digest, at=now, expires_at=now))
+    accounts.apply(c.PutKey("k1", "alice", digest, at=now, expires_at=now + 60_000, scope="read"))
+    accounts.apply(c.PutKey("k2", "alice", old_digest, at=1, expires_at=2))  # long expired
+    settings = SecuritySettings(users=(UserSpec("alice", "user", hash_password(ALICE_PW)),))
+    auth = Authenticator(settings, replica_of(accounts), "c")
+    assert auth.identify_scoped(key) == ("alice", "user", KeyScope.READ)
+    assert auth.identify(old) is None  # expired: refused like an unknown key
+    # A key stored before expiry and scopes (a snapshot of the previous release): its
+    # user's rights, for ever.
+    accounts.keys["k1"].pop("expires_at")
+    accounts.keys["k1"].pop("scope")
+    assert auth.identify_scoped(key) == ("alice", "user", KeyScope.ADMIN)
+
+
+def test_what_each_scope_may_do() -> None:
+    from node.http.auth import scope_allows
+    from node.replica.vocabulary import KeyScope
+
+    read, submit, admin = KeyScope.READ, KeyScope.SUBMIT, KeyScope.ADMIN
+    for scope in (read, submit, admin):
+        assert scope_allows(scope, "GET", "/api/v1/tasks")
+    assert not scope_allows(read, "POST", "/api/v1/tasks")
+    assert scope_allows(submit, "POST", "/api/v1/tasks")
+    assert scope_allows(submit, "DELETE", "/api/v1/tasks/T1")
+    assert scope_allows(submit, "POST", "/api/v1/tasks/T1/retry")
+    assert scope_allows(submit, "POST", "/v1/chat/completions")
+    for method, path in (
+        ("POST", "/api/v1/auth/keys"),
+        ("DELETE", "/api/v1/auth/keys/k1"),
+        ("POST", "/api/v1/kb/documents"),
+        ("POST", "/api/v1/cluster/members"),
+        ("PATCH", "/api/v1/kb/documents/d1"),
+    ):
+        assert not scope_allows(submit, method, path) and not scope_allows(read, method, path)
+        assert scope_allows(admin, method, path)

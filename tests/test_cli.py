@@ -178,6 +178,31 @@ def test_cancel_abort_retry(cluster: NodeCluster, tmp_path: Path) -> None:
     assert task["state"] == "cancelled" or task["abort_requested"]
 
 
+def test_api_key_create_ls_use_and_revoke(cluster: NodeCluster, tmp_path: Path) -> None:
+    login(cluster, tmp_path)
+    out = ragraft(
+        cluster, tmp_path, "api-key", "create", "--scope", "read", "--expires-in-days", "1",
+        "--label", "dashboards",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    key = out.stdout.strip()
+    assert key.startswith("rgk_") and "scope read" in out.stderr and "shown once" in out.stderr
+    listed = ragraft(cluster, tmp_path, "api-key", "ls")
+    assert listed.returncode == 0 and "dashboards" in listed.stdout and "read" in listed.stdout
+    reader = {"RAGRAFT_API_KEY": key}
+    assert ragraft(cluster, tmp_path, "tasks", env=reader).returncode == 0
+    refused = ragraft(cluster, tmp_path, "submit", "5", "--type", "noop", env=reader)
+    assert refused.returncode == 1 and "scope is read" in refused.stderr, refused.stderr
+    key_id = json.loads(ragraft(cluster, tmp_path, "api-key", "ls", "--json").stdout)["items"]
+    key_id = next(k["id"] for k in key_id if k["label"] == "dashboards")
+    assert ragraft(cluster, tmp_path, "api-key", "revoke", key_id).returncode == 0
+    cluster.read_barrier("n1")
+    cluster.read_barrier("n2")
+    cluster.read_barrier("n3")
+    gone = ragraft(cluster, tmp_path, "tasks", env=reader)
+    assert gone.returncode == 1, gone.stdout
+
+
 def test_fails_over_when_the_first_node_is_down(cluster: NodeCluster, tmp_path: Path) -> None:
     # Last of this module's tests: it kills n1.
     login(cluster, tmp_path)

@@ -591,3 +591,48 @@ def test_failed_logins_are_throttled_with_429_and_retry_after(node: SimpleNamesp
     status, answer, retry_after = answers[-1]  # even the right password, for a while
     assert status == 429 and answer["error"]["code"] == "too_many_attempts", answer
     assert retry_after is not None and 0 < int(retry_after) <= 60
+
+
+def test_a_scoped_key_is_refused_outside_its_scope_with_a_403_that_says_why(
+    node: SimpleNamespace,
+) -> None:
+    async def steps(client: TestClient) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for scope in ("read", "submit"):
+            r = await client.post(
+                "/api/v1/auth/keys",
+                json={"label": scope, "scope": scope, "expires_in_s": 3600},
+                headers=node.auth,
+            )
+            assert r.status == 201, await r.text()
+            out[scope] = await r.json()
+        keys = {s: {"Authorization": f"Bearer {out[s]['key']}"} for s in ("read", "submit")}
+        out["listed"] = (await (await client.get("/api/v1/auth/keys", headers=node.auth)).json())[
+            "items"
+        ]
+        r = await client.get("/api/v1/tasks", headers=keys["read"])
+        out["read GET"] = r.status
+        r = await client.post("/api/v1/tasks", json=NOOP, headers=keys["read"])
+        out["read POST"] = (r.status, await r.json())
+        r = await client.post("/api/v1/tasks", json=NOOP, headers=keys["submit"])
+        out["submit POST"] = r.status
+        r = await client.post("/api/v1/auth/keys", json={}, headers=keys["submit"])
+        out["submit key"] = (r.status, await r.json())
+        for bad in ({"scope": "root"}, {"expires_in_s": 5}, {"expires_in_s": True}):
+            r = await client.post("/api/v1/auth/keys", json=bad, headers=node.auth)
+            out.setdefault("bad", []).append((r.status, await r.json()))
+        return out
+
+    out = http(node, steps)
+    listed = {k["label"]: k for k in out["listed"]}
+    assert listed["read"]["scope"] == "read" and listed["submit"]["scope"] == "submit"
+    assert listed["read"]["expires_at"] - listed["read"]["created_at"] == 3_600_000
+    assert out["read GET"] == 200
+    status, answer = out["read POST"]
+    assert status == 403 and "scope is read" in answer["error"]["message"], answer
+    assert out["submit POST"] == 201
+    status, answer = out["submit key"]
+    assert status == 403 and "scope is submit" in answer["error"]["message"], answer
+    fields = [answer["error"]["details"].get("field") for _, answer in out["bad"]]
+    assert [s for s, _ in out["bad"]] == [422, 422, 422]
+    assert fields == ["scope", "expires_in_s", "expires_in_s"]

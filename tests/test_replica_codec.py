@@ -20,7 +20,7 @@ from node.replica import commands as c
 from node.replica.refusal import Refusal, RefusalCode
 from node.replica.state import NodeState
 from node.replica.tasks import TaskQueue
-from node.replica.vocabulary import SearchMode, TaskParams, TaskType
+from node.replica.vocabulary import KeyScope, SearchMode, TaskParams, TaskType
 
 text = st.text(max_size=20)
 ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
@@ -129,7 +129,16 @@ STRATEGIES = {
     c.DeleteDocument: st.builds(c.DeleteDocument, doc_id=ids, at=ms),
     c.SetEnabled: st.builds(c.SetEnabled, doc_id=ids, enabled=st.booleans(), at=ms),
     c.InitAccounts: st.builds(c.InitAccounts, admin_hash=text, at=ms, token_secret=maybe() | text),
-    c.PutKey: st.builds(c.PutKey, key_id=ids, user=text, sha256=text, at=ms, label=text),
+    c.PutKey: st.builds(
+        c.PutKey,
+        key_id=ids,
+        user=text,
+        sha256=text,
+        at=ms,
+        label=text,
+        expires_at=maybe() | ms,
+        scope=st.sampled_from(KeyScope),
+    ),
     c.DeleteKey: st.builds(c.DeleteKey, key_id=ids, at=ms, user=maybe() | text),
 }
 

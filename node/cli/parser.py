@@ -20,6 +20,7 @@ from node.replica.vocabulary import (
     PRIORITY_MAX,
     PRIORITY_MIN,
     SUBMITTABLE_TYPES,
+    KeyScope,
     SearchMode,
     TaskState,
     TaskType,
@@ -153,6 +154,31 @@ def add_parsers(sub: Any) -> None:
         "--mode", choices=MODES, help="retrieval mode (default: the cluster's [rag] mode)"
     )
     p.add_argument("--tags", help="only passages of documents with these comma-separated tags")
+
+    api_key = sub.add_parser(
+        "api-key",
+        help="API keys: create, ls, revoke",
+        description="API keys: create (shown once), ls, revoke",
+    )
+    actions = api_key.add_subparsers(
+        dest="api_key_command", required=True, metavar="{create,ls,revoke}"
+    )
+    p = command(actions, "create", "api_keys:create", "make an API key; it is printed once")
+    p.add_argument("--label", default="", help="what the key is for")
+    p.add_argument("--user", help="whose key (admins only; default: yourself)")
+    p.add_argument(
+        "--scope",
+        default=KeyScope.ADMIN.value,
+        choices=[s.value for s in KeyScope],
+        help="read: GET only; submit: reads and tasks; admin: all its user may do (default)",
+    )
+    p.add_argument(
+        "--expires-in-days", type=float, metavar="DAYS", help="default: the key never expires"
+    )
+    command(actions, "ls", "api_keys:ls", "list API keys (yours; an admin sees all)")
+    command(actions, "revoke", "api_keys:revoke", "revoke an API key").add_argument(
+        "id", help="key id (see `ragraft api-key ls`)"
+    )
 
     command(
         sub,

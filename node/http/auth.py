@@ -36,7 +36,13 @@ from node.ids import new_task_id, now_ms
 from node.replica import commands as c
 from node.replica.accounts import Accounts
 from node.replica.replica import Replica
-from node.replica.vocabulary import MAX_AUTH_BODY_BYTES, UserRole
+from node.replica.vocabulary import (
+    MAX_AUTH_BODY_BYTES,
+    MAX_KEY_TTL_S,
+    MIN_KEY_TTL_S,
+    KeyScope,
+    UserRole,
+)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v1/auth/token"})
 EVENTS_PATH = "/api/v1/events"
@@ -150,6 +156,12 @@ class Authenticator:
 
     def identify(self, credential: str) -> tuple[str, UserRole] | None:
         """(user, role) for a bearer token or an API key, else None."""
+        who = self.identify_scoped(credential)
+        return (who[0], who[1]) if who is not None else None
+
+    def identify_scoped(self, credential: str) -> tuple[str, UserRole, KeyScope] | None:
+        """(user, role, scope) for a bearer token (scope admin: all its user may do) or
+        an API key that has not expired, else None."""
         if credential.startswith(API_KEY_PREFIX):
             return self._identify_key(credential)
         secret = self.secret
@@ -167,16 +179,22 @@ class Authenticator:
             return None
         user = claims["sub"]
         role = self.role_of(user)  # a removed user's old tokens stop working
-        return (user, role) if role is not None else None
+        return (user, role, KeyScope.ADMIN) if role is not None else None
 
-    def _identify_key(self, key: str) -> tuple[str, UserRole] | None:
+    def _identify_key(self, key: str) -> tuple[str, UserRole, KeyScope] | None:
         digest = key_digest(key)
         user = self._config_keys.get(digest)
+        scope = KeyScope.ADMIN  # a key in cluster.toml: its user's rights, for ever
         if user is None:
             stored = self.accounts.key_by_digest(digest)
-            user = stored["user"] if stored is not None else None
-        role = self.role_of(user) if user is not None else None
-        return (user, role) if user is not None and role is not None else None
+            if stored is None:
+                return None
+            expires_at = stored.get("expires_at")
+            if expires_at is not None and now_ms() >= expires_at:
+                return None  # (each node's clock decides; they agree within NTP's error)
+            user, scope = stored["user"], KeyScope(stored.get("scope", KeyScope.ADMIN))
+        role = self.role_of(user)
+        return (user, role, scope) if role is not None else None
 
     def middleware(self) -> Middleware:
         @web.middleware
@@ -186,16 +204,42 @@ class Authenticator:
             header = _authorization(request)
             scheme, _, credential = header.partition(" ")
             who = (
-                self.identify(credential.strip())
+                self.identify_scoped(credential.strip())
                 if scheme.lower() == "bearer" and credential
                 else None
             )
             if who is None:
                 return _unauthorized(missing=not header)
-            request["user"], request["role"] = who
+            request["user"], request["role"], request["scope"] = who
+            if not scope_allows(who[2], request.method, request.path):
+                return error(
+                    403,
+                    "forbidden",
+                    f"this API key's scope is {who[2]}: it may not {request.method} "
+                    f"{request.path} ({SCOPE_HELP[who[2]]})",
+                )
             return await handler(request)
 
         return authenticate
+
+
+SCOPE_HELP = {
+    KeyScope.READ: "read: GET and HEAD only",
+    KeyScope.SUBMIT: "submit: reads, and submitting, cancelling and retrying tasks",
+    KeyScope.ADMIN: "admin: everything its user may do",
+}
+_SUBMIT_PATHS = ("/api/v1/tasks", "/v1/chat/completions")
+
+
+def scope_allows(scope: KeyScope, method: str, path: str) -> bool:
+    """Whether a credential of `scope` may make this request at all (what its user may
+    do is decided by the route, as for any request)."""
+    if scope is KeyScope.ADMIN or method in ("GET", "HEAD"):
+        return True
+    if scope is KeyScope.READ:
+        return False
+    task_route = path in _SUBMIT_PATHS or path.startswith("/api/v1/tasks/")
+    return task_route and method in ("POST", "DELETE")
 
 
 def _authorization(request: web.Request) -> str:
@@ -302,18 +346,35 @@ class AuthAPI:
         label, owner = body.get("label", ""), body.get("user", user)
         if not isinstance(label, str) or not isinstance(owner, str):
             return error(422, "invalid", "label and user must be strings", field="user")
+        scope = body.get("scope", KeyScope.ADMIN)
+        if scope not in tuple(KeyScope):
+            return error(
+                422, "invalid", f"scope must be one of {', '.join(KeyScope)}", field="scope"
+            )
+        ttl = body.get("expires_in_s")
+        if ttl is not None and (type(ttl) is not int or not MIN_KEY_TTL_S <= ttl <= MAX_KEY_TTL_S):
+            return error(
+                422,
+                "invalid",
+                f"expires_in_s must be a whole number of seconds from {MIN_KEY_TTL_S} to "
+                f"{MAX_KEY_TTL_S}, or left out for a key that never expires",
+                field="expires_in_s",
+            )
         if owner != user:
             if not is_admin(request):
                 return error(403, "forbidden", "only an admin can create keys for another user")
             if self.auth.role_of(owner) is None:
                 return error(422, "invalid", f"no user {owner!r}", field="user")
         key, digest = new_api_key()
+        at = now_ms()
         cmd = c.PutKey(
             key_id="key-" + new_task_id().lower(),
             user=owner,
             sha256=digest,
-            at=now_ms(),
+            at=at,
             label=label,
+            expires_at=None if ttl is None else at + ttl * 1000,
+            scope=KeyScope(scope),
         )
         outcome = await propose(self.replica, cmd)
         if outcome.failure is not None:

@@ -30,13 +30,16 @@ from node.replica.vocabulary import (
     IDEMPOTENCY_TTL_MS,
     LOGIN_FAILURES_PER_ADDRESS,
     LOGIN_FAILURES_PER_USER,
+    MAX_KEY_TTL_S,
     MAX_NOOP_MS,
     MAX_STOP_STRINGS,
     MAX_TEXT_CHARS,
+    MIN_KEY_TTL_S,
     PARAMS,
     PRIORITY_MAX,
     PRIORITY_MIN,
     SUBMITTABLE_TYPES,
+    KeyScope,
     ParamSpec,
     SearchMode,
     TaskState,
@@ -446,6 +449,8 @@ def _auth_schemas() -> dict[str, Schema]:
             user={"type": "string"},
             created_at={"type": "integer"},
             label={"type": "string"},
+            expires_at={**_NULL_INT, "description": "ms since the epoch; null: never"},
+            scope=_enum(KeyScope),
             key={"type": "string", "description": "shown once, at creation"},
         ),
     }
@@ -539,7 +544,22 @@ def _health_paths() -> dict[str, Schema]:
 def _auth_paths() -> dict[str, Schema]:
     login = _obj(["username", "password"], username={"type": "string"}, password={"type": "string"})
     caller = _obj(["user", "role"], user={"type": "string"}, role=_enum(UserRole))
-    new_key = _obj([], label={"type": "string"}, user={"type": "string"})
+    new_key = _obj(
+        [],
+        label={"type": "string"},
+        user={"type": "string"},
+        scope={
+            **_enum(KeyScope),
+            "description": "read: GET only; submit: reads and task submission, cancel, "
+            "retry and chat; admin (the default): all its user may do",
+        },
+        expires_in_s={
+            "type": "integer",
+            "minimum": MIN_KEY_TTL_S,
+            "maximum": MAX_KEY_TTL_S,
+            "description": "left out: the key never expires",
+        },
+    )
     return {
         "/api/v1/auth/token": {
             "post": _op(
@@ -572,9 +592,9 @@ def _auth_paths() -> dict[str, Schema]:
                 {
                     "201": _json(_ref("ApiKey"), "the new key"),
                     "400": _error("not JSON"),
-                    "403": _error("not an admin"),
+                    "403": _error("not an admin, or a key whose scope is not admin"),
                     "413": _error("body too large"),
-                    "422": _error("unknown user"),
+                    "422": _error("unknown user, scope or expires_in_s out of range"),
                     "503": _error("no quorum"),
                 },
                 tag="auth",

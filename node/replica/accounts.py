@@ -20,7 +20,9 @@ class Accounts:
     def __init__(self) -> None:
         self.admin_hash: str | None = None
         self.token_secret: str | None = None  # only when [security] token_secret is not set
-        self.keys: dict[str, dict[str, Any]] = {}  # key id -> {id, user, sha256, created_at, label}
+        # key id -> {id, user, sha256, created_at, label, expires_at, scope}; a key stored
+        # before expiry and scopes lacks the last two (read as: never, admin).
+        self.keys: dict[str, dict[str, Any]] = {}
 
     @property
     def initialized(self) -> bool:
@@ -48,14 +50,24 @@ class Accounts:
             raise refuse(RefusalCode.INVALID, "id, user and sha256 must be non-empty")
         if cmd.key_id in self.keys:
             raise refuse(RefusalCode.CONFLICT, f"API key {cmd.key_id} exists")
+        if cmd.expires_at is not None and cmd.expires_at <= cmd.at:
+            raise refuse(RefusalCode.INVALID, "an API key must expire after it is made")
         self.keys[cmd.key_id] = {
             "id": cmd.key_id,
             "user": cmd.user,
             "sha256": cmd.sha256,
             "created_at": cmd.at,
             "label": cmd.label[:200],
+            "expires_at": cmd.expires_at,
+            "scope": str(cmd.scope),
         }
-        return {"id": cmd.key_id, "user": cmd.user, "created_at": cmd.at}
+        return {
+            "id": cmd.key_id,
+            "user": cmd.user,
+            "created_at": cmd.at,
+            "expires_at": cmd.expires_at,
+            "scope": str(cmd.scope),
+        }
 
     def _delete_key(self, cmd: c.DeleteKey) -> dict[str, Any]:
         key = self.keys.get(cmd.key_id)

@@ -362,7 +362,7 @@ _LEGACY: dict[str, Callable[[dict[str, Any]], c.Command]] = {
     "auth.init": lambda d: c.InitAccounts(
         d["admin_hash"], int(d.get("at", 0)), d.get("token_secret")
     ),
-    "auth.put_key": lambda d: c.PutKey(
+    "auth.put_key": lambda d: c.PutKey(  # (before expiry and scopes: never, everything)
         d["id"], d["user"], d["sha256"], int(d["at"]), str(d.get("label", ""))
     ),
     "auth.delete_key": lambda d: c.DeleteKey(d["id"], int(d.get("at", 0)), d.get("user")),

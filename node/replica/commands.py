@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from node.replica.vocabulary import DEFAULT_PRIORITY, TaskParams, TaskType
+from node.replica.vocabulary import DEFAULT_PRIORITY, KeyScope, TaskParams, TaskType
 
 # ---------------------------------------------------------------------- tasks
 
@@ -221,6 +221,8 @@ class PutKey:
     sha256: str
     at: int
     label: str = ""
+    expires_at: int | None = None  # ms; None: never (what keys made before expiry were)
+    scope: KeyScope = KeyScope.ADMIN
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,18 @@ class UserRole(enum.StrEnum):
     USER = "user"
 
 
+class KeyScope(enum.StrEnum):
+    """What an API key may do, within what its user may do."""
+
+    READ = "read"  # GET and HEAD only
+    SUBMIT = "submit"  # reads, and submitting, cancelling and retrying tasks (chat too)
+    ADMIN = "admin"  # everything its user may do (keys made before scopes existed)
+
+
+MAX_KEY_TTL_S = 10 * 365 * 24 * 3600  # an API key's expires_in_s: at most ten years
+MIN_KEY_TTL_S = 60
+
+
 # A running task reports through these (the executor gives them to its runner,
 # the runner to the engine): progress(fraction 0..1, note) and cancelled() -> True
 # once an abort was committed or the task was taken away from this node.
