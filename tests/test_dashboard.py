@@ -407,3 +407,48 @@ def test_a_killed_node_is_marked_dead_on_another_nodes_dashboard(
     shot(on_victim, "serving-node-died")
     on_victim.close()
     page.close()
+
+
+XSS = '<img src=x onerror="window.__xss=(window.__xss||0)+1">'
+
+
+def test_markup_planted_in_data_is_shown_as_text_and_never_runs(
+    cluster: NodeCluster, browser: Browser
+) -> None:
+    """Data is rendered escaped everywhere the dashboard shows it: a document title and
+    text, a task's query (in the table and its detail), its answer and citations, and
+    the passages of a search each carry an <img onerror> that would count in
+    window.__xss if it ran."""
+    _, body = cluster.request(
+        "n1",
+        "POST",
+        "/api/v1/kb/documents",
+        {"title": f"Beacons {XSS}", "text": f"The beacon keeper lights the fire {XSS} at dusk."},
+    )
+    wait_state(cluster, body["tasks"][0]["id"], "completed")
+    question = submit(
+        cluster, "n1", {"type": "qa", "input": {"query": f"When is the beacon lit? {XSS}"}}
+    )
+    wait_state(cluster, question["id"], "completed", timeout=120)
+    page = logged_in(browser, cluster.dashboard_urls["n2"])
+    page.locator(".bk-tab", has_text="Tasks").click()
+    search = page.get_by_placeholder("id, text, owner, error")
+    search.fill(question["id"])
+    search.press("Enter")
+    row = page.locator(".tasks-table .tabulator-row", has_text=question["id"])
+    expect(row).to_have_count(1, timeout=15_000)
+    expect(row).to_contain_text("<img src=x")  # the markup, as text
+    row.locator(".tabulator-cell[tabulator-field=id]").click()
+    expect(page.get_by_text("onerror=").first).to_be_visible(timeout=15_000)
+    page.locator(".bk-tab", has_text="Knowledge").click()
+    expect(
+        page.locator(".documents-table .tabulator-row", has_text="Beacons").first
+    ).to_contain_text("<img src=x", timeout=15_000)
+    page.get_by_placeholder("a query").fill("beacon keeper lights the fire")
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator(".passage").first).to_contain_text("onerror=", timeout=15_000)
+    page.wait_for_timeout(1000)  # an image that fails to load fires onerror at once
+    shot(page, "markup-shown-as-text")
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("img[src=x]").count() == 0
+    page.close()
