@@ -21,6 +21,7 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from node.client.aio import ApiClient, ApiError
 from node.replica.vocabulary import FINISHED, TaskState
+from tui import format as fmt
 from tui.views.detail import TaskDetail
 from tui.views.knowledge import KnowledgeView
 from tui.views.login import LoginScreen
@@ -106,7 +107,7 @@ class RagraftApp(App[None]):
                 await self.api.request("GET", "/api/v1/kb/documents")
             )
         except ApiError as exc:
-            self.say(f"[red]{exc}[/]")
+            self.say(f"[red]{fmt.text(exc)}[/]")
         except NoMatches:
             pass  # the app is closing: its views are already gone
 
@@ -126,7 +127,11 @@ class RagraftApp(App[None]):
             elif kind == "task":
                 self.schedule_task_reload()
             elif kind == "node":
-                self.say(f"node {event['id']} is {event['status']} (seen by {event['seen_by']})")
+                self.say(
+                    fmt.text(
+                        f"node {event['id']} is {event['status']} (seen by {event['seen_by']})"
+                    )
+                )
 
     def schedule_task_reload(self) -> None:
         # Bursts of events (a claim, then progress reports) become one reload.
@@ -139,7 +144,7 @@ class RagraftApp(App[None]):
         try:
             await self.reload_tasks()
         except ApiError as exc:
-            self.say(f"[red]{exc}[/]")
+            self.say(f"[red]{fmt.text(exc)}[/]")
 
     # ------------------------------------------------------------ actions
     def action_tab(self, name: str) -> None:
@@ -168,9 +173,9 @@ class RagraftApp(App[None]):
         try:
             answer = await self.api.request(method, path)
         except ApiError as exc:
-            self.say(f"[red]{action} refused: {exc}[/]")  # e.g. "task … is running; …"
+            self.say(f"[red]{action} refused: {fmt.text(exc)}[/]")  # e.g. "task … is running; …"
             return
-        self.say(f"{action}: task {answer['id']} is {answer['state']}")
+        self.say(fmt.text(f"{action}: task {answer['id']} is {answer['state']}"))
         self.schedule_task_reload()
 
     @on(TaskList.Opened)
@@ -185,9 +190,9 @@ class RagraftApp(App[None]):
         try:
             task = await self.api.submit(message.body)  # one idempotency key for all its tries
         except ApiError as exc:
-            self.query_one("#submit-status", Static).update(f"[red]{exc}[/]")
+            self.query_one("#submit-status", Static).update(f"[red]{fmt.text(exc)}[/]")
             return
-        self.query_one("#submit-status", Static).update(f"submitted {task['id']}")
+        self.query_one("#submit-status", Static).update(f"submitted {fmt.text(task['id'])}")
         self.push_screen(TaskDetail(task["id"]))
 
     @on(KnowledgeView.Action)
@@ -199,7 +204,7 @@ class RagraftApp(App[None]):
                     await self.api.request("GET", f"/api/v1/kb/search?q={quote(message.value)}&k=5")
                 )
             except ApiError as exc:
-                self.say(f"[red]{exc}[/]")
+                self.say(f"[red]{fmt.text(exc)}[/]")
         elif message.kind == "add" and message.value:
             self.add_document(Path(message.value).expanduser())
 
@@ -209,7 +214,7 @@ class RagraftApp(App[None]):
         try:
             answer = await self.api.upload(path.name, path.read_bytes())
         except OSError as exc:
-            self.say(f"[red]cannot read {path}: {exc.strerror}[/]")
+            self.say(f"[red]cannot read {fmt.text(path)}: {fmt.text(exc.strerror)}[/]")
             return
         except ApiError as exc:
             self.say(f"[red]upload refused: {exc}[/]")
@@ -235,7 +240,7 @@ class RagraftApp(App[None]):
                 await self.api.request("DELETE", f"/api/v1/kb/documents/{quote(doc_id)}")
                 self.say(f"deleted {doc_id}")
             except ApiError as exc:
-                self.say(f"[red]{exc}[/]")
+                self.say(f"[red]{fmt.text(exc)}[/]")
 
     async def on_unmount(self) -> None:
         await self.api.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from rich.markup import escape
+
 from node.replica.vocabulary import TaskState
 
 STATE_STYLE = {
@@ -15,8 +17,15 @@ STATE_STYLE = {
 }
 
 
+def text(value: object) -> str:
+    """Data (titles, queries, answers, errors, node names) as literal text: Rich markup
+    in it is shown, not applied; an unbalanced tag such as "[/x]" in a document title
+    would otherwise stop the view that renders it (MarkupError)."""
+    return escape(str(value))
+
+
 def state(value: str) -> str:
-    return f"[{STATE_STYLE.get(value, 'white')}]{value}[/]"
+    return f"[{STATE_STYLE.get(value, 'white')}]{text(value)}[/]"
 
 
 def ms(value: int | None) -> str:

@@ -17,51 +17,59 @@ from tui import format as fmt
 def render_task(task: dict) -> str:
     lines = [
         (
-            f"[b]{task['id']}[/b]  {task['type']}  {fmt.state(task['state'])}  "
-            f"priority {task['priority']}  owner {task['owner']}  "
+            f"[b]{fmt.text(task['id'])}[/b]  {fmt.text(task['type'])}  "
+            f"{fmt.state(task['state'])}  priority {task['priority']}  "
+            f"owner {fmt.text(task['owner'])}  "
             f"attempt {task['attempt']}/{task.get('max_attempts', '?')}"
         ),
         (
-            f"node {task.get('node') or '—'}  progress {task.get('progress', 0) * 100:.0f}% "
-            f"{task.get('progress_note', '')}"
+            f"node {fmt.text(task.get('node') or '—')}  "
+            f"progress {task.get('progress', 0) * 100:.0f}% "
+            f"{fmt.text(task.get('progress_note', ''))}"
         ),
         "",
         "[b]input[/b]",
-        json.dumps(task.get("input"), indent=1)[:800],
+        fmt.text(json.dumps(task.get("input"), indent=1)[:800]),
         "",
         "[b]timeline[/b]",
     ]
     for step in task.get("history", []):
         lines.append(
             f"  {fmt.clock(step['at'])}  {fmt.state(step['state']):<24} "
-            f"node {step.get('node') or '—'}  attempt {step['attempt']}  {step.get('note', '')}"
+            f"node {fmt.text(step.get('node') or '—')}  attempt {step['attempt']}  "
+            f"{fmt.text(step.get('note', ''))}"
         )
     result = task.get("result")
     if isinstance(result, dict):
         if "answer" in result:
-            lines += ["", "[b]answer[/b]", result["answer"]]
+            lines += ["", "[b]answer[/b]", fmt.text(result["answer"])]
         if result.get("citations"):
             lines += ["", "[b]citations[/b]"]
             lines += [
-                f"  [{c['n']}] {c.get('title') or c['doc_id']} "
-                f"(doc {c['doc_id']}, chunk {c['chunk']})"
+                fmt.text(
+                    f"  [{c['n']}] {c.get('title') or c['doc_id']} "
+                    f"(doc {c['doc_id']}, chunk {c['chunk']})"
+                )
                 for c in result["citations"]
             ]
         if result.get("passages"):
             lines += ["", "[b]passages[/b]"]
             for p in result["passages"]:
                 lines.append(
-                    f"  [{p['n']}] {p.get('title') or p['doc_id']} · score {p['score']:.3f} "
-                    f"(vector {p.get('vector_score')}, keyword {p.get('keyword_score')})"
+                    fmt.text(
+                        f"  [{p['n']}] {p.get('title') or p['doc_id']} · score {p['score']:.3f} "
+                        f"(vector {p.get('vector_score')}, keyword {p.get('keyword_score')})"
+                    )
                 )
-                lines.append("      " + p["text"][:300].replace("\n", " "))
+                lines.append("      " + fmt.text(p["text"][:300].replace("\n", " ")))
         if result.get("timings"):
             lines += [
                 "",
-                "[b]timings[/b] " + ", ".join(f"{k} {v}" for k, v in result["timings"].items()),
+                "[b]timings[/b] "
+                + fmt.text(", ".join(f"{k} {v}" for k, v in result["timings"].items())),
             ]
     if task.get("error"):
-        lines += ["", "[b red]error[/b red]", task["error"]]
+        lines += ["", "[b red]error[/b red]", fmt.text(task["error"])]
     return "\n".join(lines)
 
 
@@ -94,7 +102,7 @@ class TaskDetail(ModalScreen[None]):
         try:
             task = await self.app.api.request("GET", f"/api/v1/tasks/{self.task_id}")  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - shown, not raised: the screen stays usable
-            self.query_one("#detail-body", Static).update(f"[red]{exc}[/]")
+            self.query_one("#detail-body", Static).update(f"[red]{fmt.text(exc)}[/]")
             return
         self.query_one("#detail-body", Static).update(render_task(task))
 

@@ -51,24 +51,27 @@ class KnowledgeView(Vertical):
         for d in documents.get("items", []):
             colour = {"ready": "green", "failed": "red"}.get(d["state"], "yellow")
             table.add_row(
-                d["id"],
-                d["title"][:40],
-                f"[{colour}]{d['state']}[/]",
+                fmt.text(d["id"]),
+                fmt.text(d["title"][:40]),
+                f"[{colour}]{fmt.text(d['state'])}[/]",
                 str(d["version"]),
                 fmt.size(d["size"]),
                 str(d["chunk_count"]),
-                d.get("ingested_by") or "—",
-                ",".join(d.get("tags", [])),
+                fmt.text(d.get("ingested_by") or "—"),
+                fmt.text(",".join(d.get("tags", []))),
                 key=d["id"],
             )
 
     def progress(self, fraction: float, note: str) -> None:
         self.query_one("#kb-progress", ProgressBar).update(progress=fraction * 100)
-        self.query_one("#kb-progress-line", Static).update(note)
+        self.query_one("#kb-progress-line", Static).update(fmt.text(note))
 
     def results(self, answer: dict) -> None:
         lines = [
-            f"[{p['n']}] {p.get('title') or p['doc_id']} · {p['score']:.3f}  {p['text'][:120]!r}"
+            fmt.text(
+                f"[{p['n']}] {p.get('title') or p['doc_id']} · {p['score']:.3f}  "
+                f"{p['text'][:120]!r}"
+            )
             for p in answer.get("passages", [])
         ]
         self.query_one("#kb-results", Static).update("\n".join(lines) or "no passages")

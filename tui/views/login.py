@@ -9,6 +9,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Input, Label, Static
 
 from node.client.aio import ApiError
+from tui import format as fmt
 
 
 class LoginScreen(Screen[None]):
@@ -38,6 +39,6 @@ class LoginScreen(Screen[None]):
         try:
             await self.app.api.login(user, password)  # type: ignore[attr-defined]
         except ApiError as exc:
-            self.query_one("#login-error", Static).update(str(exc))
+            self.query_one("#login-error", Static).update(fmt.text(exc))
             return
         self.dismiss(None)

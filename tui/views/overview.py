@@ -68,14 +68,14 @@ class Overview(Vertical):
                 else "—"
             )
             table.add_row(
-                node["id"],
-                node.get("raft_role") or "—",
+                fmt.text(node["id"]),
+                fmt.text(node.get("raft_role") or "—"),
                 f"[{colour}]{status}[/]",
                 fmt.percent(m.get("cpu_percent")),
                 mem,
                 gpu,
                 f"{m.get('slots_used', '—')}/{m.get('slots_total', node.get('slots') or '—')}",
                 str(len(node.get("running", []))),
-                m.get("models", "—"),
+                fmt.text(m.get("models", "—")),
                 key=node["id"],
             )

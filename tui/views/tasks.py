@@ -74,16 +74,16 @@ class TaskList(Vertical):
                 else ""
             )
             table.add_row(
-                t["id"],
-                t["type"],
+                fmt.text(t["id"]),
+                fmt.text(t["type"]),
                 fmt.state(t["state"]),
                 str(t["priority"]),
-                t.get("node") or "—",
+                fmt.text(t.get("node") or "—"),
                 fmt.clock(t["submitted_at"]),
                 fmt.ms(t.get("waited_ms")),
                 fmt.ms(t.get("ran_ms")),
-                progress[:24],
-                (t.get("input_excerpt") or "")[:40],
+                fmt.text(progress[:24]),
+                fmt.text((t.get("input_excerpt") or "")[:40]),
                 key=t["id"],
             )
         if table.row_count:
