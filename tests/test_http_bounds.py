@@ -113,7 +113,7 @@ ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/v1/tasks", NOOP),
     ("POST", "/api/v1/auth/token", {"username": "alice", "password": ALICE_PW}),
     ("POST", "/api/v1/auth/keys", {"label": "ci"}),
-    ("POST", "/api/v1/cluster/members", {"id": "n9", "raft_address": "127.0.0.1:1"}),
+    ("POST", "/api/v1/cluster/members", {"id": "n9", "raft_address": "tcp://127.0.0.1:1"}),
     ("POST", "/api/v1/kb/documents", {"title": "t", "text": "some text"}),
     ("PATCH", "/api/v1/kb/documents/d1", {"enabled": True}),
     ("POST", "/v1/chat/completions", CHAT),
@@ -636,3 +636,43 @@ def test_a_scoped_key_is_refused_outside_its_scope_with_a_403_that_says_why(
     fields = [answer["error"]["details"].get("field") for _, answer in out["bad"]]
     assert [s for s, _ in out["bad"]] == [422, 422, 422]
     assert fields == ["scope", "expires_in_s", "expires_in_s"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"id": "admin", "raft_address": ""}, "raft_address"),
+        ({"id": "n9", "raft_address": "127.0.0.1:7109"}, "raft_address"),
+        ({"id": "n9", "raft_address": "tcp://h:0"}, "raft_address"),
+        ({"id": "n9", "raft_address": "tcp://h:70000"}, "raft_address"),
+        ({"id": "", "raft_address": "tcp://h:7109"}, "id"),
+        ({"id": "n\n9", "raft_address": "tcp://h:7109"}, "id"),
+        ({"id": "x" * 65, "raft_address": "tcp://h:7109"}, "id"),
+    ],
+)
+def test_a_member_with_a_malformed_id_or_address_is_a_422(
+    node: SimpleNamespace, body: dict[str, str], field: str
+) -> None:
+    """Found by schemathesis on a throw-away cluster: {"id": "admin", "raft_address": ""}
+    was added as a learner no one could reach, and the request waited for it to catch up
+    (60 s)."""
+    async def steps(client: TestClient) -> tuple[int, dict[str, Any]]:
+        return await send(client, node, "POST", "/api/v1/cluster/members", json.dumps(body))
+
+    status, answer = http(node, steps)
+    assert status == 422 and answer["error"]["details"]["field"] == field, answer
+    assert unchanged(node)
+
+
+def test_a_chat_model_that_is_not_a_string_is_refused_not_a_500(node: SimpleNamespace) -> None:
+    """Found by schemathesis: {"model": {}} raised TypeError (unhashable) in the chat route."""
+
+    async def steps(client: TestClient) -> list[tuple[int, dict[str, Any]]]:
+        return [
+            await send(client, node, "POST", CHAT_PATH, json.dumps({**CHAT, "model": model}))
+            for model in ({}, [], 3, None)
+        ]
+
+    for status, answer in http(node, steps):
+        assert status == 404 and answer["error"]["param"] == "model", answer
+    assert unchanged(node)

@@ -9,6 +9,7 @@ change that could not be committed a 503.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
@@ -164,6 +165,18 @@ class ClusterAPI:
         node, address = body.get("id"), body.get("raft_address")
         if not isinstance(node, str) or not isinstance(address, str):
             return error(422, "invalid", "give the new node's id and raft_address", field="id")
+        if not node.strip() or len(node.encode()) > 64 or not node.isprintable():
+            return error(
+                422, "invalid", "id must be 1 to 64 bytes of printable text, e.g. n4", field="id"
+            )
+        if not _raft_address(address):
+            return error(
+                422,
+                "invalid",
+                "raft_address must be tcp://HOST:PORT (the new node's [[nodes]] host and "
+                "raft_port), e.g. tcp://10.0.0.4:7104",
+                field="raft_address",
+            )
         return await self._change(request, self.replica.add_member(node, address))
 
     async def remove_member(self, request: web.Request) -> web.Response:
@@ -208,6 +221,14 @@ class ClusterAPI:
             return web.Response(
                 body=await r.read(), status=r.status, content_type="application/json"
             )
+
+
+_RAFT_ADDRESS = re.compile(r"^tcp://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
+
+
+def _raft_address(address: str) -> bool:
+    found = _RAFT_ADDRESS.match(address)
+    return found is not None and 0 < int(found.group(1)) < 65536
 
 
 def _admins_only(request: web.Request) -> web.Response | None:

@@ -310,7 +310,7 @@ def _parse(body: Any) -> Chat:
     if not isinstance(body, dict):
         raise ChatError("the body must be a JSON object")
     model = body.get("model")
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:  # (a dict is not even hashable)
         raise ChatError(
             f"the model {model!r} does not exist; use one of {', '.join(MODELS)}",
             param="model",

@@ -742,7 +742,15 @@ def _cluster_paths() -> dict[str, Schema]:
         period_s={"type": ["number", "null"]},
         nodes={"type": "object", "additionalProperties": {"type": "object"}},
     )
-    member = _obj(["id", "raft_address"], id={"type": "string"}, raft_address={"type": "string"})
+    member = _obj(
+        ["id", "raft_address"],
+        id={"type": "string", "minLength": 1, "maxLength": 64},
+        raft_address={
+            "type": "string",
+            "pattern": "^tcp://(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}$",
+            "description": "tcp://HOST:PORT, the new node's host and raft_port",
+        },
+    )
     return {
         "/api/v1/stats": {
             "get": _op(
@@ -797,7 +805,7 @@ def _cluster_paths() -> dict[str, Schema]:
                     "403": _error("not an admin"),
                     "409": _error("refused"),
                     "413": _error("body too large"),
-                    "422": _error("missing id or raft_address"),
+                    "422": _error("a missing or malformed id or raft_address"),
                     "503": _error("no leader"),
                 },
                 tag="cluster",
