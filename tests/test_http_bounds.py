@@ -656,6 +656,7 @@ def test_a_member_with_a_malformed_id_or_address_is_a_422(
     """Found by schemathesis on a throw-away cluster: {"id": "admin", "raft_address": ""}
     was added as a learner no one could reach, and the request waited for it to catch up
     (60 s)."""
+
     async def steps(client: TestClient) -> tuple[int, dict[str, Any]]:
         return await send(client, node, "POST", "/api/v1/cluster/members", json.dumps(body))
 
