@@ -228,6 +228,30 @@ def apply(state: NodeState, cmd: c.Command) -> Any:
     return codec.outcome_from_wire(state.apply(state.applied_index, codec.encode(cmd)))
 
 
+def test_only_an_admins_upload_replaces_a_document_decided_at_apply() -> None:
+    """The API checked "only admins replace documents" on its own replica, which may lag
+    the log: a user's upload naming a document the replica had not seen yet replaced
+    it.  The upload now carries whether its sender may replace, and apply decides."""
+    import dataclasses
+
+    state = NodeState(TaskQueue(), KnowledgeBase())
+    first = apply(state, upload_cmd("doc-a", "t1", key=None))
+    assert first["document"]["version"] == 1
+    users = dataclasses.replace(upload_cmd("doc-a", "t2", key=None), may_replace=False)
+    refused = apply(state, users)
+    assert code_of(refused) == RefusalCode.FORBIDDEN
+    assert state.kb.get("doc-a")["version"] == 1 and list(state.tasks.tasks) == ["t1"]
+    new = dataclasses.replace(upload_cmd("doc-b", "t3", key=None), may_replace=False)
+    assert apply(state, new)["document"]["version"] == 1  # a new document: anyone
+    # a user's retry of their own first upload of a named document is a replay
+    mine = dataclasses.replace(upload_cmd("doc-c", "t4", key="k-c"), may_replace=False)
+    assert apply(state, mine)["document"]["version"] == 1
+    again = apply(state, dataclasses.replace(mine, task_id="t5", at=2_000))
+    assert again["task"]["id"] == "t4" and again["task"]["replayed"] is True
+    admins = upload_cmd("doc-a", "t6", key=None)  # may_replace defaults to True
+    assert apply(state, admins)["document"]["version"] == 2
+
+
 def test_a_retried_upload_makes_no_second_version_and_no_second_task() -> None:
     state = NodeState(TaskQueue(), KnowledgeBase())
     first = apply(state, upload_cmd("doc-a", "t1"))

@@ -112,6 +112,7 @@ STRATEGIES = {
         priority=st.integers(0, 9),
         idem_key=maybe() | text,
         fingerprint=maybe() | text,
+        may_replace=st.booleans(),
     ),
     c.PutChunks: st.builds(
         c.PutChunks,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import BodyPartReader, web
 
 from node.http import errors, idempotency
+from node.http.auth import is_admin
 from node.http.body import BadBody, read_json_object
 from node.http.errors import error
 from node.ids import new_task_id, now_ms
@@ -128,7 +129,9 @@ class KnowledgeAPI:
         documents: list[Any] = []
         tasks: list[dict[str, Any]] = []
         for index, file in enumerate(files):
-            cmd = _upload_command(file, owner, keys[index], index, len(files))
+            cmd = _upload_command(
+                file, owner, keys[index], index, len(files), may_replace=is_admin(request)
+            )
             outcome = await errors.propose(self.replica, cmd)
             if outcome.failure is not None:
                 # Earlier files of this request were accepted; say which.
@@ -401,7 +404,9 @@ def _search_params(query: Mapping[str, str]) -> TaskParams:
     return TaskParams.parse(raw)
 
 
-def _upload_command(file: _File, owner: str, key: str | None, index: int, count: int) -> c.Upload:
+def _upload_command(
+    file: _File, owner: str, key: str | None, index: int, count: int, *, may_replace: bool
+) -> c.Upload:
     return c.Upload(
         doc=file.doc,
         task_id=new_task_id(),
@@ -410,6 +415,7 @@ def _upload_command(file: _File, owner: str, key: str | None, index: int, count:
         priority=DEFAULT_PRIORITY,
         idem_key=key,
         fingerprint=_upload_fingerprint(file, index, count) if key is not None else None,
+        may_replace=may_replace,
     )
 
 

@@ -151,6 +151,10 @@ class Upload:
     priority: int = DEFAULT_PRIORITY
     idem_key: str | None = None
     fingerprint: str | None = None
+    # Whether the uploader may replace an existing document of this id (an admin);
+    # decided at apply against the replicated knowledge base, not a replica that may
+    # lag.  True for entries written before the field existed, as they were applied.
+    may_replace: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,6 +135,12 @@ class NodeState:
             replayed = self.tasks.replay(cmd.owner, cmd.idem_key, cmd.fingerprint or "", cmd.at)
             if replayed is not None:
                 return {"document": self._uploaded(replayed), "task": replayed}
+        if not cmd.may_replace and self.kb.get(cmd.doc.doc_id) is not None:
+            raise refuse(
+                RefusalCode.FORBIDDEN,
+                f"only an admin can replace a document ({cmd.doc.doc_id} exists); "
+                "upload without an id",
+            )
         document = self.kb.put_upload(cmd.doc, cmd.at)
         submit = c.Submit(
             task_id=cmd.task_id,
