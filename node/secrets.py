@@ -203,7 +203,7 @@ def ensure_bundle(config: ClusterConfig) -> Path | None:
         read_bundle(config.secrets_dir, config.name)  # refused now, not in three node logs
         return path
     if config.encryption_key is None:
-        written = [spec.data_dir for spec in config.nodes if _holds_raft_state(spec.data_dir)]
+        written = [spec.data_dir for spec in config.nodes if holds_raft_state(spec.data_dir)]
         if written:
             raise ConfigError(
                 f"{written[0]}: holds a node's data from before this cluster had secrets "
@@ -214,7 +214,7 @@ def ensure_bundle(config: ClusterConfig) -> Path | None:
     return write_bundle(ClusterSecrets.generate(config.name), config.secrets_dir)
 
 
-def _holds_raft_state(data_dir: Path) -> bool:
+def holds_raft_state(data_dir: Path) -> bool:
     raft = data_dir / "raft"
     return raft.is_dir() and any(raft.iterdir())
 

@@ -5,6 +5,7 @@ print the URLs, stop all on Ctrl-C."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import ClusterConfig
-from node.secrets import announced_password_file
+from node.secrets import announced_password_file, holds_raft_state
 
 STOP_GRACE_S = 15.0  # how long the nodes get to stop after SIGTERM before they are killed
 
@@ -45,6 +46,7 @@ class _Progress:
         self.path = path
         self.offset = path.stat().st_size if path.exists() else 0
         self.partial = b""
+        self.password_shown = False
 
     def relay(self) -> None:
         try:
@@ -74,6 +76,7 @@ class _Progress:
             print(f"  {self.node_id}: could not read {path}: {exc}", flush=True)
             return
         print(f"  admin password: {password}", flush=True)
+        self.password_shown = True
 
 
 def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: float = 900.0) -> int:
@@ -83,6 +86,11 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
     print(
         f"starting {len(config.nodes)} nodes of cluster {config.name!r} from {config.path}",
         flush=True,
+    )
+    # A first start without RAGRAFT_ADMIN_PASSWORD: the first leader generates the
+    # admin's password; it is shown before the URLs, so that it is not missed.
+    expect_password = not os.environ.get("RAGRAFT_ADMIN_PASSWORD") and not any(
+        holds_raft_state(Path(spec.data_dir)) for spec in config.nodes
     )
     progress: list[_Progress] = []
     for spec in config.nodes:
@@ -155,6 +163,8 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
         if not _wait_for_models(config, procs, logs_dir, models_timeout, progress):
             stop_all()
             return 1
+        if expect_password:
+            _wait_for_password(progress, PASSWORD_WAIT_S)
         print(f"\ncluster {config.name!r} is up; leader: {leader}\n", flush=True)
         for spec in config.nodes:
             print(
@@ -175,6 +185,26 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
         return 0
     finally:
         stop_all()
+
+
+PASSWORD_WAIT_S = 30.0
+
+
+def _wait_for_password(progress: list[_Progress], timeout: float) -> None:
+    """Relay the nodes' lines until one has shown the generated admin password (the
+    leader sets the accounts up within a second of its election, usually)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for relay in progress:
+            relay.relay()
+        if any(relay.password_shown for relay in progress):
+            return
+        time.sleep(0.2)
+    print(
+        "  no admin password was shown yet; it will be in the leader's notice and in "
+        "the secrets directory's admin-password file once the accounts are set up",
+        flush=True,
+    )
 
 
 def _wait_for_models(
