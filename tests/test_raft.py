@@ -18,7 +18,7 @@ from consensus.messages import (
     VoteRequest,
 )
 from consensus.raft import RaftConfig, RawNode
-from consensus.types import ConfChange, ConfOp, Entry, EntryKind, Role
+from consensus.types import ConfChange, ConfOp, Entry, EntryKind, Role, SnapshotMeta
 from tests.raft_harness import Net
 
 IDS = ["n1", "n2", "n3"]
@@ -349,14 +349,20 @@ def test_read_index_batches_reads_into_one_round():
 
 
 # ---------------------------------------------------------------- snapshots
-def test_lagging_follower_catches_up_through_chunked_snapshot():
+def n3_behind_a_snapshot(entries: int) -> tuple[Net, SnapshotMeta]:
+    """n1 leads; n3, cut off, misses `entries` entries, which n1 then snapshots (in
+    64-byte chunks when sent).  n3 is still cut off."""
     net = Net(IDS, max_snapshot_chunk=64)
     net.elect("n1")
     net.isolate("n3")
-    for i in range(30):
+    for i in range(entries):
         net.raw("n1").propose(b"s%d" % i)
     net.deliver()
-    meta = net.snapshot("n1")
+    return net, net.snapshot("n1")
+
+
+def test_lagging_follower_catches_up_through_chunked_snapshot():
+    net, meta = n3_behind_a_snapshot(30)
     assert net.raw("n1").first_index == meta.index + 1
     net.heal()
     net.sent.clear()
@@ -376,13 +382,7 @@ def test_a_snapshot_finishing_after_appends_overtook_it_keeps_the_acknowledged_e
     follower's log past the snapshot's index and the follower acknowledged it; the last
     chunk then reset the log to the snapshot, dropping the acknowledged entry (a quorum
     may have counted it)."""
-    net = Net(IDS, max_snapshot_chunk=64)
-    net.elect("n1")
-    net.isolate("n3")
-    for i in range(10):
-        net.raw("n1").propose(b"s%d" % i)
-    net.deliver()
-    meta = net.snapshot("n1")
+    net, meta = n3_behind_a_snapshot(10)
     net.raw("n1").propose(b"after")
     net.deliver()
     raw1, raw2, raw3 = net.raw("n1"), net.raw("n2"), net.raw("n3")
@@ -424,13 +424,7 @@ def test_a_snapshot_finishing_after_appends_overtook_it_keeps_the_acknowledged_e
 
 
 def test_restart_after_snapshot_install():
-    net = Net(IDS, max_snapshot_chunk=64)
-    net.elect("n1")
-    net.isolate("n3")
-    for i in range(10):
-        net.raw("n1").propose(b"s%d" % i)
-    net.deliver()
-    meta = net.snapshot("n1")
+    net, meta = n3_behind_a_snapshot(10)
     net.heal()
     net.tick(3)
     net.restart("n3")
