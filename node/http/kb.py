@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -268,12 +268,8 @@ class KnowledgeAPI:
         return files
 
     async def _read_limited(self, part: BodyPartReader) -> bytes:
-        chunks, size = [], 0
-        while chunk := await part.read_chunk(256 * 1024):
-            size += len(chunk)
-            self._check_size(size, part.filename or "file")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        name = part.filename or "file"
+        return await _read_part(part, lambda size: self._check_size(size, name), 256 * 1024)
 
     def _check_size(self, size: int, name: str) -> None:
         if size > self.max_upload_bytes:
@@ -461,12 +457,21 @@ def _upload_fingerprint(file: _File, index: int, count: int) -> str:
     )
 
 
-async def _read_field(part: BodyPartReader) -> bytes:
-    """A form field's value, refused once it passes MAX_FORM_FIELD_BYTES (aiohttp's
-    part.read() would buffer a field of any size)."""
+async def _read_part(part: BodyPartReader, check: Callable[[int], None], chunk_size: int) -> bytes:
+    """A part's raw bytes, chunk by chunk; `check(size so far)` raises to stop a part
+    that is too large before more of it is buffered (part.read() takes any size)."""
     chunks, size = [], 0
-    while chunk := await part.read_chunk(4096):
+    while chunk := await part.read_chunk(chunk_size):
         size += len(chunk)
+        check(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_field(part: BodyPartReader) -> bytes:
+    """A form field's value, refused once it passes MAX_FORM_FIELD_BYTES."""
+
+    def check(size: int) -> None:
         if size > MAX_FORM_FIELD_BYTES:
             raise UploadError(
                 413,
@@ -475,5 +480,5 @@ async def _read_field(part: BodyPartReader) -> bytes:
                 limit_bytes=MAX_FORM_FIELD_BYTES,
                 field=part.name or "",
             )
-        chunks.append(chunk)
-    return bytes(part.decode(b"".join(chunks)))
+
+    return bytes(part.decode(await _read_part(part, check, 4096)))
