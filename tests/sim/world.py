@@ -758,13 +758,7 @@ class Sim:
         known = max(live, key=lambda n: n.raw.commit_index).raw
         members = known.membership.members()
         voters = [n for n in live if n.id in known.membership.voters]
-        pending: set[str] = set()
-        for node in live:
-            raw = node.raw
-            lo = max(known.commit_index + 1, raw.first_index)
-            for entry in raw.entries(lo, raw.last_index + 1):
-                if entry.kind == EntryKind.CONF:
-                    pending.add(ConfChange.decode(entry.data).node)
+        pending = _named_after([n.raw for n in live], known.commit_index)
         removed = [
             node
             for node in live
@@ -781,12 +775,7 @@ class Sim:
             return
         raw = leader.raw
         members = raw.membership.members()
-        pending: set[str] = set()
-        if spare_pending:
-            lo = max(raw.commit_index + 1, raw.first_index)
-            for entry in raw.entries(lo, raw.last_index + 1):
-                if entry.kind == EntryKind.CONF:
-                    pending.add(ConfChange.decode(entry.data).node)
+        pending = _named_after([raw], raw.commit_index) if spare_pending else set()
         for node in self.live_nodes():
             if node.id not in members and node.id not in pending:
                 self.retire(node)
@@ -836,6 +825,17 @@ def asyncio_all_tasks(loop):
     import asyncio
 
     return asyncio.all_tasks(loop)
+
+
+def _named_after(raws: list, index: int) -> set[str]:
+    """The nodes named by a membership change any of these logs holds after `index`
+    (one may still add a node back)."""
+    named: set[str] = set()
+    for raw in raws:
+        for entry in raw.entries(max(index + 1, raw.first_index), raw.last_index + 1):
+            if entry.kind == EntryKind.CONF:
+                named.add(ConfChange.decode(entry.data).node)
+    return named
 
 
 def run_seed(
