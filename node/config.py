@@ -18,6 +18,7 @@ instead of the file:
     RAGRAFT_MODEL_CACHE                                  [models] cache_dir
     RAGRAFT_LOAD_MODELS=0                                [models] load = false
     RAGRAFT_GENERATOR                                    [models] generator
+    RAGRAFT_TLS_CERT / RAGRAFT_TLS_KEY                   [tls] cert_file / key_file
 
 Sections not validated here yet are kept as plain tables in `ClusterConfig.extra`.
 """
@@ -25,6 +26,7 @@ Sections not validated here yet are kept as plain tables in `ClusterConfig.extra
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,7 @@ class NodeSpec:
     data_dir: Path
     join: bool = False  # added at run time (`ragraft node --join`), not part of the first bootstrap
     slots: int | None = None  # overrides [tasks] slots for this node (e.g. a GPU node runs more)
+    tls: bool = False  # from [tls]: the API and the dashboard speak https
 
     @property
     def raft_address(self) -> str:
@@ -59,12 +62,16 @@ class NodeSpec:
         return f"tcp://{self.host}:{self.gossip_port}"
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def api_url(self) -> str:
-        return f"http://{self.host}:{self.api_port}"
+        return f"{self.scheme}://{self.host}:{self.api_port}"
 
     @property
     def dashboard_url(self) -> str:
-        return f"http://{self.host}:{self.dashboard_port}"
+        return f"{self.scheme}://{self.host}:{self.dashboard_port}"
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,19 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """[tls]: the certificate chain (PEM, leaf first) and its private key with which
+    every node's REST API and dashboard serve https; both unset = plain http."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     path: Path
     name: str
@@ -147,6 +167,7 @@ class ClusterConfig:
     # Origins (host[:port]) besides the node's own from which a browser may open the
     # dashboard's websocket, e.g. a reverse proxy's name.
     dashboard_origins: tuple[str, ...] = ()
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     def node(self, node_id: str) -> NodeSpec:
         for spec in self.nodes:
@@ -228,6 +249,7 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
     seen_ids: dict[str, int] = {}
     seen_ports: dict[tuple[str, int], str] = {}
     base = path.parent
+    tls = _tls(raw.get("tls", {}), base, env, fail)
     for i, item in enumerate(nodes_raw):
         key = f"nodes[{i}]"
         if not isinstance(item, dict):
@@ -302,7 +324,9 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
             if env.get("RAGRAFT_DATA_DIR")
             else base / data_dir
         )
-        nodes.append(NodeSpec(node_id, host, data_dir=root, join=join, slots=slots, **ports))
+        nodes.append(
+            NodeSpec(node_id, host, data_dir=root, join=join, slots=slots, tls=tls.enabled, **ports)
+        )
 
     raft_raw = dict(raw.get("raft", {}))
     if "RAGRAFT_TICK_MS" in env:
@@ -416,7 +440,7 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
     extra = {
         k: v
         for k, v in raw.items()
-        if k not in ("cluster", "nodes", "raft", "tasks", "models", "rag", "security")
+        if k not in ("cluster", "nodes", "raft", "tasks", "models", "rag", "security", "tls")
     }
     return ClusterConfig(
         path,
@@ -434,7 +458,70 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         secrets_dir=base / secrets_dir,
         insecure=insecure,
         dashboard_origins=tuple(origins),
+        tls=tls,
     )
+
+
+_TLS_KEYS = {"cert_file": "RAGRAFT_TLS_CERT", "key_file": "RAGRAFT_TLS_KEY"}
+
+
+def _tls(section: Any, base: Path, env: dict[str, str], fail: Any) -> TlsSettings:
+    """[tls] cert_file and key_file (env RAGRAFT_TLS_CERT, RAGRAFT_TLS_KEY), relative to
+    the file's directory as secrets_dir is; both or neither.  Checked now, not when the
+    API starts listening: each file is read and the pair loaded into a server context."""
+    if not isinstance(section, dict):
+        raise fail("tls", "must be a table", "write a [tls] section with cert_file and key_file")
+    unknown = set(section) - set(_TLS_KEYS)
+    if unknown:
+        raise fail(f"tls.{min(unknown)}", "unknown key", f"use only {', '.join(_TLS_KEYS)}")
+    paths: dict[str, Path] = {}
+    named: dict[str, str] = {}  # key -> what set it (tls.cert_file or the variable), for errors
+    for item, variable in _TLS_KEYS.items():
+        value = env.get(variable) or section.get(item)
+        named[item] = variable if env.get(variable) else f"tls.{item}"
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise fail(named[item], f"{value!r} is not a path", "name a PEM file, or leave it out")
+        paths[item] = base / value
+    if len(paths) == 1:
+        (given,) = paths
+        raise fail(
+            named[given],
+            f"is set without {'key_file' if given == 'cert_file' else 'cert_file'}",
+            "set both (the certificate chain and its private key, PEM) or neither for plain http",
+        )
+    if not paths:
+        return TlsSettings()
+    cert, key = paths["cert_file"], paths["key_file"]
+    for name, file in paths.items():
+        try:
+            with open(file, "rb"):
+                pass
+        except OSError as exc:
+            raise fail(
+                named[name],
+                f"cannot read {file} ({exc.strerror})",
+                "name an existing PEM file this user may read",
+            ) from None
+    from node.tls import EncryptedKey, server_context
+
+    try:
+        server_context(cert, key)
+    except EncryptedKey:
+        raise fail(
+            named["key_file"],
+            f"{key} is encrypted with a passphrase, which a node cannot be given",
+            f"write it without one (e.g. `openssl pkey -in {key} -out plain.key`), 0600",
+        ) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise fail(
+            "tls.cert_file/key_file",
+            f"{cert} and {key} do not load as a certificate chain and its key ({exc})",
+            "give the PEM certificate (leaf first) and the unencrypted PEM private key "
+            "that belongs to it",
+        ) from None
+    return TlsSettings(cert, key)
 
 
 _SECURITY_KEYS = {

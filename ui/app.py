@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,9 +39,16 @@ SLOW_S = 2.0
 
 class Dashboard:
     def __init__(
-        self, api_url: str, node_id: str, peers: dict[str, str], warnings: Sequence[str] = ()
+        self,
+        api_url: str,
+        node_id: str,
+        peers: dict[str, str],
+        warnings: Sequence[str] = (),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.api = ApiClient([api_url], timeout=15.0)  # its own node only: the page dies with it
+        # Its own node only: the page dies with it.  `ssl_context`: how an https API is
+        # verified (ui/server.py pins the node's own certificate).
+        self.api = ApiClient([api_url], timeout=15.0, ssl_context=ssl_context)
         self.node_id = node_id
         self.peers = peers
         # What an insecure cluster leaves open, on every view (node/secrets.py insecurity).
@@ -175,10 +183,14 @@ class Dashboard:
 
 
 def page(
-    api_url: str, node_id: str, peers: dict[str, str], warnings: Sequence[str] = ()
+    api_url: str,
+    node_id: str,
+    peers: dict[str, str],
+    warnings: Sequence[str] = (),
+    ssl_context: ssl.SSLContext | None = None,
 ) -> pn.viewable.Viewable:
     pn.extension("tabulator")
-    dashboard = Dashboard(api_url, node_id, peers, warnings)
+    dashboard = Dashboard(api_url, node_id, peers, warnings, ssl_context)
 
     def closed(_: Any) -> None:
         asyncio.get_running_loop().create_task(dashboard.close())

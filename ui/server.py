@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from node.config import TlsSettings
 
 log = logging.getLogger("ragraft.ui")
 
@@ -32,9 +36,12 @@ async def start_dashboard(
     peers: dict[str, str],
     warnings: Sequence[str] = (),
     origins: Sequence[str] = (),
+    tls: TlsSettings | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Start serving; returns the function that stops it.  Panel is imported here,
-    so a node with the dashboard off never pays for it."""
+    so a node with the dashboard off never pays for it.  With `tls` enabled the page
+    is served over https, and the session's client reaches the API (https too) with
+    the node's own certificate pinned."""
     import os
 
     # No CDN: nodes may run without internet, so Bokeh's and Panel's scripts are served
@@ -51,9 +58,20 @@ async def start_dashboard(
     from ui.app import page
 
     local_api = api_url.replace("0.0.0.0", "127.0.0.1")
+    ssl_options: dict[str, str] = {}
+    api_ssl = None
+    if tls is not None and tls.cert_file is not None and tls.key_file is not None:
+        from node.tls import pinned_client_context
+
+        # Bokeh's Server builds its TLS context from these two (bokeh/server/server.py).
+        ssl_options = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
+        # The API at local_api is this node's own, at an address its certificate need not
+        # name (127.0.0.1 for a node on 0.0.0.0, say): trust that one certificate and
+        # nothing else, without a host name check (node/tls.py says why that is safe).
+        api_ssl = pinned_client_context(tls.cert_file)
 
     def session() -> object:  # a plain function: Panel calls it once per browser session
-        return page(local_api, node_id, peers, warnings)
+        return page(local_api, node_id, peers, warnings, ssl_context=api_ssl)
 
     server = pn.serve(
         {"/": session},
@@ -67,9 +85,13 @@ async def start_dashboard(
         loop=IOLoop.current(),
         check_unused_sessions=5000,
         unused_session_lifetime=15000,
+        # Panel's own "Launching server at http://..." line says http even with TLS:
+        # with TLS only our line below names the address.
+        verbose=not ssl_options,
+        **ssl_options,
     )
     server.start()
-    log.info("dashboard on http://%s:%d", host, port)
+    log.info("dashboard on %s://%s:%d", "https" if ssl_options else "http", host, port)
 
     async def stop() -> None:
         server.stop()

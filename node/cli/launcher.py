@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,10 +22,12 @@ from node.secrets import announced_password_file, holds_raft_state
 STOP_GRACE_S = 15.0  # how long the nodes get to stop after SIGTERM before they are killed
 
 
-def _get_json(url: str, timeout: float = 0.5) -> dict[str, Any] | None:
+def _get_json(
+    url: str, timeout: float = 0.5, context: ssl.SSLContext | None = None
+) -> dict[str, Any] | None:
     body: dict[str, Any]  # a node's /readyz answers a JSON object
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
             body = json.loads(response.read())
             return body
     except urllib.error.HTTPError as exc:  # e.g. 503 from /readyz: the body still says why
@@ -79,8 +82,20 @@ class _Progress:
         self.password_shown = True
 
 
+def _trust(config: ClusterConfig) -> ssl.SSLContext | None:
+    """With [tls], how the launcher verifies the nodes it started: they serve the
+    file's certificate, pinned (node/tls.py), so a self-signed one needs no
+    RAGRAFT_CA_FILE here; None for plain http."""
+    if config.tls.cert_file is None:
+        return None
+    from node.tls import pinned_client_context
+
+    return pinned_client_context(config.tls.cert_file)
+
+
 def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: float = 900.0) -> int:
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    trust = _trust(config)
     logs_dir = Path(config.nodes[0].data_dir).parent
     logs_dir.mkdir(parents=True, exist_ok=True)
     print(
@@ -145,7 +160,8 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
                     )
                     stop_all()
                     return 1
-                view = _get_json(f"{spec.api_url}/readyz")  # public; 503 while models load
+                # public; 503 while models load
+                view = _get_json(f"{spec.api_url}/readyz", context=trust)
                 if view is not None and spec.id not in up_nodes:
                     up_nodes.add(spec.id)
                     print(f"  {spec.id} is up ({len(up_nodes)}/{len(config.nodes)})", flush=True)
@@ -160,7 +176,7 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
             stop_all()
             return 1
         print(f"  leader elected: {leader}; waiting for the models to load", flush=True)
-        if not _wait_for_models(config, procs, logs_dir, models_timeout, progress):
+        if not _wait_for_models(config, procs, logs_dir, models_timeout, progress, trust):
             stop_all()
             return 1
         if expect_password:
@@ -170,6 +186,12 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
             print(
                 f"  {spec.id}:  dashboard {spec.dashboard_url}   API {spec.api_url}/api/v1   "
                 f"raft {spec.raft_address}",
+                flush=True,
+            )
+        if config.tls.enabled:
+            print(
+                f"\n  https with {config.tls.cert_file}; if it is self-signed, let the CLI and "
+                f"the TUI trust it: export RAGRAFT_CA_FILE={config.tls.cert_file}",
                 flush=True,
             )
         print("\nPress Ctrl-C to stop every node.", flush=True)
@@ -213,6 +235,7 @@ def _wait_for_models(
     logs_dir: Path,
     timeout: float,
     progress: list[_Progress],
+    trust: ssl.SSLContext | None = None,
 ) -> bool:
     """Relay each node's model-loading steps until all are loaded.  A node whose
     models fail stays up (the others run its RAG tasks): say so, go on."""
@@ -231,7 +254,7 @@ def _wait_for_models(
                     file=sys.stderr,
                 )
                 return False
-            ready = _get_json(f"{spec.api_url}/readyz", timeout=1.0)
+            ready = _get_json(f"{spec.api_url}/readyz", timeout=1.0, context=trust)
             models = (ready or {}).get("models") or {}
             if models.get("state") in ("ready", "disabled"):
                 pending.discard(spec.id)

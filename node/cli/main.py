@@ -10,6 +10,10 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ssl
 
 from node import config as cluster_config
 
@@ -46,9 +50,9 @@ def _secured(config: cluster_config.ClusterConfig) -> cluster_config.ClusterConf
         raise SystemExit(f"ragraft: {exc}") from None
 
 
-def _admin_headers(base: str) -> dict[str, str]:
+def _admin_headers(base: str, context: ssl.SSLContext | None = None) -> dict[str, str]:
     """Admin credentials from the environment: RAGRAFT_API_KEY, or RAGRAFT_ADMIN_PASSWORD
-    (exchanged for a token)."""
+    (exchanged for a token; `context` verifies an https node)."""
     import json
     import urllib.error
     import urllib.request
@@ -67,7 +71,7 @@ def _admin_headers(base: str) -> dict[str, str]:
         headers={"Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(login, timeout=30) as response:
+        with urllib.request.urlopen(login, timeout=30, context=context) as response:
             return {"Authorization": f"Bearer {json.loads(response.read())['access_token']}"}
     except urllib.error.HTTPError as exc:
         raise SystemExit(
@@ -82,14 +86,24 @@ def _remove_node(config: cluster_config.ClusterConfig, target: str | None, url: 
 
     if not target:
         raise SystemExit("ragraft node remove: say which node, e.g. `ragraft node remove n4`")
+    from node.client.rest import ClientError, ssl_context
+
     base = (url or config.nodes[0].api_url).rstrip("/")
-    if not base.startswith("http"):
-        base = "http://" + base
+    if not base.startswith("http"):  # a bare host:port speaks what the file's nodes speak
+        base = ("https://" if config.tls.enabled else "http://") + base
+    context = None
+    if base.startswith("https://"):
+        try:  # the system's CAs, RAGRAFT_CA_FILE and the file's own certificate ([tls])
+            context = ssl_context(config.tls.cert_file)
+        except ClientError as exc:
+            raise SystemExit(f"ragraft: {exc}") from None
     request = urllib.request.Request(
-        f"{base}/api/v1/cluster/members/{target}", method="DELETE", headers=_admin_headers(base)
+        f"{base}/api/v1/cluster/members/{target}",
+        method="DELETE",
+        headers=_admin_headers(base, context),
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60, context=context) as response:
             view = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         body = json.loads(exc.read() or b"{}")

@@ -194,6 +194,7 @@ class Targets:
     names: dict[str, str]  # url -> node id, for messages
     cluster_name: str  # for people
     credential_key: str  # the credentials file's entry
+    ca_file: Any = None  # cluster.toml's [tls] certificate: trusted besides the system's
 
 
 def targets(args: argparse.Namespace, load_config: ConfigLoader) -> Targets:
@@ -209,6 +210,7 @@ def targets(args: argparse.Namespace, load_config: ConfigLoader) -> Targets:
         {n.api_url: n.id for n in config.nodes},
         config.name,
         config.name,
+        config.tls.cert_file if config.tls.enabled else None,
     )
 
 
@@ -221,7 +223,9 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     args.cluster_name, args.credential_key = where.cluster_name, where.credential_key
     token, _ = token_source(where.credential_key)
     out = Output(json_mode=args.json)
-    client = Client(where.urls, token, timeout=args.timeout, names=where.names)
+    client = Client(
+        where.urls, token, timeout=args.timeout, names=where.names, ca_file=where.ca_file
+    )
     module, _, function = args.handler.partition(":")
     handler = getattr(importlib.import_module(f"node.cli.commands.{module}"), function)
     try:

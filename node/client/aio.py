@@ -7,17 +7,24 @@ client moves on to the next one and says so through `on_switch`; a token from
 any node is valid on all of them.  A submission (`submit`, `upload`) carries one
 Idempotency-Key for all its tries, so a write that was applied by a node that
 then failed to answer is not applied a second time by the next one.
+
+https URLs are verified as the blocking client does (the system's trust store plus
+RAGRAFT_CA_FILE), unless the caller gives its own `ssl_context` (the dashboard pins
+its node's certificate: ui/server.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 
+from node.client.rest import ClientError
+from node.client.rest import ssl_context as default_ssl_context
 from node.http.idempotency import HEADER as IDEMPOTENCY_HEADER
 from node.http.idempotency import new_key
 
@@ -48,10 +55,17 @@ class Unreachable(ApiError):
 
 
 class ApiClient:
-    def __init__(self, urls: list[str], token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        token: str | None = None,
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         if not urls:
             raise ValueError("give at least one node URL")
         self.urls = [u.rstrip("/") for u in urls]
+        self.ssl_context = ssl_context  # None: the default (system store + RAGRAFT_CA_FILE)
         self.index = 0
         self.token = token
         self.user: str | None = None  # who logged in through login()
@@ -69,8 +83,18 @@ class ApiClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout, connector=aiohttp.TCPConnector(ssl=self._tls())
+            )
         return self._session
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        if self.ssl_context is None and any(u.startswith("https://") for u in self.urls):
+            try:
+                self.ssl_context = default_ssl_context()
+            except ClientError as exc:  # RAGRAFT_CA_FILE names no PEM bundle
+                raise ApiError(0, exc.code, exc.message) from None
+        return self.ssl_context or True  # True: aiohttp's default verification
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}

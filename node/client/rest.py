@@ -12,6 +12,10 @@ the next node: the next node answers with what the first one created.
 Credentials: RAGRAFT_TOKEN, else RAGRAFT_API_KEY (sent as the bearer), else the
 token `ragraft login` kept in `credentials.json` under RAGRAFT_CONFIG_DIR
 (default ~/.config/ragraft), one entry per cluster, readable by its owner only.
+
+https URLs (a cluster with [tls]) are verified against the system's trust store
+plus the PEM bundle RAGRAFT_CA_FILE names, e.g. a self-signed cluster certificate
+(`ssl_context`, which the asyncio client uses too).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -40,6 +45,7 @@ ProgressFn = Callable[[int, int], None]  # (bytes sent, bytes in all)
 _FAIL_OVER_STATUSES = frozenset({502, 503, 504})
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _UPLOAD_CHUNK = 64 * 1024
+CA_FILE_VARIABLE = "RAGRAFT_CA_FILE"
 
 
 class ClientError(Exception):
@@ -72,6 +78,32 @@ class Unreachable(ClientError):
             code="unreachable",
         )
         self.tried = tried
+
+
+# ------------------------------------------------------------------ TLS
+def ssl_context(cafile: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """How https answers are verified: the system's trust store, plus the certificates
+    in RAGRAFT_CA_FILE and in `cafile` (PEM), e.g. a cluster's self-signed certificate
+    or a private CA.  A certificate of those may be the trust anchor itself (partial
+    chain), so a CA-issued leaf can be trusted alone.  The host name is checked."""
+    context = ssl.create_default_context()
+    extra = [(CA_FILE_VARIABLE, os.environ.get(CA_FILE_VARIABLE)), ("CA file", cafile)]
+    loaded = False
+    for what, path in extra:
+        if not path:
+            continue
+        try:
+            context.load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ClientError(
+                f"{what} {os.fspath(path)!r} does not load as PEM certificates ({exc}); "
+                "name a readable PEM bundle (the cluster's certificate or its CA)",
+                code="bad_ca_file",
+            ) from None
+        loaded = True
+    if loaded:
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
 
 
 # ------------------------------------------------------------------ credentials
@@ -198,9 +230,11 @@ class Client:
         timeout: float = 15.0,
         names: Mapping[str, str] | None = None,
         log: TextIO | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("give at least one node URL")
+        self.ca_file = ca_file  # trusted besides the system and RAGRAFT_CA_FILE
         self.urls = [normalize_url(u) for u in urls]
         self.token = token
         self.timeout = timeout
@@ -210,6 +244,7 @@ class Client:
         self.log = log or sys.stderr
         self.answered_by: str | None = None
         self.stale = False  # the last answer came from a node without a leader
+        self._ssl: ssl.SSLContext | None = None  # made at the first https request
 
     def label(self, url: str) -> str:
         return f"{self.names[url]} ({url})" if url in self.names else url
@@ -254,6 +289,10 @@ class Client:
         )
         if encoded:
             path += "?" + encoded
+        if self._ssl is None and any(u.startswith("https://") for u in self.urls):
+            self._ssl = ssl_context(
+                self.ca_file
+            )  # (here, not in __init__: a bad CA file is a ClientError)
         tried: list[tuple[str, str]] = []
         refusal: ClientError | None = None  # the last 5xx, reported if every node gives one
         for url in list(self.urls):
@@ -314,7 +353,8 @@ class Client:
             headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            context = self._ssl if url.startswith("https://") else None
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
                 self.stale = response.headers.get("X-Ragraft-Stale") == "true"
                 return _decode(response.read(), response.status, url)
         except urllib.error.HTTPError as exc:
@@ -406,4 +446,11 @@ def _reason(exc: BaseException | str) -> str:
         return "closed the connection without answering"
     if isinstance(exc, socket.gaierror):
         return f"unknown host ({exc.strerror})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
+            return f"{exc.verify_message}: use a URL with a name its TLS certificate holds"
+        return (
+            f"its TLS certificate is not trusted ({exc.verify_message}); if the cluster's "
+            f"certificate is self-signed or from a private CA, set {CA_FILE_VARIABLE} to it (PEM)"
+        )
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

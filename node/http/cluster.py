@@ -13,8 +13,9 @@ import re
 from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, TCPConnector, web
 
+from node.client.rest import ssl_context
 from node.config import ClusterConfig
 from node.gossip.history import MetricsHistory
 from node.http import errors
@@ -214,8 +215,11 @@ class ClusterAPI:
             data = await read_bounded(request, MAX_JSON_BODY_BYTES)
         except BadBody as exc:
             return exc.response()
+        # The leader's certificate: what the system trusts, RAGRAFT_CA_FILE, and this
+        # node's own certificate (a cluster's self-signed one, or its CA).
+        tls = ssl_context(self.config.tls.cert_file) if url.startswith("https://") else None
         async with (
-            ClientSession() as session,
+            ClientSession(connector=TCPConnector(ssl=tls if tls is not None else True)) as session,
             session.request(request.method, url + request.path_qs, data=data, headers=headers) as r,
         ):
             return web.Response(

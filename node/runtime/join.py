@@ -7,9 +7,10 @@ import asyncio
 import logging
 import os
 
-from aiohttp import ClientSession
+from aiohttp import ClientSession, TCPConnector
 
-from node.config import SecuritySettings
+from node.client.rest import ClientError, ssl_context
+from node.config import SecuritySettings, TlsSettings
 
 log = logging.getLogger("ragraft.node")
 
@@ -33,18 +34,30 @@ async def admin_headers(
 
 
 async def ask_to_join(
-    seed_url: str, node_id: str, raft_address: str, settings: SecuritySettings
+    seed_url: str,
+    node_id: str,
+    raft_address: str,
+    settings: SecuritySettings,
+    tls: TlsSettings | None = None,
 ) -> None:
     """Ask a member (any: it forwards to the leader) to add us: learner first,
-    voter once caught up.  Retries until the cluster answers."""
+    voter once caught up.  Retries until the cluster answers.  With [tls] a bare
+    HOST:PORT is reached over https, trusting the system's CAs, RAGRAFT_CA_FILE and
+    the [tls] certificate of this node (as a rule the whole cluster serves that one)."""
+    tls = tls or TlsSettings()
     url = seed_url.rstrip("/")
     if not url.startswith("http"):
-        url = "http://" + url
+        url = ("https://" if tls.enabled else "http://") + url
     print(
         f"node {node_id}: asking {url} to add it to the cluster (learner, then voter)...",
         flush=True,
     )
-    async with ClientSession() as session:
+    try:
+        trust = ssl_context(tls.cert_file) if url.startswith("https") else None
+    except ClientError as exc:  # RAGRAFT_CA_FILE names no PEM bundle
+        log.error("node %s cannot ask to join: %s", node_id, exc)
+        return
+    async with ClientSession(connector=TCPConnector(ssl=trust or True)) as session:
         while True:
             try:
                 headers = await admin_headers(session, url, settings)

@@ -40,6 +40,7 @@ from node.replica.vocabulary import TaskType
 from node.runtime.housekeeping import initialise_accounts, requeue_dead_nodes, sweep_expired
 from node.runtime.join import ask_to_join
 from node.secrets import admin_password_path, insecurity
+from node.tls import server_ssl_context
 
 log = logging.getLogger("ragraft.node")
 SLOW_STOP_S = 2.0  # a part that takes longer to stop is named in a warning
@@ -159,7 +160,8 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         access_log=None,
     )
     await runner.setup()
-    site = web.TCPSite(runner, spec.host, spec.api_port)
+    # https when [tls] is set (node/config.py loaded the pair once when it read the file)
+    site = web.TCPSite(runner, spec.host, spec.api_port, ssl_context=server_ssl_context(config.tls))
     try:
         await site.start()
     except OSError as exc:
@@ -184,6 +186,7 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
                 peers,
                 insecurity(config),
                 config.dashboard_origins,
+                config.tls,
             )
             print(f"node {node_id}: dashboard {spec.dashboard_url}", flush=True)
         except OSError as exc:
@@ -200,7 +203,8 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     if join is not None:
         background.append(
             asyncio.create_task(
-                ask_to_join(join, node_id, spec.raft_address, config.security), name="join"
+                ask_to_join(join, node_id, spec.raft_address, config.security, config.tls),
+                name="join",
             )
         )
     stop = asyncio.Event()
