@@ -119,7 +119,7 @@ class RagConfig:
 @dataclass(frozen=True)
 class UserSpec:
     name: str
-    role: str  # admin | user
+    role: str  # admin | editor | user
     password_hash: str  # from `ragraft hash-password`
 
 
@@ -566,8 +566,8 @@ def _security(section: dict[str, Any], env: dict[str, str], fail: Any) -> Securi
                 f"{name!r} is missing, repeated or reserved (admin is built in)",
                 "give every user a unique name",
             )
-        if role not in ("admin", "user"):
-            raise fail(f"{key}.role", f"{role!r} is not a role", 'use "admin" or "user"')
+        if role not in ("admin", "editor", "user"):
+            raise fail(f"{key}.role", f"{role!r} is not a role", 'use "admin", "editor" or "user"')
         if not isinstance(hashed, str) or not hashed.startswith("scrypt$"):
             raise fail(
                 f"{key}.password_hash",

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import jwt
 import pytest
 
-from node.config import SecuritySettings, UserSpec
+from node.config import SecuritySettings
 from node.http.auth import Authenticator, hash_password, new_api_key, verify_password
 from node.replica import commands as c
 from node.replica.accounts import Accounts
@@ -31,11 +31,20 @@ def test_password_hashes_are_salted_and_verified() -> None:
     assert not verify_password("x", "not-a-hash") and not verify_password("x", "scrypt$1$2$3$!!$??")
 
 
-def test_tokens_and_api_keys_identify_their_user() -> None:
+def accounts_with(**users: str) -> Accounts:
+    """Replicated accounts set up as a cluster's first leader does: an admin, and the
+    given users (name=role) with ALICE_PW as their password."""
     accounts = Accounts()
+    hashed = hash_password(ALICE_PW)
+    seeds = tuple(c.PutUser(n, UserRole(r), hashed, at=1, seed=True) for n, r in users.items())
+    accounts.apply(c.InitAccounts(hash_password("admin-pw"), at=1, users=seeds))
+    return accounts
+
+
+def test_tokens_and_api_keys_identify_their_user() -> None:
+    accounts = accounts_with(alice="user")
     key, digest = new_api_key()
     settings = SecuritySettings(
-        users=(UserSpec("alice", "user", hash_password(ALICE_PW)),),
         token_secret="t" * 32,
         token_ttl_seconds=60,
         api_keys=(("alice", digest),),
@@ -45,9 +54,7 @@ def test_tokens_and_api_keys_identify_their_user() -> None:
     assert (
         auth.check_password("alice", BOB_PW) is None and auth.check_password("mallory", "x") is None
     )
-    assert (
-        auth.check_password("admin", "anything") is None
-    )  # no admin before the cluster sets it up
+    assert auth.check_password("admin", "anything") is None
     token = auth.issue("alice", "user")["access_token"]
     assert auth.identify(token) == ("alice", "user")
     assert auth.identify(key) == ("alice", "user")
@@ -74,8 +81,7 @@ def test_an_unknown_user_costs_one_hash_like_a_known_one(monkeypatch) -> None:
     from node.http import auth as auth_module
 
     auth_module._dummy_hash.cache_clear()
-    settings = SecuritySettings(users=(UserSpec("alice", "user", hash_password(ALICE_PW)),))
-    auth = Authenticator(settings, replica_of(Accounts()), "c")
+    auth = Authenticator(SecuritySettings(), replica_of(accounts_with(alice="user")), "c")
     runs = []
     real = hashlib.scrypt
 
@@ -277,7 +283,7 @@ def test_api_keys_carry_an_expiry_and_a_scope_in_the_replicated_accounts() -> No
     from node.replica.refusal import Refusal
     from node.replica.vocabulary import KeyScope
 
-    accounts = Accounts()
+    accounts = accounts_with(alice="user")
     key, digest = new_api_key()
     old, old_digest = new_api_key()
     now = int(time.time() * 1000)
@@ -285,8 +291,7 @@ def test_api_keys_carry_an_expiry_and_a_scope_in_the_replicated_accounts() -> No
         accounts.apply(c.PutKey("k0", "alice", digest, at=now, expires_at=now))
     accounts.apply(c.PutKey("k1", "alice", digest, at=now, expires_at=now + 60_000, scope="read"))
     accounts.apply(c.PutKey("k2", "alice", old_digest, at=1, expires_at=2))  # long expired
-    settings = SecuritySettings(users=(UserSpec("alice", "user", hash_password(ALICE_PW)),))
-    auth = Authenticator(settings, replica_of(accounts), "c")
+    auth = Authenticator(SecuritySettings(), replica_of(accounts), "c")
     assert auth.identify_scoped(key) == ("alice", "user", KeyScope.READ)
     assert auth.identify(old) is None  # expired: refused like an unknown key
     # A key stored before expiry and scopes (a snapshot of the previous release): its

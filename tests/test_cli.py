@@ -203,6 +203,50 @@ def test_api_key_create_ls_use_and_revoke(cluster: NodeCluster, tmp_path: Path) 
     assert gone.returncode == 1, gone.stdout
 
 
+def test_user_create_ls_set_passwd_rm_and_the_role_and_quota_hold_on_every_node(
+    cluster: NodeCluster, tmp_path: Path
+) -> None:
+    login(cluster, tmp_path)
+    made = ragraft(
+        cluster, tmp_path, "user", "create", "dana", "--role", "user", "--max-queued", "1", "--max-running", "0",
+        "--password-stdin", stdin="dana-password-1\n",
+    )  # fmt: skip
+    assert made.returncode == 0 and "created dana (user)" in made.stdout, made.stderr
+    bad = ragraft(cluster, tmp_path, "user", "create", "Dana!", "--password-stdin", stdin="x\n")
+    assert bad.returncode == 1 and "name must be" in bad.stderr, bad.stderr
+    listed = json.loads(ragraft(cluster, tmp_path, "user", "ls", "--json").stdout)["items"]
+    dana = next(u for u in listed if u["name"] == "dana")
+    assert dana["quota"]["max_queued"] == 1 and dana["role"] == "user"
+    assert dana["quota"]["max_running"] == 0
+    # dana: none of her tasks may run, one may wait, the second is over her quota
+    home = tmp_path / "dana"
+    danas = ragraft(
+        cluster, home, "login", "--user", "dana", "--password-stdin", stdin="dana-password-1\n"
+    )
+    assert danas.returncode == 0, danas.stderr
+    first = ragraft(cluster, home, "submit", "60000", "--type", "noop", "--priority", "0")
+    assert first.returncode == 0, first.stderr
+    second = ragraft(cluster, home, "submit", "60000", "--type", "noop", "--priority", "0")
+    assert second.returncode == 1 and "quota" in second.stderr, second.stderr
+    upload = ragraft(cluster, home, "kb", "add", str(cluster.config))
+    assert upload.returncode == 1 and "editors" in upload.stderr, upload.stderr
+    # an admin lifts the quota and disables her: her saved token stops working
+    lifted = ragraft(cluster, tmp_path, "user", "set", "dana", "--max-queued", "none", "--disable")
+    assert lifted.returncode == 0 and "disabled" in lifted.stdout, lifted.stderr
+    for node in cluster.ids:
+        cluster.read_barrier(node)
+    refused = ragraft(cluster, home, "tasks")
+    assert refused.returncode == 1, refused.stdout
+    reset = ragraft(
+        cluster, tmp_path, "user", "passwd", "dana", "--password-stdin", stdin="dana-password-2\n"
+    )
+    assert reset.returncode == 0, reset.stderr
+    gone = ragraft(cluster, tmp_path, "user", "rm", "dana")
+    assert gone.returncode == 0 and "deleted dana" in gone.stdout, gone.stderr
+    listed = json.loads(ragraft(cluster, tmp_path, "user", "ls", "--json").stdout)["items"]
+    assert "dana" not in [u["name"] for u in listed]
+
+
 def test_fails_over_when_the_first_node_is_down(cluster: NodeCluster, tmp_path: Path) -> None:
     # Last of this module's tests: it kills n1.
     login(cluster, tmp_path)

@@ -284,7 +284,9 @@ def test_a_user_sees_only_their_tasks_and_cannot_change_the_knowledge_base(
         ".tabulator-cell[tabulator-field=title]"
     ).click()
     page.get_by_role("button", name="Delete selected document").click()
-    expect(page.get_by_text("delete refused: only an admin")).to_be_visible(timeout=10_000)
+    expect(page.get_by_text("delete refused: only editors and admins")).to_be_visible(
+        timeout=10_000
+    )
     assert cluster.request("n1", "GET", "/api/v1/kb/documents")[1]["total"] >= 1
     shot(page, "user-view")
     page.close()
@@ -381,6 +383,36 @@ def test_upload_files_watch_them_ingested_then_replace_search_and_delete(
     expect(ferry).to_have_count(0, timeout=15_000)
     titles = [d["title"] for d in cluster.request("n2", "GET", "/api/v1/kb/documents")[1]["items"]]
     assert "ferry.html" not in titles and "tides.md" in titles
+    page.close()
+
+
+def test_an_admin_creates_and_disables_a_user_on_the_users_tab(
+    cluster: NodeCluster, browser: Browser
+) -> None:
+    page = logged_in(browser, cluster.dashboard_urls["n1"])
+    page.locator(".bk-tab", has_text="Users").click()
+    page.get_by_placeholder("new user's name").fill("erin")
+    page.locator(".users-password input[type=password]").fill("erin-password")
+    page.locator(".users-role select").select_option("editor")  # quotas: the defaults, none
+    page.get_by_role("button", name="Create user").click()
+    expect(page.locator(".users-notice")).to_contain_text("created erin", timeout=10_000)
+    row = page.locator(".users-table .tabulator-row", has_text="erin")
+    expect(row.locator(".tabulator-cell[tabulator-field=role]")).to_have_text("editor")
+    cluster.read_barrier("n3")
+    listed = cluster.request("n3", "GET", "/api/v1/users")[1]["items"]
+    assert next(u for u in listed if u["name"] == "erin")["role"] == "editor"
+    # erin's own dashboard (another node) has no Users tab
+    erin = logged_in(browser, cluster.dashboard_urls["n2"], "erin", "erin-password")
+    expect(erin.locator(".bk-tab", has_text="Knowledge")).to_be_visible()
+    expect(erin.locator(".bk-tab", has_text="Users")).to_have_count(0)
+    erin.close()
+    row.locator(".tabulator-cell[tabulator-field=name]").click()
+    page.get_by_role("button", name="Disable / enable selected").click()
+    expect(page.locator(".users-notice")).to_contain_text("disabled erin", timeout=10_000)
+    expect(row.locator(".tabulator-cell[tabulator-field=state]")).to_have_text("disabled")
+    login = {"username": "erin", "password": "erin-password"}
+    assert cluster.request("n2", "POST", "/api/v1/auth/token", login, token="")[0] == 401
+    shot(page, "users")
     page.close()
 
 

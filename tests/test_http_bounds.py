@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from node.config import SecuritySettings, UserSpec
+from node.config import SecuritySettings
 from node.http import body as bounded
 from node.http.auth import AuthAPI, Authenticator, hash_password, new_api_key
 from node.http.cluster import ClusterAPI
@@ -39,6 +39,7 @@ from node.replica.vocabulary import (
     MAX_JSON_DEPTH,
     TaskParams,
     TaskType,
+    UserRole,
 )
 from tests.test_idempotency import InstantRaft
 
@@ -66,11 +67,12 @@ def alice_hash() -> str:
 @pytest.fixture
 def node(alice_hash: str) -> Iterator[SimpleNamespace]:
     state = NodeState(TaskQueue(), KnowledgeBase())
+    alice = c.PutUser("alice", UserRole.USER, alice_hash, at=1, seed=True)
+    state.accounts.apply(c.InitAccounts(alice_hash, at=1, users=(alice,)))
     raft = LeaderRaft(state)
     replica = Replica(raft, state)  # type: ignore[arg-type]
     key, digest = new_api_key()
     settings = SecuritySettings(
-        users=(UserSpec("alice", "user", alice_hash),),
         token_secret="t" * 32,
         api_keys=(("admin", digest),),
     )

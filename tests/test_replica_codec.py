@@ -20,7 +20,7 @@ from node.replica import commands as c
 from node.replica.refusal import Refusal, RefusalCode
 from node.replica.state import NodeState
 from node.replica.tasks import TaskQueue
-from node.replica.vocabulary import KeyScope, SearchMode, TaskParams, TaskType
+from node.replica.vocabulary import KeyScope, Quota, SearchMode, TaskParams, TaskType, UserRole
 
 text = st.text(max_size=20)
 ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
@@ -48,6 +48,12 @@ params = st.builds(
     seed=st.none() | st.integers(0, 2**63 - 1),
 )
 task_types = st.sampled_from(TaskType)
+quotas = st.builds(
+    Quota,
+    max_queued=st.none() | st.integers(0, 1000),
+    max_running=st.none() | st.integers(0, 1000),
+    max_priority=st.none() | st.integers(0, 9),
+)
 maybe = st.none
 
 STRATEGIES = {
@@ -63,6 +69,8 @@ STRATEGIES = {
         max_attempts=maybe() | st.integers(1, 10),
         idem_key=maybe() | text,
         fingerprint=maybe() | text,
+        retry_of=maybe() | ids,
+        by=maybe() | text,
     ),
     c.Claim: st.builds(
         c.Claim,
@@ -127,9 +135,17 @@ STRATEGIES = {
     ),
     c.FinishIngest: st.builds(c.FinishIngest, doc_id=ids, version=ints, node=ids, at=ms),
     c.FailIngest: st.builds(c.FailIngest, doc_id=ids, version=ints, error=text, at=ms),
-    c.DeleteDocument: st.builds(c.DeleteDocument, doc_id=ids, at=ms),
-    c.SetEnabled: st.builds(c.SetEnabled, doc_id=ids, enabled=st.booleans(), at=ms),
-    c.InitAccounts: st.builds(c.InitAccounts, admin_hash=text, at=ms, token_secret=maybe() | text),
+    c.DeleteDocument: st.builds(c.DeleteDocument, doc_id=ids, at=ms, by=maybe() | text),
+    c.SetEnabled: st.builds(
+        c.SetEnabled, doc_id=ids, enabled=st.booleans(), at=ms, by=maybe() | text
+    ),
+    c.InitAccounts: st.builds(
+        c.InitAccounts,
+        admin_hash=text,
+        at=ms,
+        token_secret=maybe() | text,
+        users=st.lists(st.deferred(lambda: STRATEGIES[c.PutUser]), max_size=2).map(tuple),
+    ),
     c.PutKey: st.builds(
         c.PutKey,
         key_id=ids,
@@ -141,6 +157,25 @@ STRATEGIES = {
         scope=st.sampled_from(KeyScope),
     ),
     c.DeleteKey: st.builds(c.DeleteKey, key_id=ids, at=ms, user=maybe() | text),
+    c.PutUser: st.builds(
+        c.PutUser,
+        name=ids,
+        role=st.sampled_from(UserRole),
+        password_hash=text,
+        at=ms,
+        quota=quotas,
+        seed=st.booleans(),
+    ),
+    c.UpdateUser: st.builds(
+        c.UpdateUser,
+        name=ids,
+        at=ms,
+        role=maybe() | st.sampled_from(UserRole),
+        password_hash=maybe() | text,
+        disabled=maybe() | st.booleans(),
+        quota=maybe() | quotas,
+    ),
+    c.DeleteUser: st.builds(c.DeleteUser, name=ids, at=ms),
 }
 
 
@@ -384,7 +419,7 @@ def _busy_state() -> NodeState:
         c.Upload(
             c.DocumentUpload("d1", "Doc", "d1.txt", "text/plain", ("x",), b"hello"), "T9", "ann", 4
         ),
-        c.InitAccounts("hash", 5),
+        c.InitAccounts("hash", 5, users=(c.PutUser("ann", UserRole.USER, "scrypt$x", 5),)),
         c.PutKey("k1", "ann", "sha", 6),
     ]
     for index, cmd in enumerate(entries, start=1):

@@ -1,6 +1,7 @@
 """The dashboard page: one `Dashboard` per browser session, built by `page()`.
 
-After login it shows the Overview, Tasks, Submit, Knowledge and Nodes tabs.
+After login it shows the Overview, Tasks, Submit, Knowledge and Nodes tabs, and
+Users for an admin.
 Updates are pushed over Panel's websocket, never by reloading the page:
 
 - the session follows the node's event stream (GET /api/v1/events); a task,
@@ -29,6 +30,7 @@ from ui.views.nodes import NodesView
 from ui.views.overview import OverviewView
 from ui.views.submit import SubmitView
 from ui.views.tasks import TasksView
+from ui.views.users import UsersView
 from ui.watchdog import watchdog
 
 log = logging.getLogger("ragraft.ui")
@@ -87,10 +89,11 @@ class Dashboard:
     async def _login(self, _: Any) -> None:
         try:
             await self.api.login(self.user.value, self.password.value)
+            me = await self.api.request("GET", "/api/v1/auth/me")
         except ApiError as exc:
             self.login_error.object = f"**{html.escape(str(exc))}**"
             return
-        self._main_view()
+        self._main_view(admin=me.get("role") == "admin")
         await self.refresh(slow=True)
         self._follower = asyncio.create_task(
             self._follow_events(), name=f"dashboard-events-{self.api.user}"
@@ -98,18 +101,19 @@ class Dashboard:
         pn.state.add_periodic_callback(self._tick, period=TICK_MS)
 
     # ------------------------------------------------------------ layout
-    def _main_view(self) -> None:
+    def _main_view(self, admin: bool) -> None:
         nodes = sorted({self.node_id, *self.peers})
         self.overview = OverviewView(nodes)
         self.tasks = TasksView(self.api, nodes, self._changed)
         self.submit = SubmitView(self.api)
         self.knowledge = KnowledgeView(self.api)
         self.nodes = NodesView()
+        self.users = UsersView(self.api) if admin else None
+        views: list[Any] = [self.overview, self.tasks, self.submit, self.knowledge, self.nodes]
+        if self.users is not None:
+            views.append(self.users)
         self.tabs = pn.Tabs(
-            *(
-                v.panel
-                for v in (self.overview, self.tasks, self.submit, self.knowledge, self.nodes)
-            ),
+            *(v.panel for v in views),
             dynamic=False,
             sizing_mode="stretch_width",
         )
@@ -159,6 +163,8 @@ class Dashboard:
             await self.tasks.refresh()
             await self.submit.refresh()
             await self.knowledge.refresh()
+            if slow and self.users is not None:
+                await self.users.refresh()
             if slow:
                 self._last_slow = time.monotonic()
                 nodes = (await self.api.request("GET", "/api/v1/nodes"))["items"]

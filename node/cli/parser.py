@@ -24,6 +24,7 @@ from node.replica.vocabulary import (
     SearchMode,
     TaskState,
     TaskType,
+    UserRole,
 )
 
 # path -> node.config.ClusterConfig (exits with a message if bad)
@@ -180,12 +181,86 @@ def add_parsers(sub: Any) -> None:
         "id", help="key id (see `ragraft api-key ls`)"
     )
 
+    _user_parsers(sub, command)
+
     command(
         sub,
         "status",
         "cluster:status",
         "the cluster (leader, term, quorum), its nodes and task counts",
     )
+
+
+def _quota_value(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or none") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a quota is 0 or more")
+    return value
+
+
+def _user_parsers(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    user = sub.add_parser(
+        "user",
+        help="users (admins): create, ls, show, set, passwd, rm",
+        description="users, their roles (admin, editor, user) and quotas",
+    )
+    actions = user.add_subparsers(
+        dest="user_command", required=True, metavar="{create,ls,show,set,passwd,rm}"
+    )
+
+    def with_quota(p: argparse.ArgumentParser) -> None:
+        for name, what in (
+            ("max-queued", "tasks waiting at once"),
+            ("max-running", "tasks running at once"),
+            ("max-priority", f"the highest priority allowed ({PRIORITY_MIN}-{PRIORITY_MAX})"),
+        ):
+            p.add_argument(
+                f"--{name}",
+                dest=name.replace("-", "_"),
+                type=_quota_value,
+                default=argparse.SUPPRESS,
+                metavar="N|none",
+                help=f"quota: {what} (none: no limit)",
+            )
+
+    def with_password(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from standard input (default: ask on a terminal, "
+            "else generate one and print it once)",
+        )
+
+    roles = [r.value for r in UserRole]
+    p = command(actions, "create", "users:create", "create a user")
+    p.add_argument("name", help="lower-case letters, digits, . _ -")
+    p.add_argument("--role", default=UserRole.USER.value, choices=roles, help="default: user")
+    with_password(p)
+    with_quota(p)
+    command(actions, "ls", "users:ls", "list users")
+    command(actions, "show", "users:show", "one user").add_argument("name")
+    p = command(actions, "set", "users:set_", "change a user's role, quota or state")
+    p.add_argument("name")
+    p.add_argument("--role", choices=roles)
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--disable", action="store_true", help="refuse their logins and keys")
+    state.add_argument("--enable", action="store_true")
+    with_quota(p)
+    p = command(actions, "passwd", "users:passwd", "set a password (an admin's reset, or your own)")
+    p.add_argument("name")
+    p.add_argument(
+        "--current",
+        action="store_true",
+        help="your own password: give the current one too (with --password-stdin: the "
+        "current on the first line, the new on the second)",
+    )
+    with_password(p)
+    command(actions, "rm", "users:rm", "delete a user and their API keys").add_argument("name")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from node.http.kb import KnowledgeAPI, RagStatus
 from node.http.metrics import MetricsExporter
 from node.http.openai_compat import OpenAIRoutes
 from node.http.tasks import TaskAPI
+from node.http.users import UsersAPI
 from node.rag.knowledge import KnowledgeBase
 from node.replica.replica import Replica
 
@@ -65,6 +66,7 @@ def build_http(
     )
     TaskAPI(replica, replica.node_id).routes(app)
     AuthAPI(auth, replica).routes(app)
+    UsersAPI(auth, replica).routes(app)
     app.router.add_get("/api/v1/events", events.handle)
     app.router.add_get("/metrics", metrics.handle)
     OpenAIRoutes(replica).routes(app)

@@ -4,12 +4,13 @@ Every route needs `Authorization: Bearer <token or API key>` except health,
 readiness, metrics, the OpenAPI document and the login route.  The middleware
 puts the caller in `request["user"]` and `request["role"]` (a UserRole).
 
-Who exists: the built-in `admin` (its hash lives in the replicated accounts,
-set at the cluster's first start by node/runtime/housekeeping.py from
-RAGRAFT_ADMIN_PASSWORD or a generated password printed once), users from
-`[[security.users]]`, and API keys (from `[[security.api_keys]]` or created
-through the API; only their SHA-256 is kept).  Reads go to this node's replica
-of the accounts; key changes are proposed as PutKey / DeleteKey.
+Who exists, all in the replicated accounts: the built-in `admin` (its hash set at
+the cluster's first start by node/runtime/housekeeping.py from
+RAGRAFT_ADMIN_PASSWORD or a generated password kept in the secrets directory),
+the users (made through /api/v1/users, or seeded once from `[[security.users]]`),
+and API keys (from `[[security.api_keys]]` or created through the API; only their
+SHA-256 is kept).  Reads go to this node's replica of the accounts; changes are
+proposed as commands (node/http/users.py for users).
 """
 
 from __future__ import annotations
@@ -108,7 +109,6 @@ class Authenticator:
         # Tokens name their cluster: one minted by another cluster with the same
         # secret is not accepted here.
         self.issuer = f"ragraft:{cluster_name}"
-        self._users = {u.name: u for u in settings.users}
         self._config_keys = {digest: user for user, digest in settings.api_keys}
         # Made now, not at the first unknown user's login: that one would otherwise take
         # two hashes' time, and tell a prober the name does not exist.
@@ -123,23 +123,19 @@ class Authenticator:
         return self.settings.token_secret or self.accounts.token_secret
 
     def role_of(self, user: str) -> UserRole | None:
-        if user == ADMIN:
-            return UserRole.ADMIN
-        spec = self._users.get(user)
-        return UserRole(spec.role) if spec is not None else None
+        """The role of an enabled user (a disabled or deleted one's tokens and keys
+        stop working at once)."""
+        return self.accounts.role_of(user)
 
     def check_password(self, user: str, password: str) -> UserRole | None:
         """The user's role if the password is right, else None."""
-        if user == ADMIN:
-            hashed = self.accounts.admin_hash
-            if hashed is None:
-                return None
-            return UserRole.ADMIN if verify_password(password, hashed) else None
-        spec = self._users.get(user)
-        if spec is None:
+        hashed = self.accounts.password_hash(user)
+        if hashed is None:
             verify_password(password, _dummy_hash())  # same time for unknown users
             return None
-        return UserRole(spec.role) if verify_password(password, spec.password_hash) else None
+        if not verify_password(password, hashed):
+            return None
+        return self.accounts.role_of(user)
 
     def issue(self, user: str, role: UserRole) -> dict[str, Any]:
         secret = self.secret
@@ -315,7 +311,7 @@ class AuthAPI:
         )
         if role is None:
             self.throttle.failed(user, address)
-            if self.auth.accounts.admin_hash is None and user == ADMIN:
+            if not self.auth.accounts.initialized:
                 return error(
                     503,
                     "initialising",

@@ -30,6 +30,7 @@ STATUS: dict[RefusalCode, int] = {
     RefusalCode.STALE_ATTEMPT: 409,
     RefusalCode.IDEMPOTENCY_MISMATCH: 422,
     RefusalCode.FORBIDDEN: 403,
+    RefusalCode.QUOTA_EXCEEDED: 429,
     RefusalCode.INTERNAL: 500,
 }
 

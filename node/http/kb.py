@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import BodyPartReader, web
 
 from node.http import errors, idempotency
-from node.http.auth import is_admin
 from node.http.body import BadBody, read_json_object
 from node.http.errors import error
 from node.ids import new_task_id, now_ms
@@ -35,10 +34,12 @@ from node.replica import commands as c
 from node.replica.replica import Replica
 from node.replica.vocabulary import (
     DEFAULT_PRIORITY,
+    KB_WRITERS,
     MAX_JSON_BODY_BYTES,
     InvalidField,
     TaskParams,
     TaskType,
+    UserRole,
 )
 
 if TYPE_CHECKING:
@@ -114,24 +115,20 @@ class KnowledgeAPI:
             key = idempotency.from_request(request)
         except idempotency.BadKey as exc:
             return error(400, "bad_idempotency_key", str(exc), header=idempotency.HEADER)
+        # Before reading a byte of the body: a user may not upload at all.  (This
+        # replica's view of the role answers fast; the state machine decides.)
+        if (refused := _editors_only(request)) is not None:
+            return refused
         try:
             files = await self._files(request)
         except (UploadError, BadBody) as exc:
             return exc.response()
         owner = request.get("user", "anonymous")
         keys = [_file_key(key, index) for index in range(len(files))]
-        if request.get("role", "admin") != "admin" and any(
-            self._replaces(f, owner, k) for f, k in zip(files, keys)
-        ):
-            return error(
-                403, "forbidden", "only an admin can replace a document; upload without an id"
-            )
         documents: list[Any] = []
         tasks: list[dict[str, Any]] = []
         for index, file in enumerate(files):
-            cmd = _upload_command(
-                file, owner, keys[index], index, len(files), may_replace=is_admin(request)
-            )
+            cmd = _upload_command(file, owner, keys[index], index, len(files))
             outcome = await errors.propose(self.replica, cmd)
             if outcome.failure is not None:
                 # Earlier files of this request were accepted; say which.
@@ -145,14 +142,6 @@ class KnowledgeAPI:
         answer = web.json_response({"documents": documents, "tasks": tasks}, status=202)
         idempotency.mark_replayed(answer, all(t.get("replayed") is True for t in tasks))
         return answer
-
-    def _replaces(self, file: _File, owner: str, key: str | None) -> bool:
-        """Would this file replace an existing document?  A user's retry of their own
-        first upload of a named document is a replay, not a replacement (the document
-        exists now because the first copy applied)."""
-        if self.kb.get(file.doc.doc_id) is None:
-            return False
-        return not (key and self.replica.state.tasks.known_key(owner, key))
 
     async def _files(self, request: web.Request) -> list[_File]:
         if not request.content_type.startswith("multipart/"):
@@ -310,14 +299,15 @@ class KnowledgeAPI:
         return web.json_response(doc)
 
     async def delete_document(self, request: web.Request) -> web.Response:
-        if (refused := _admin_only(request)) is not None:
+        if (refused := _editors_only(request)) is not None:
             return refused
         return await errors.write(
-            self.replica, c.DeleteDocument(request.match_info["id"], now_ms())
+            self.replica,
+            c.DeleteDocument(request.match_info["id"], now_ms(), by=request.get("user")),
         )
 
     async def patch_document(self, request: web.Request) -> web.Response:
-        if (refused := _admin_only(request)) is not None:
+        if (refused := _editors_only(request)) is not None:
             return refused
         try:
             body = await read_json_object(request, MAX_JSON_BODY_BYTES)
@@ -325,7 +315,9 @@ class KnowledgeAPI:
             return exc.response()
         if not isinstance(body.get("enabled"), bool):
             return error(422, "invalid", 'send {"enabled": true|false}', field="enabled")
-        cmd = c.SetEnabled(request.match_info["id"], body["enabled"], now_ms())
+        cmd = c.SetEnabled(
+            request.match_info["id"], body["enabled"], now_ms(), by=request.get("user")
+        )
         return await errors.write(self.replica, cmd)
 
     # ------------------------------------------------------------ reads
@@ -371,9 +363,14 @@ class KnowledgeAPI:
         )
 
 
-def _admin_only(request: web.Request) -> web.Response | None:
-    if request.get("role", "admin") != "admin":
-        return error(403, "forbidden", "only an admin can delete, replace or disable documents")
+def _editors_only(request: web.Request) -> web.Response | None:
+    if request.get("role", UserRole.ADMIN) not in KB_WRITERS:
+        return error(
+            403,
+            "forbidden",
+            "only editors and admins can add, replace, disable or delete documents; "
+            "an admin can make you an editor",
+        )
     return None
 
 
@@ -400,9 +397,7 @@ def _search_params(query: Mapping[str, str]) -> TaskParams:
     return TaskParams.parse(raw)
 
 
-def _upload_command(
-    file: _File, owner: str, key: str | None, index: int, count: int, *, may_replace: bool
-) -> c.Upload:
+def _upload_command(file: _File, owner: str, key: str | None, index: int, count: int) -> c.Upload:
     return c.Upload(
         doc=file.doc,
         task_id=new_task_id(),
@@ -411,7 +406,6 @@ def _upload_command(
         priority=DEFAULT_PRIORITY,
         idem_key=key,
         fingerprint=_upload_fingerprint(file, index, count) if key is not None else None,
-        may_replace=may_replace,
     )
 
 

@@ -32,13 +32,17 @@ from node.replica.vocabulary import (
     LOGIN_FAILURES_PER_USER,
     MAX_KEY_TTL_S,
     MAX_NOOP_MS,
+    MAX_PASSWORD_CHARS,
+    MAX_QUOTA_TASKS,
     MAX_STOP_STRINGS,
     MAX_TEXT_CHARS,
     MIN_KEY_TTL_S,
+    MIN_PASSWORD_CHARS,
     PARAMS,
     PRIORITY_MAX,
     PRIORITY_MIN,
     SUBMITTABLE_TYPES,
+    USER_NAME_PATTERN,
     KeyScope,
     ParamSpec,
     SearchMode,
@@ -453,6 +457,33 @@ def _auth_schemas() -> dict[str, Schema]:
             scope=_enum(KeyScope),
             key={"type": "string", "description": "shown once, at creation"},
         ),
+        "Quota": _quota(),
+        "User": _obj(
+            ["name", "role", "disabled", "quota"],
+            name={"type": "string", "pattern": USER_NAME_PATTERN},
+            role=_enum(UserRole),
+            disabled={"type": "boolean"},
+            builtin={"type": "boolean", "description": "the built-in admin"},
+            created_at={"type": "integer"},
+            updated_at={"type": "integer"},
+            quota=_ref("Quota"),
+        ),
+    }
+
+
+def _quota() -> Schema:
+    def limit(high: int, what: str) -> Schema:
+        return {"type": ["integer", "null"], "minimum": 0, "maximum": high, "description": what}
+
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "enforced where commands are applied; null: no limit",
+        "properties": {
+            "max_queued": limit(MAX_QUOTA_TASKS, "tasks waiting at once (429 quota_exceeded)"),
+            "max_running": limit(MAX_QUOTA_TASKS, "tasks running at once (others wait)"),
+            "max_priority": limit(PRIORITY_MAX, "the highest priority allowed (403 above)"),
+        },
     }
 
 
@@ -621,6 +652,108 @@ def _auth_paths() -> dict[str, Schema]:
                 tag="auth",
                 parameters=[_path_id("key id")],
             )
+        },
+    }
+
+
+def _user_paths() -> dict[str, Schema]:
+    password: Schema = {
+        "type": "string",
+        "minLength": MIN_PASSWORD_CHARS,
+        "maxLength": MAX_PASSWORD_CHARS,
+    }
+    new_user = {
+        **_obj(
+            ["name", "password"],
+            name={"type": "string", "pattern": USER_NAME_PATTERN},
+            password=password,
+            role={**_enum(UserRole), "description": "user (the default), editor or admin"},
+            quota=_ref("Quota"),
+        ),
+        "additionalProperties": False,
+    }
+    change = {
+        **_obj(
+            [],
+            password=password,
+            current_password={
+                "type": "string",
+                "description": "required when users change their own password",
+            },
+            role=_enum(UserRole),
+            disabled={"type": "boolean"},
+            quota=_ref("Quota"),
+        ),
+        "additionalProperties": False,
+        "minProperties": 1,
+    }
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "user name",
+    }
+    return {
+        "/api/v1/users": {
+            "get": _op(
+                "every user (admins only)",
+                {
+                    "200": _json(_obj(["items"], items=_array(_ref("User"))), "users"),
+                    "403": _error("not an admin"),
+                },
+                tag="users",
+            ),
+            "post": _op(
+                "create a user (admins only)",
+                {
+                    "201": _json(_ref("User"), "the new user"),
+                    "400": _error("not JSON"),
+                    "403": _error("not an admin"),
+                    "409": _error("the name is taken"),
+                    "413": _error("body too large"),
+                    "422": _error("a bad name, password, role or quota, or an unknown field"),
+                    "503": _error("no quorum"),
+                },
+                tag="users",
+                body=_body(new_user),
+            ),
+        },
+        "/api/v1/users/{name}": {
+            "get": _op(
+                "a user (yourself, or anyone for an admin)",
+                {"200": _json(_ref("User"), "the user"), "404": _error("no such user")},
+                tag="users",
+                parameters=[name],
+            ),
+            "patch": _op(
+                "change a role, quota, password or disable a user (yourself: only the "
+                "password, with current_password)",
+                {
+                    "200": _json(_ref("User"), "the user as changed"),
+                    "400": _error("not JSON"),
+                    "403": _error("not an admin, or a wrong current_password"),
+                    "404": _error("no such user"),
+                    "413": _error("body too large"),
+                    "422": _error("a bad value or an unknown field"),
+                    "503": _error("no quorum"),
+                },
+                tag="users",
+                body=_body(change),
+                parameters=[name],
+            ),
+            "delete": _op(
+                "delete a user and their API keys (admins only)",
+                {
+                    "200": _json({"type": "object"}, "deleted"),
+                    "403": _error("not an admin"),
+                    "404": _error("no such user"),
+                    "422": _error("the built-in admin, or yourself"),
+                    "503": _error("no quorum"),
+                },
+                tag="users",
+                parameters=[name],
+            ),
         },
     }
 
@@ -1097,6 +1230,7 @@ def _paths() -> dict[str, Schema]:
     return {
         **_health_paths(),
         **_auth_paths(),
+        **_user_paths(),
         **_task_paths(),
         **_cluster_paths(),
         **_kb_paths(),

@@ -207,8 +207,7 @@ class TaskAPI:
             c.Cancel(
                 task_id=request.match_info["id"],
                 at=now_ms(),
-                by=request.get("user", "anonymous"),
-                owner=self._scope(request),
+                by=request.get("user", "anonymous"),  # whose tasks: decided at apply
             ),
         )
 
@@ -218,15 +217,14 @@ class TaskAPI:
             c.Abort(
                 task_id=request.match_info["id"],
                 at=now_ms(),
-                by=request.get("user", "anonymous"),
-                owner=self._scope(request),
+                by=request.get("user", "anonymous"),  # whose tasks: decided at apply
             ),
         )
 
     async def retry(self, request: web.Request) -> web.Response:
-        """Submit a failed or cancelled task again, as a new task.  Checked here on the
-        local replica: the new task is an ordinary Submit, which the queue cannot tell
-        from a first submission."""
+        """Submit a failed or cancelled task again, as a new task of the same owner.
+        Checked here on the local replica, to answer fast, and again where the Submit
+        (naming the task it retries and who asked) is applied."""
         old = self._visible(request, request.match_info["id"])
         if old is None:
             return errors.refusal_response(
@@ -257,6 +255,8 @@ class TaskAPI:
             owner=old.owner,
             at=now_ms(),
             priority=old.priority,
+            retry_of=old.id,
+            by=request.get("user", "anonymous"),
         )
         return await errors.write(self.replica, cmd, ok_status=201)
 

@@ -1,6 +1,7 @@
 """Replicated accounts: the built-in admin's password hash, the token secret when
-none is configured, and API keys.  A deterministic sub-machine of NodeState, so
-every node verifies the same logins and tokens.
+none is configured, the users (role, password hash, disabled, quota) and API keys.
+A deterministic sub-machine of NodeState, so every node verifies the same logins and
+tokens and makes the same authorization decisions.
 
 Only hashes are kept: the admin password is printed once by the node that
 initialises the cluster, an API key is shown once to whoever creates it.
@@ -14,6 +15,9 @@ import msgpack
 
 from node.replica import commands as c
 from node.replica.refusal import RefusalCode, refuse
+from node.replica.vocabulary import Quota, UserRole
+
+ADMIN = "admin"  # the built-in admin: always there, always an admin, never disabled
 
 
 class Accounts:
@@ -23,6 +27,10 @@ class Accounts:
         # key id -> {id, user, sha256, created_at, label, expires_at, scope}; a key stored
         # before expiry and scopes lacks the last two (read as: never, admin).
         self.keys: dict[str, dict[str, Any]] = {}
+        # name -> {name, role, password_hash, disabled, created_at, updated_at, quota}
+        self.users: dict[str, dict[str, Any]] = {}
+        # Names that were deleted: a seed from cluster.toml does not bring them back.
+        self.retired: set[str] = set()
 
     @property
     def initialized(self) -> bool:
@@ -33,7 +41,118 @@ class Accounts:
             return self._init(cmd)
         if isinstance(cmd, c.PutKey):
             return self._put_key(cmd)
+        if isinstance(cmd, c.PutUser):
+            return self._put_user(cmd)
+        if isinstance(cmd, c.UpdateUser):
+            return self._update_user(cmd)
+        if isinstance(cmd, c.DeleteUser):
+            return self._delete_user(cmd)
         return self._delete_key(cmd)
+
+    # ------------------------------------------------------------ users
+    def role_of(self, name: str) -> UserRole | None:
+        """The role of an enabled user, else None (unknown or disabled)."""
+        if name == ADMIN:
+            return UserRole.ADMIN if self.initialized else None
+        user = self.users.get(name)
+        if user is None or user["disabled"]:
+            return None
+        return UserRole(user["role"])
+
+    def password_hash(self, name: str) -> str | None:
+        """The hash to check a login of `name` against (None: no such enabled user)."""
+        if name == ADMIN:
+            return self.admin_hash
+        user = self.users.get(name)
+        return user["password_hash"] if user is not None and not user["disabled"] else None
+
+    def quota(self, name: str) -> Quota:
+        user = self.users.get(name)
+        return Quota(**user["quota"]) if user is not None else Quota()
+
+    def user_view(self, name: str) -> dict[str, Any] | None:
+        """A user as the API shows it: never the hash."""
+        if name == ADMIN:
+            return (
+                {
+                    "name": ADMIN,
+                    "role": str(UserRole.ADMIN),
+                    "disabled": False,
+                    "builtin": True,
+                    "quota": Quota().to_json(),
+                }
+                if self.initialized
+                else None
+            )
+        user = self.users.get(name)
+        if user is None:
+            return None
+        return {k: v for k, v in user.items() if k != "password_hash"} | {"builtin": False}
+
+    def _put_user(self, cmd: c.PutUser) -> dict[str, Any]:
+        if cmd.seed and (cmd.name in self.users or cmd.name in self.retired):
+            return {"name": cmd.name, "seeded": False}
+        if cmd.name == ADMIN or cmd.name in self.users:
+            raise refuse(RefusalCode.CONFLICT, f"user {cmd.name} exists", field="name")
+        if not cmd.name or not cmd.password_hash:
+            raise refuse(RefusalCode.INVALID, "name and password hash must be non-empty")
+        self.users[cmd.name] = {
+            "name": cmd.name,
+            "role": str(cmd.role),
+            "password_hash": cmd.password_hash,
+            "disabled": False,
+            "created_at": cmd.at,
+            "updated_at": cmd.at,
+            "quota": cmd.quota.to_json(),
+        }
+        self.retired.discard(cmd.name)
+        view = self.user_view(cmd.name)
+        assert view is not None
+        return view
+
+    def _update_user(self, cmd: c.UpdateUser) -> dict[str, Any]:
+        if cmd.name == ADMIN:
+            if cmd.role not in (None, UserRole.ADMIN) or cmd.disabled or cmd.quota is not None:
+                raise refuse(
+                    RefusalCode.INVALID,
+                    "the built-in admin keeps its role, cannot be disabled and has no quota; "
+                    "only its password can be reset",
+                )
+            if cmd.password_hash is not None and self.initialized:
+                self.admin_hash = cmd.password_hash
+            view = self.user_view(ADMIN)
+            if view is None:
+                raise refuse(RefusalCode.NOT_FOUND, "no user admin yet")
+            return view
+        user = self.users.get(cmd.name)
+        if user is None:
+            raise refuse(RefusalCode.NOT_FOUND, f"no user {cmd.name}")
+        if cmd.role is not None:
+            user["role"] = str(cmd.role)
+        if cmd.password_hash is not None:
+            user["password_hash"] = cmd.password_hash
+        if cmd.disabled is not None:
+            user["disabled"] = cmd.disabled
+        if cmd.quota is not None:
+            user["quota"] = cmd.quota.to_json()
+        user["updated_at"] = cmd.at
+        view = self.user_view(cmd.name)
+        assert view is not None
+        return view
+
+    def _delete_user(self, cmd: c.DeleteUser) -> dict[str, Any]:
+        if cmd.name == ADMIN:
+            raise refuse(RefusalCode.INVALID, "the built-in admin cannot be deleted")
+        if self.users.pop(cmd.name, None) is None:
+            raise refuse(RefusalCode.NOT_FOUND, f"no user {cmd.name}")
+        self.retired.add(cmd.name)
+        # Their keys go with them: a user made later with the same name does not inherit.
+        keys = sorted(k for k, key in self.keys.items() if key["user"] == cmd.name)
+        for key_id in keys:
+            del self.keys[key_id]
+        return {"name": cmd.name, "deleted": True, "keys_revoked": len(keys)}
+
+    # ------------------------------------------------------------ keys
 
     def _init(self, cmd: c.InitAccounts) -> dict[str, Any]:
         # The first initialisation wins; a second leader racing to initialise learns
@@ -43,6 +162,9 @@ class Accounts:
             return {"initialized": self.admin_hash == cmd.admin_hash}
         self.admin_hash = cmd.admin_hash
         self.token_secret = cmd.token_secret or None
+        for user in cmd.users:
+            if user.name != ADMIN and user.name not in self.users:
+                self._put_user(user)
         return {"initialized": True}
 
     def _put_key(self, cmd: c.PutKey) -> dict[str, Any]:
@@ -50,6 +172,8 @@ class Accounts:
             raise refuse(RefusalCode.INVALID, "id, user and sha256 must be non-empty")
         if cmd.key_id in self.keys:
             raise refuse(RefusalCode.CONFLICT, f"API key {cmd.key_id} exists")
+        if self.initialized and self.role_of(cmd.user) is None:
+            raise refuse(RefusalCode.INVALID, f"no user {cmd.user} (or disabled)", field="user")
         if cmd.expires_at is not None and cmd.expires_at <= cmd.at:
             raise refuse(RefusalCode.INVALID, "an API key must expire after it is made")
         self.keys[cmd.key_id] = {
@@ -84,7 +208,13 @@ class Accounts:
 
     def snapshot(self) -> bytes:
         return msgpack.packb(
-            {"admin_hash": self.admin_hash, "token_secret": self.token_secret, "keys": self.keys},
+            {
+                "admin_hash": self.admin_hash,
+                "token_secret": self.token_secret,
+                "keys": self.keys,
+                "users": self.users,
+                "retired": sorted(self.retired),
+            },
             use_bin_type=True,
         )
 
@@ -93,3 +223,6 @@ class Accounts:
         self.admin_hash = state["admin_hash"]
         self.token_secret = state["token_secret"]
         self.keys = state["keys"]
+        # Snapshots from before replicated users have neither.
+        self.users = state.get("users", {})
+        self.retired = set(state.get("retired", ()))

@@ -59,6 +59,9 @@ TAGS: dict[type, str] = {
     c.InitAccounts: "auth.init",
     c.PutKey: "auth.put_key",
     c.DeleteKey: "auth.delete_key",
+    c.PutUser: "auth.put_user",
+    c.UpdateUser: "auth.update_user",
+    c.DeleteUser: "auth.delete_user",
 }
 _TYPES: dict[str, type] = {tag: cls for cls, tag in TAGS.items()}
 

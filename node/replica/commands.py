@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from node.replica.vocabulary import DEFAULT_PRIORITY, KeyScope, TaskParams, TaskType
+from node.replica.vocabulary import (
+    DEFAULT_PRIORITY,
+    NO_QUOTA,
+    KeyScope,
+    Quota,
+    TaskParams,
+    TaskType,
+    UserRole,
+)
 
 # ---------------------------------------------------------------------- tasks
 
@@ -28,6 +36,10 @@ class Submit:
     max_attempts: int | None = None  # None: the cluster's retry policy
     idem_key: str | None = None  # the client's Idempotency-Key, scoped by owner
     fingerprint: str | None = None  # what the key was first sent with
+    # A retry: the failed or cancelled task this one runs again, and who asked (the
+    # owner, or an admin retrying another user's task).  Checked at apply.
+    retry_of: str | None = None
+    by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +97,13 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
+    """`by` may cancel their own tasks, an admin anyone's: decided at apply from the
+    replicated role of `by`."""
+
     task_id: str
     at: int
     by: str
-    owner: str | None = None  # a user's own tasks only; None: an admin's
+    owner: str | None = None  # also: only a task of this owner (entries of before roles)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +111,7 @@ class Abort:
     task_id: str
     at: int
     by: str
-    owner: str | None = None
+    owner: str | None = None  # as Cancel's
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +211,7 @@ class FailIngest:
 class DeleteDocument:
     doc_id: str
     at: int
+    by: str | None = None  # who asks: an editor or an admin (None: before roles)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +219,7 @@ class SetEnabled:
     doc_id: str
     enabled: bool
     at: int
+    by: str | None = None
 
 
 # ---------------------------------------------------------------------- accounts
@@ -216,6 +233,7 @@ class InitAccounts:
     admin_hash: str
     at: int
     token_secret: str | None = None
+    users: tuple[PutUser, ...] = ()  # the users of cluster.toml, seeded with the admin
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +254,39 @@ class DeleteKey:
     user: str | None = None  # a user's own keys only; None: an admin's
 
 
+@dataclass(frozen=True, slots=True)
+class PutUser:
+    """Create a user; refused if the name is taken.  `seed`: a user of cluster.toml,
+    created only if the name was never used (an admin's deletion stays deleted)."""
+
+    name: str
+    role: UserRole
+    password_hash: str
+    at: int
+    quota: Quota = NO_QUOTA
+    seed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateUser:
+    """Change what is given: role, password (a reset), disabled, quota."""
+
+    name: str
+    at: int
+    role: UserRole | None = None
+    password_hash: str | None = None
+    disabled: bool | None = None
+    quota: Quota | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteUser:
+    """Remove a user and their API keys (their tasks stay, as history)."""
+
+    name: str
+    at: int
+
+
 TaskCommand = (
     Submit
     | Claim
@@ -250,5 +301,5 @@ TaskCommand = (
     | RequeueNode
 )
 KnowledgeCommand = PutChunks | FinishIngest | FailIngest | DeleteDocument | SetEnabled
-AccountCommand = InitAccounts | PutKey | DeleteKey
+AccountCommand = InitAccounts | PutKey | DeleteKey | PutUser | UpdateUser | DeleteUser
 Command = TaskCommand | Upload | KnowledgeCommand | AccountCommand

@@ -21,6 +21,7 @@ class RefusalCode(enum.StrEnum):
     STALE_ATTEMPT = "stale_attempt"  # an executor's report about an attempt superseded since
     IDEMPOTENCY_MISMATCH = "idempotency_mismatch"  # a key reused for another request
     FORBIDDEN = "forbidden"
+    QUOTA_EXCEEDED = "quota_exceeded"  # the user has as many tasks waiting as allowed
     INTERNAL = "internal"  # applying raised: a bug, refused the same way everywhere
 
 

@@ -27,6 +27,7 @@ import msgpack
 from node.replica import codec
 from node.replica import commands as c
 from node.replica.accounts import Accounts
+from node.replica.policy import Policy
 from node.replica.refusal import Refusal, RefusalCode, refuse
 from node.replica.tasks import TaskQueue
 from node.replica.vocabulary import TaskParams, TaskState, TaskType
@@ -50,7 +51,14 @@ _TASK_COMMANDS = (
     c.RequeueNode,
 )
 _KB_COMMANDS = (c.PutChunks, c.FinishIngest, c.FailIngest, c.DeleteDocument, c.SetEnabled)
-_ACCOUNT_COMMANDS = (c.InitAccounts, c.PutKey, c.DeleteKey)
+_ACCOUNT_COMMANDS = (
+    c.InitAccounts,
+    c.PutKey,
+    c.DeleteKey,
+    c.PutUser,
+    c.UpdateUser,
+    c.DeleteUser,
+)
 # Task commands after which an ingest task may have ended failed or cancelled.
 _MAY_END_INGEST = (c.Cancel, c.Fail, c.Abort, c.Release)
 
@@ -75,6 +83,8 @@ class NodeState:
         self.tasks = tasks
         self.kb = kb
         self.accounts = accounts or Accounts()
+        self.policy = Policy(self.accounts, tasks)
+        tasks.running_limit = self.policy.running_limit
         self.applied_index = 0
         self.refused_entries = 0  # entries that were not commands, or whose apply raised
         self._listeners: list[Listener] = []
@@ -113,6 +123,13 @@ class NodeState:
             return refuse(RefusalCode.INTERNAL, f"applying the command failed: {exc!r}")
 
     def _dispatch(self, cmd: c.Command) -> Any:
+        if isinstance(cmd, c.Submit):
+            if cmd.idem_key is None or self._replay(cmd) is None:
+                self.policy.submit(cmd)
+        elif isinstance(cmd, (c.Cancel, c.Abort)):
+            cmd = self.policy.scoped(cmd)
+        elif isinstance(cmd, (c.DeleteDocument, c.SetEnabled)):
+            self.policy.kb_change(cmd.by)
         if isinstance(cmd, _TASK_COMMANDS):
             result = self.tasks.apply(cmd)
             if self.kb is not None and isinstance(cmd, _MAY_END_INGEST):
@@ -135,10 +152,11 @@ class NodeState:
             replayed = self.tasks.replay(cmd.owner, cmd.idem_key, cmd.fingerprint or "", cmd.at)
             if replayed is not None:
                 return {"document": self._uploaded(replayed), "task": replayed}
+        self.policy.upload(cmd)
         if not cmd.may_replace and self.kb.get(cmd.doc.doc_id) is not None:
             raise refuse(
                 RefusalCode.FORBIDDEN,
-                f"only an admin can replace a document ({cmd.doc.doc_id} exists); "
+                f"only an editor or admin can replace a document ({cmd.doc.doc_id} exists); "
                 "upload without an id",
             )
         document = self.kb.put_upload(cmd.doc, cmd.at)
@@ -171,6 +189,11 @@ class NodeState:
             )
             raise
         return {"document": document, "task": task}
+
+    def _replay(self, cmd: c.Submit) -> dict[str, Any] | None:
+        # A retried submission answers as its first copy did, whatever the quota now.
+        assert cmd.idem_key is not None
+        return self.tasks.replay(cmd.owner, cmd.idem_key, cmd.fingerprint or "", cmd.at)
 
     def _uploaded(self, replayed: dict[str, Any]) -> dict[str, Any] | None:
         """The document part of a replayed upload's answer: the version its ingest

@@ -185,6 +185,10 @@ class RetryPolicy:
         return min(self.max_backoff_ms, self.backoff_ms * (1 << max(0, attempt - 1)))
 
 
+def _no_limit(owner: str) -> int | None:
+    return None
+
+
 class TaskQueue:
     """The task sub-machine of NodeState (node/replica/state.py)."""
 
@@ -200,6 +204,11 @@ class TaskQueue:
         self._queue: list[tuple[int, int, str]] = []
         self._running: dict[str, set[str]] = {}  # node -> ids
         self._counts = dict.fromkeys(TaskState, 0)
+        # owner -> [queued, running]: what quotas are checked against, kept as tasks move.
+        self._live: dict[str, list[int]] = {}
+        # The most tasks of an owner that may run at once (None: no limit); NodeState
+        # sets it to read the replicated users' quotas.
+        self.running_limit: Callable[[str], int | None] = _no_limit
         self.nodes: dict[str, dict[str, Any]] = {}  # node -> {"slots", "alive", "since"}
         # (owner, idempotency key) -> (task id, fingerprint, at), in apply order, so
         # the oldest keys are at the front and pruning stops at the first young one.
@@ -243,7 +252,9 @@ class TaskQueue:
 
     def restore(self, data: bytes) -> None:
         state = msgpack.unpackb(data, raw=False)
+        limit = self.running_limit
         self.__init__(self.policy, self.idempotency_ttl_ms)  # type: ignore[misc]
+        self.running_limit = limit
         self._seq = state["seq"]
         self.nodes = state["nodes"]
         # Snapshots from before idempotency keys have neither field.
@@ -255,6 +266,7 @@ class TaskQueue:
             task = Task._from_row(row)
             self.tasks[task.id] = task
             self._counts[task.state] += 1
+            self._count_live(task.owner, task.state, 1)
             if task.state == QUEUED:
                 heapq.heappush(self._queue, (-task.priority, task.seq, task.id))
             elif task.state == RUNNING and task.node is not None:
@@ -266,6 +278,11 @@ class TaskQueue:
 
     def counts(self) -> dict[TaskState, int]:
         return dict(self._counts)
+
+    def live(self, owner: str) -> tuple[int, int]:
+        """(queued, running) tasks of an owner."""
+        counts = self._live.get(owner)
+        return (counts[0], counts[1]) if counts else (0, 0)
 
     def running_on(self, node: str) -> list[str]:
         return sorted(self._running.get(node, ()))
@@ -287,8 +304,10 @@ class TaskQueue:
         if task.state == RUNNING and task.node is not None:
             self._running.get(task.node, set()).discard(task.id)
         self._counts[task.state] -= 1
+        self._count_live(task.owner, task.state, -1)
         task.state = state
         self._counts[state] += 1
+        self._count_live(task.owner, state, 1)
         if state == QUEUED:
             heapq.heappush(self._queue, (-task.priority, task.seq, task.id))
         elif state == RUNNING and task.node is not None:
@@ -296,6 +315,14 @@ class TaskQueue:
         if state in FINISHED:
             task.finished_at = at
         task.history.append([state, task.node, task.attempt, at, note])
+
+    def _count_live(self, owner: str, state: TaskState, delta: int) -> None:
+        if state not in (QUEUED, RUNNING):
+            return
+        counts = self._live.setdefault(owner, [0, 0])
+        counts[0 if state == QUEUED else 1] += delta
+        if counts == [0, 0]:
+            del self._live[owner]
 
     def _fenced(self, cmd: c.Progress | c.Complete | c.Fail | c.Release) -> Task:
         """The task an executor report is about, if that report is still current."""
@@ -390,6 +417,7 @@ class TaskQueue:
         )
         self.tasks[task.id] = task
         self._counts[QUEUED] += 1
+        self._count_live(task.owner, QUEUED, 1)
         heapq.heappush(self._queue, (-task.priority, task.seq, task.id))
         task.history.append([QUEUED, None, 0, task.submitted_at, "submitted"])
         if cmd.idem_key is not None:
@@ -474,6 +502,10 @@ class TaskQueue:
                 continue  # left the queue since: lazy deletion
             if task.not_before > at or (types is not None and task.type not in types):
                 skipped.append(entry)
+                continue
+            limit = self.running_limit(task.owner)
+            if limit is not None and self.live(task.owner)[1] >= limit:
+                skipped.append(entry)  # its owner runs as many as their quota allows
                 continue
             granted = task
             break

@@ -62,8 +62,19 @@ class SearchMode(enum.StrEnum):
 
 
 class UserRole(enum.StrEnum):
-    ADMIN = "admin"
-    USER = "user"
+    ADMIN = "admin"  # everything: users, keys of anyone, every task, the cluster
+    EDITOR = "editor"  # tasks, and changing the knowledge base every answer retrieves from
+    USER = "user"  # tasks only (their own); reads the knowledge base through answers
+
+
+# Roles that may add, replace, enable, disable and delete documents.
+KB_WRITERS = frozenset({UserRole.ADMIN, UserRole.EDITOR})
+
+# A user name: what logs, metrics and URLs can carry without escaping.
+USER_NAME_PATTERN = r"^[a-z][a-z0-9._-]{0,63}$"
+MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS = 8, 1024
+# A user's quotas; 0..these for max_queued and max_running, None for no limit.
+MAX_QUOTA_TASKS = 1_000_000
 
 
 class KeyScope(enum.StrEnum):
@@ -133,6 +144,49 @@ class InvalidField(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+# ---------------------------------------------------------------------- quotas
+QUOTA_FIELDS = ("max_queued", "max_running", "max_priority")
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A user's limits, enforced where their commands are applied (so every replica
+    decides alike): tasks waiting, tasks running at once, the highest priority they may
+    give.  None: no limit."""
+
+    max_queued: int | None = None
+    max_running: int | None = None
+    max_priority: int | None = None
+
+    @classmethod
+    def parse(cls, raw: Any, base: Quota | None = None) -> Quota:
+        """From a JSON object (a field set to null lifts that limit; one left out keeps
+        `base`'s); raises InvalidField naming the bad field."""
+        if not isinstance(raw, dict):
+            raise InvalidField("quota", "quota must be an object of " + ", ".join(QUOTA_FIELDS))
+        unknown = sorted(set(raw) - set(QUOTA_FIELDS))
+        if unknown:
+            raise InvalidField(
+                f"quota.{unknown[0]}",
+                f"unknown quota {unknown[0]!r}: use {', '.join(QUOTA_FIELDS)}",
+            )
+        values = {name: getattr(base, name) if base else None for name in QUOTA_FIELDS}
+        for name, value in raw.items():
+            high = PRIORITY_MAX if name == "max_priority" else MAX_QUOTA_TASKS
+            if value is not None and (type(value) is not int or not 0 <= value <= high):
+                raise InvalidField(
+                    f"quota.{name}", f"quota.{name} must be a whole number 0-{high}, or null"
+                )
+            values[name] = value
+        return cls(**values)
+
+    def to_json(self) -> dict[str, int | None]:
+        return {name: getattr(self, name) for name in QUOTA_FIELDS}
+
+
+NO_QUOTA = Quota()
 
 
 # ---------------------------------------------------------------------- task parameters

@@ -6,8 +6,11 @@
   requeued (a scan, not a reaction to events, so a leader elected after the
   death still does it);
 - initialise_accounts: the first leader of a new cluster sets the admin password
-  (and the token secret when none is configured); a generated password goes to a
-  file only its owner can read, never into the node's log.
+  (and the token secret when none is configured) and the users of cluster.toml; a
+  generated password goes to a file only its owner can read, never into the node's
+  log;
+- seed_users: a user added to cluster.toml later is created once (an admin's
+  deletion of it stays: the accounts remember deleted names).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from node.config import SecuritySettings, TaskSettings
 from node.gossip.driver import Gossip
 from node.http.auth import hash_password
 from node.ids import now_ms
-from node.replica.commands import Expire, InitAccounts, NodeStatus
+from node.replica.commands import Expire, InitAccounts, NodeStatus, PutUser
 from node.replica.refusal import Refused
 from node.replica.replica import NoQuorum, Replica
+from node.replica.vocabulary import UserRole
 from node.secrets import ADMIN_PASSWORD_NOTICE, write_private_file
 
 log = logging.getLogger("ragraft.node")
@@ -93,6 +97,7 @@ async def initialise_accounts(
                 admin_hash=hashed,
                 at=now_ms(),
                 token_secret=None if settings.token_secret else secrets.token_urlsafe(32),
+                users=config_users(settings, now_ms()),
             )
         try:
             await replica.propose(cmd)
@@ -109,3 +114,28 @@ async def initialise_accounts(
             "owner; log in, then delete the file; set RAGRAFT_ADMIN_PASSWORD to choose it)",
             flush=True,
         )
+
+
+def config_users(settings: SecuritySettings, at: int) -> tuple[PutUser, ...]:
+    return tuple(
+        PutUser(name=u.name, role=UserRole(u.role), password_hash=u.password_hash, at=at, seed=True)
+        for u in settings.users
+    )
+
+
+async def seed_users(replica: Replica, settings: SecuritySettings, interval: float = 5.0) -> None:
+    """Create the users of cluster.toml that the accounts have never had."""
+    accounts = replica.state.accounts
+    while True:
+        await asyncio.sleep(interval)
+        if not replica.is_leader or not accounts.initialized:
+            continue
+        for seed in config_users(settings, now_ms()):
+            if seed.name in accounts.users or seed.name in accounts.retired:
+                continue
+            try:
+                await replica.propose(seed)
+            except (NoQuorum, Refused) as exc:
+                log.warning("could not create user %s of cluster.toml yet: %s", seed.name, exc)
+            else:
+                log.info("created user %s (%s) from cluster.toml", seed.name, seed.role)

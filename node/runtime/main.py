@@ -37,7 +37,12 @@ from node.replica.replica import Replica
 from node.replica.state import NodeState
 from node.replica.tasks import RetryPolicy, TaskQueue
 from node.replica.vocabulary import TaskType
-from node.runtime.housekeeping import initialise_accounts, requeue_dead_nodes, sweep_expired
+from node.runtime.housekeeping import (
+    initialise_accounts,
+    requeue_dead_nodes,
+    seed_users,
+    sweep_expired,
+)
 from node.runtime.join import ask_to_join
 from node.secrets import admin_password_path, insecurity
 from node.tls import server_ssl_context
@@ -154,6 +159,7 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
             initialise_accounts(replica, config.security, node_id, admin_password_path(config)),
             name="accounts",
         ),
+        asyncio.create_task(seed_users(replica, config.security), name="seed-users"),
     ]
     runner = web.AppRunner(
         build_http(config, replica, executor, gossip, rag, events, metrics, history),
