@@ -53,7 +53,9 @@ class Accounts:
     def role_of(self, name: str) -> UserRole | None:
         """The role of an enabled user, else None (unknown or disabled)."""
         if name == ADMIN:
-            return UserRole.ADMIN if self.initialized else None
+            # Always there: a replica that has not applied the accounts yet (no quorum,
+            # or behind) still knows a token the cluster signed for its admin.
+            return UserRole.ADMIN
         user = self.users.get(name)
         if user is None or user["disabled"]:
             return None
