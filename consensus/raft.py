@@ -305,6 +305,12 @@ class RawNode:
             "transferee": self._transferee,
         }
 
+    @property
+    def conf_change_pending(self) -> bool:
+        """On the leader: a membership change is appended but not yet committed (a
+        new leader counts its first entries as one until they commit)."""
+        return self._pending_conf_index > self.log.committed
+
     def _visible_role(self) -> Role:
         if self.role == Role.FOLLOWER and not self.is_voter():
             return Role.LEARNER

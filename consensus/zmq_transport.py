@@ -24,8 +24,11 @@ The ZeroMQ pitfalls this is built around (see MISSION.md):
   (a peer machine that vanished) soon, so that IMMEDIATE starts failing sends.
 
 Security: without CURVE anyone who can reach the port can connect and claim any
-node id; with CURVE every node shares one cluster keypair (see CurveKeys) and a
-ZAP handler admits only clients that prove they hold it.
+node id.  With CURVE (a consensus.keyring.KeyRing) every node has a key pair of its
+own, the ZAP handler admits only the keys of trusted nodes, and a message is
+accepted only from the node its connection authenticated as, while that node is
+trusted; the older model of one key pair for the whole cluster (CurveKeys) is a
+ring of that one key.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -43,9 +45,9 @@ from typing import Any, cast
 import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
-from zmq.utils import z85
 
 from consensus.codec import CodecError, decode, encode
+from consensus.keyring import KeyRing, generate_keypair, start_gate, when_refused, z85_key
 from consensus.messages import Message
 from consensus.transport import MessageHandler
 from consensus.types import NodeId
@@ -78,21 +80,11 @@ def normalize_address(address: str) -> str:
 
 
 def generate_cluster_keys() -> tuple[str, str]:
-    """A fresh CURVE keypair for a whole cluster, as z85 strings for cluster.toml:
-    (public, secret).  Every node gets both; keep the file private."""
-    public, secret = zmq.curve_keypair()
-    return public.decode("ascii"), secret.decode("ascii")
+    """A fresh CURVE keypair as z85 strings: (public, secret)."""
+    return generate_keypair()
 
 
-def _z85_key(value: bytes | str, name: str) -> bytes:
-    raw = value.encode("ascii") if isinstance(value, str) else bytes(value)
-    try:
-        valid = len(raw) == 40 and len(z85.decode(raw)) == 32
-    except (ValueError, KeyError, IndexError, TypeError, struct.error):  # z85 says "not z85"
-        valid = False
-    if not valid:
-        raise ValueError(f"CURVE {name} key must be 40 z85 characters (a 32-byte key)")
-    return raw
+_z85_key = z85_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,28 +139,6 @@ async def bind_with_retry(socket: zmq.Socket[bytes], address: str) -> None:
         await asyncio.sleep(0.05)
 
 
-class ClusterKeyOnly:
-    """ZAP credentials provider: admit only the cluster's client key (also used by
-    node/gossip, which shares the cluster key pair)."""
-
-    def __init__(self, allowed: bytes, stats: Counter[str]) -> None:
-        self._allowed = allowed
-        self._stats = stats
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        if key == self._allowed:
-            self._stats["auth_accepted"] += 1
-            return True
-        count = self._stats["auth_rejected"] = self._stats["auth_rejected"] + 1
-        if count & (count - 1) == 0:  # a rejected client retries every few ms: log sparsely
-            log.warning(
-                "CURVE client key %s is not the cluster key: refused [#%d]",
-                key.decode("ascii", "replace"),
-                count,
-            )
-        return False
-
-
 class ZmqTransport:
     """consensus.transport.Transport over ZeroMQ.  See the module docstring."""
 
@@ -176,7 +146,7 @@ class ZmqTransport:
         self,
         node_id: NodeId,
         bind_address: str,
-        curve: CurveKeys | None = None,
+        curve: CurveKeys | KeyRing | None = None,
         *,
         sndhwm: int = 10_000,
         rcvhwm: int = 10_000,
@@ -198,7 +168,14 @@ class ZmqTransport:
         self.node_id = node_id
         self.bind_address = normalize_address(bind_address)
         self._identity = identity
-        self._curve = curve
+        # One model inside: a key pair shared by the cluster is a ring of one key.
+        self._ring = (
+            KeyRing.shared_pair(curve.public, curve.secret)
+            if isinstance(curve, CurveKeys)
+            else curve
+        )
+        self._addresses: dict[NodeId, str] = {}  # wanted peers, with a key or not yet
+        self._watches: set[asyncio.Task[None]] = set()  # refusal watchers of the DEALERs
         self._sndhwm = sndhwm
         self._rcvhwm = rcvhwm
         self._max_message_bytes = max_message_bytes
@@ -222,14 +199,11 @@ class ZmqTransport:
         if self._router is not None:
             raise RuntimeError("transport already started")
         self._handler = handler
-        if self._curve is not None:
+        if self._ring is not None:
             # The ZAP handler must be listening before the ROUTER accepts its
             # first handshake, or that handshake would skip authentication.
-            self._auth = AsyncioAuthenticator(self._ctx, log=log.getChild("zap"))
-            self._auth.start()
-            self._auth.configure_curve_callback(
-                _ZAP_DOMAIN, ClusterKeyOnly(self._curve.public, self._stats)
-            )
+            self._auth = start_gate(self._ctx, self._ring, _ZAP_DOMAIN)
+            self._ring.listen(self._keys_changed)
         # A plain socket: the reader waits on its ZMQ_FD itself (see _read_loop).
         router: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -237,10 +211,10 @@ class ZmqTransport:
         router.setsockopt(zmq.RCVHWM, self._rcvhwm)
         router.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
         self._set_keepalive(router)
-        if self._curve is not None:
+        if self._ring is not None:
             router.setsockopt(zmq.CURVE_SERVER, 1)
-            router.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret)
-            router.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public)
+            router.setsockopt(zmq.CURVE_SECRETKEY, self._ring.secret)
+            router.setsockopt(zmq.CURVE_PUBLICKEY, self._ring.public)
             router.setsockopt(zmq.ZAP_DOMAIN, _ZAP_DOMAIN.encode())
         self._router = router
         try:
@@ -257,12 +231,18 @@ class ZmqTransport:
         if self._closed:
             return
         self._closed = True
+        if self._ring is not None:
+            self._ring.unlisten(self._keys_changed)
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
             # wait() neither raises the reader's CancelledError nor swallows a
             # cancellation of close() itself.
             await asyncio.wait([reader])
+        for watch in list(self._watches):
+            watch.cancel()
+        if self._watches:
+            await asyncio.wait(list(self._watches))
         for _, sock in self._dealers.values():
             sock.close(linger=0)
         self._dealers.clear()
@@ -290,6 +270,7 @@ class ZmqTransport:
             for node, addr in addresses.items()
             if node != self.node_id
         }
+        self._addresses = wanted
         for node, (address, sock) in list(self._dealers.items()):
             if wanted.get(node) != address:
                 # Gone, or moved: whatever was queued for the old address is stale.
@@ -297,9 +278,43 @@ class ZmqTransport:
                 del self._dealers[node]
         for node, address in wanted.items():
             if node not in self._dealers:
-                self._dealers[node] = (address, self._open_dealer(address))
+                self._connect(node, address)
 
-    def _open_dealer(self, address: str) -> zmq.Socket[bytes]:
+    def _connect(self, node: NodeId, address: str) -> None:
+        server_key = self._ring.key_of(node) if self._ring is not None else None
+        if self._ring is not None and server_key is None:
+            return  # not trusted (yet): no connection, messages for it are dropped
+        sock = self._open_dealer(address, server_key)
+        self._dealers[node] = (address, sock)
+        if server_key is not None:
+            watch = when_refused(self._ctx, sock, lambda: self._retry_refused(node, sock))
+            if watch is not None:
+                self._watches.add(watch)
+                watch.add_done_callback(self._watches.discard)
+
+    def _retry_refused(self, node: NodeId, sock: zmq.Socket[bytes]) -> None:
+        # The peer refused our key (it did not trust us yet): a new socket tries again.
+        entry = self._dealers.get(node)
+        if self._closed or entry is None or entry[1] is not sock:
+            return
+        self._stats["refused_by_peer"] += 1
+        del self._dealers[node]
+        sock.close(linger=0)
+        self._connect(node, entry[0])
+
+    def _keys_changed(self, nodes: set[NodeId]) -> None:
+        """A peer's key was trusted, replaced or revoked: reconnect with the new one."""
+        if self._closed:
+            return
+        for node in nodes:
+            entry = self._dealers.pop(node, None)
+            if entry is not None:
+                entry[1].close(linger=0)
+            address = self._addresses.get(node)
+            if address is not None:
+                self._connect(node, address)
+
+    def _open_dealer(self, address: str, server_key: bytes | None) -> zmq.Socket[bytes]:
         # A plain socket on our asyncio context: it is only ever used for
         # NOBLOCK sends (see the module docstring).
         sock: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.DEALER)
@@ -313,10 +328,10 @@ class ZmqTransport:
         sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT_MS)
         self._set_keepalive(sock)
-        if self._curve is not None:
-            sock.setsockopt(zmq.CURVE_SERVERKEY, self._curve.server_public)
-            sock.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public)
-            sock.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret)
+        if self._ring is not None and server_key is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self._ring.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self._ring.secret)
         sock.connect(address)  # asynchronous: returns at once, connects in the background
         return sock
 
@@ -387,14 +402,24 @@ class ZmqTransport:
         rcvmore, noblock = int(zmq.RCVMORE), int(zmq.NOBLOCK)
         # ZMQ_EVENTS and ZMQ_RCVMORE are int options: the stubs' int | bytes is too wide.
         get, recv = cast(Callable[[int], int], router.get), router.recv
+        # With a key per node, the last frame says which node its connection
+        # authenticated as (ZAP's User-Id): frames are read as zmq.Frame for that.
+        per_node = self._ring is not None and not self._ring.shared
         try:
             while True:
                 received = 0
                 while received < batch and get(events) & pollin:
-                    frames = [recv(noblock)]
-                    while get(rcvmore):
-                        frames.append(recv(noblock))
-                    self._on_frames(frames)
+                    if per_node:
+                        parts = [recv(noblock, copy=False)]
+                        while get(rcvmore):
+                            parts.append(recv(noblock, copy=False))
+                        user = cast(str, parts[-1].get("User-Id"))
+                        self._on_frames([p.bytes for p in parts], user)
+                    else:
+                        frames = [recv(noblock)]
+                        while get(rcvmore):
+                            frames.append(recv(noblock))
+                        self._on_frames(frames)
                     received += 1
                 if received == batch:
                     await asyncio.sleep(0)
@@ -415,7 +440,7 @@ class ZmqTransport:
             if not loop.is_closed():
                 loop.remove_reader(fd)
 
-    def _on_frames(self, frames: list[bytes]) -> None:
+    def _on_frames(self, frames: list[bytes], user: str | None = None) -> None:
         stats = self._stats
         if len(frames) != 2:
             stats["malformed_frames"] += 1
@@ -436,6 +461,16 @@ class ZmqTransport:
             stats["spoofed"] += 1
             self._sparse_warning(
                 "spoofed", "connection %r claims to be %r; dropped", identity, message.src
+            )
+            return
+        if self._ring is not None and not self._ring.sender_ok(user, message.src):
+            # Its connection authenticated as another node, or as one revoked since.
+            stats["unauthenticated"] += 1
+            self._sparse_warning(
+                "unauthenticated",
+                "message from %r over a connection of %r (not, or no longer, trusted); dropped",
+                message.src,
+                user,
             )
             return
         if message.dst != self.node_id:
@@ -482,12 +517,15 @@ class ZmqTransport:
                 "decode_errors",
                 "malformed_frames",
                 "spoofed",
+                "unauthenticated",
                 "misdirected",
                 "handler_errors",
             ),
             0,
         )
         out.update(self._stats)
+        if self._ring is not None:
+            out.update(self._ring.stats)
         out["peers"] = len(self._dealers)
         return out
 

@@ -154,7 +154,7 @@ class ClusterConfig:
     nodes: tuple[NodeSpec, ...]
     raft: RaftSettings
     tasks: TaskSettings
-    curve_public: str | None = None
+    curve_public: str | None = None  # one key pair for the whole cluster (the old model)
     curve_secret: str | None = None
     encryption_key: str | None = None  # base64 AES-256 key: encrypts replicated data at rest
     models: ModelSettings = field(default_factory=ModelSettings)
@@ -168,6 +168,9 @@ class ClusterConfig:
     # dashboard's websocket, e.g. a reverse proxy's name.
     dashboard_origins: tuple[str, ...] = ()
     tls: TlsSettings = field(default_factory=TlsSettings)
+    # node id -> CURVE public key: the first nodes, each with a key pair of its own
+    # (node/secrets.py reads them from the bundle; the secret halves stay in its files)
+    node_keys: dict[str, str] = field(default_factory=dict)
 
     def node(self, node_id: str) -> NodeSpec:
         for spec in self.nodes:
@@ -178,7 +181,7 @@ class ClusterConfig:
 
     @property
     def curve_enabled(self) -> bool:
-        return self.curve_public is not None
+        return self.curve_public is not None or bool(self.node_keys)
 
 
 _NODE_KEYS = {

@@ -43,11 +43,13 @@ def mint_token(
     )
 
 
-def write_secrets(root: Path, cluster_name: str) -> Path:
-    """The secrets bundle a cluster.toml in `root` reads by default (.ragraft/secrets)."""
+def write_secrets(root: Path, cluster_name: str, nodes: list[str]) -> Path:
+    """The secrets bundle a cluster.toml in `root` reads by default (.ragraft/secrets),
+    with the key pairs of the cluster's first `nodes`, as `ragraft up` writes it."""
     from node.secrets import ClusterSecrets, write_bundle
 
-    return write_bundle(ClusterSecrets.generate(cluster_name), root / ".ragraft" / "secrets")
+    bundle = ClusterSecrets.generate(cluster_name, nodes)
+    return write_bundle(bundle, root / ".ragraft" / "secrets")
 
 
 class NodeCluster:
@@ -88,7 +90,7 @@ class NodeCluster:
         self.config = root / "cluster.toml"
         self.config.write_text("\n".join(lines))
         if not insecure:
-            write_secrets(root, "test")
+            write_secrets(root, "test", self.ids[:size])
         model_env = (
             {"RAGRAFT_LOAD_MODELS": "1", "RAGRAFT_MODEL_CACHE": str(MODEL_CACHE)}
             if models
@@ -103,7 +105,7 @@ class NodeCluster:
         self._token: str | None = None
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, node: str, *extra: str) -> None:
+    def start(self, node: str, *extra: str, env: dict[str, str] | None = None) -> None:
         log = open(self.root / f"{node}.log", "ab")  # noqa: SIM115 - the child process holds it
         self.procs[node] = subprocess.Popen(
             [
@@ -117,7 +119,7 @@ class NodeCluster:
                 node,
                 *extra,
             ],
-            env=self.env,
+            env=env if env is not None else self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.root,

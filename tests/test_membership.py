@@ -61,6 +61,13 @@ def test_join_as_learner_then_voter_and_remove(tmp_path):
         assert out.returncode == 0, out.stderr
         assert "removed n3" in out.stdout
         assert voters(cluster, "n1") == ["n1", "n2", "n4"]
+        # n3's key is revoked by whoever leads now (n3 itself may have led): every
+        # remaining node refuses it from then on
+        deadline = time.monotonic() + 10
+        for node in ("n1", "n2", "n4"):
+            while "CURVE key of node n3 revoked" not in (cluster.root / f"{node}.log").read_text():
+                assert time.monotonic() < deadline, f"{node} still trusts n3's key"
+                time.sleep(0.2)
         bad = subprocess.run(
             [
                 sys.executable,

@@ -176,6 +176,25 @@ STRATEGIES = {
         quota=maybe() | quotas,
     ),
     c.DeleteUser: st.builds(c.DeleteUser, name=ids, at=ms),
+    c.AdmitNode: st.builds(
+        c.AdmitNode,
+        node=ids,
+        public_key=text,
+        at=ms,
+        by=maybe() | text,
+        token_id=maybe() | ids,
+        token_sha256=maybe() | text,
+    ),
+    c.RevokeNode: st.builds(c.RevokeNode, node=ids, at=ms),
+    c.PutJoinToken: st.builds(
+        c.PutJoinToken,
+        token_id=ids,
+        sha256=text,
+        at=ms,
+        expires_at=ms,
+        by=text,
+        node=maybe() | ids,
+    ),
 }
 
 
@@ -385,7 +404,8 @@ def _wrong_values(hint: Any) -> list[Any]:
     if origin is tuple:
         return ["x", {"a": 1}, [object_marker], None]
     if dataclasses.is_dataclass(hint):
-        return ["x", [1], {}, None]
+        optional = all(f.default is not dataclasses.MISSING for f in dataclasses.fields(hint))
+        return ["x", [1], None] if optional else ["x", [1], {}, None]  # {}: all defaults
     raise AssertionError(f"no wrong values for {hint!r}")
 
 

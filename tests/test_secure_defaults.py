@@ -27,6 +27,8 @@ from node.secrets import (
     ClusterSecrets,
     ensure_bundle,
     insecurity,
+    node_key,
+    node_key_path,
     read_bundle,
     with_secrets,
     write_bundle,
@@ -68,12 +70,23 @@ def test_a_secure_node_without_a_bundle_is_refused_with_what_to_do(tmp_path: Pat
 # ------------------------------------------------------------------ the bundle
 def test_bundle_is_private_and_fills_what_the_file_does_not_set(tmp_path: Path) -> None:
     cfg = config(tmp_path)
-    path = write_bundle(ClusterSecrets.generate("c1"), cfg.secrets_dir)
+    path = write_bundle(ClusterSecrets.generate("c1", ["n1", "n2"]), cfg.secrets_dir)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(cfg.secrets_dir.stat().st_mode) == 0o700
     secured = with_secrets(cfg)
     bundle = read_bundle(cfg.secrets_dir, "c1")
-    assert secured.curve_enabled and secured.curve_public == bundle.curve_public_key
+    # a key pair per node: the bundle holds the public halves, each node-<id>.key its own
+    assert secured.curve_enabled and secured.curve_public is None
+    assert secured.node_keys == bundle.node_keys and set(bundle.node_keys) == {"n1", "n2"}
+    assert "secret_key" not in path.read_text() and bundle.node_secrets == {}
+    for node in ("n1", "n2"):
+        key_file = node_key_path(cfg.secrets_dir, node)
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert node_key(cfg.secrets_dir, node)[0] == bundle.node_keys[node]
+    with pytest.raises(ConfigError, match="no key for node n3"):
+        node_key(cfg.secrets_dir, "n3")
+    made = node_key(cfg.secrets_dir, "n3", create=True)  # a node added later makes its own
+    assert node_key(cfg.secrets_dir, "n3") == made and made[0] not in bundle.node_keys.values()
     assert secured.encryption_key == bundle.encryption_key
     assert secured.security.token_secret == bundle.token_secret
     assert insecurity(secured) == []
@@ -82,6 +95,25 @@ def test_bundle_is_private_and_fills_what_the_file_does_not_set(tmp_path: Path) 
     assert with_secrets(config(tmp_path, token_secret=own)).security.token_secret == own
     with pytest.raises(ConfigError, match="already there"):
         write_bundle(ClusterSecrets.generate("c1"), cfg.secrets_dir)  # its keys seal the data
+
+
+def test_a_first_release_bundle_with_one_key_pair_for_the_cluster_is_still_read(
+    tmp_path: Path,
+) -> None:
+    from consensus.keyring import generate_keypair
+
+    cfg = config(tmp_path)
+    public, secret = generate_keypair()
+    fresh = ClusterSecrets.generate("c1")
+    cfg.secrets_dir.mkdir(mode=0o700, parents=True)
+    document = {"version": 1, "cluster": "c1", "curve_public_key": public,
+                "curve_secret_key": secret, "encryption_key": fresh.encryption_key,
+                "token_secret": fresh.token_secret}  # fmt: skip
+    (cfg.secrets_dir / BUNDLE_NAME).write_text(json.dumps(document))
+    os.chmod(cfg.secrets_dir / BUNDLE_NAME, 0o600)
+    secured = with_secrets(cfg)
+    assert secured.curve_public == public and secured.curve_secret == secret
+    assert secured.node_keys == {}
 
 
 def test_bundle_readable_by_others_or_for_another_cluster_is_refused(tmp_path: Path) -> None:
@@ -140,6 +172,10 @@ sock = zmq.Context().socket(zmq.DEALER)
 sock.setsockopt(zmq.ROUTING_ID, sys.argv[2].encode())
 sock.setsockopt(zmq.LINGER, 0)
 sock.setsockopt(zmq.SNDTIMEO, 500)
+if len(sys.argv) > 3:  # a CURVE client: the server's public key, then our own pair
+    sock.setsockopt(zmq.CURVE_SERVERKEY, sys.argv[3].encode())
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, sys.argv[4].encode())
+    sock.setsockopt(zmq.CURVE_SECRETKEY, sys.argv[5].encode())
 sock.connect(sys.argv[1])
 messages = msgpack.unpackb(sys.stdin.buffer.read())
 for _ in range(5):  # a few times, in case the first goes before the handshake
@@ -154,12 +190,15 @@ os._exit(0)
 """
 
 
-def _send_as_stranger(port: int, identity: str, messages: list[bytes]) -> None:
-    """Send `messages` to a node's ZeroMQ port from a process holding no key."""
+def _send_as_stranger(
+    port: int, identity: str, messages: list[bytes], curve: tuple[str, str, str] | None = None
+) -> None:
+    """Send `messages` to a node's ZeroMQ port from a process holding no key, or, with
+    `curve` (the server's public key, a public and a secret key), the keys given."""
     import msgpack
 
     done = subprocess.run(
-        [sys.executable, "-c", _STRANGER, f"tcp://127.0.0.1:{port}", identity],
+        [sys.executable, "-c", _STRANGER, f"tcp://127.0.0.1:{port}", identity, *(curve or ())],
         input=msgpack.packb(messages),
         timeout=30,
         check=False,
@@ -190,6 +229,63 @@ def _planted(cluster: NodeCluster, leader: str, key_id: str, wait: float) -> boo
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.2)
+
+
+def _propose_as(
+    cluster: NodeCluster, leader: str, term: int, node: str, speaker: str, key_id: str
+) -> None:
+    """What a node holding `node`'s key can do: propose a command (a PutKey of an admin
+    API key) to the leader, sealed with the cluster's data key as every node seals,
+    over a connection that says it is `speaker`."""
+    from consensus.cipher import Cipher
+
+    secrets_dir = cluster.root / ".ragraft" / "secrets"
+    bundle = read_bundle(secrets_dir, "test")
+    public, secret = node_key(secrets_dir, node)
+    now = int(time.time() * 1000)
+    command = codec.encode(
+        c.PutKey(key_id, "admin", hashlib.sha256(key_id.encode()).hexdigest(), now)
+    )
+    envelope = pack_envelope(Request(f"{speaker}:{now}", now, 1, 1), now, command)
+    sealed = Cipher.from_base64(bundle.encryption_key).seal(envelope)
+    message = encode(ProposeRequest(term, speaker, leader, (sealed,)))
+    curve = (bundle.node_keys[leader], public, secret)
+    _send_as_stranger(_port(cluster, leader, "raft"), speaker, [message], curve)
+
+
+@pytest.mark.e2e
+def test_a_removed_nodes_key_is_revoked_and_no_member_speaks_for_another(tmp_path: Path) -> None:
+    """Each node has its own key: a member's key works (the control), a member cannot
+    pass for another, and once a node is removed its key is refused."""
+    cluster = NodeCluster(tmp_path)
+    cluster.start_all()
+    try:
+        leader = cluster.wait_ready(timeout=60)
+        view = cluster.request(leader, "GET", "/api/v1/cluster")[1]
+        victim, other = [n for n in cluster.ids if n != leader]
+        _propose_as(cluster, leader, view["term"], victim, victim, "as-itself")
+        assert _planted(cluster, leader, "as-itself", wait=10.0)  # the control: a member may
+        _propose_as(cluster, leader, view["term"], victim, other, "as-another")
+        assert not _planted(cluster, leader, "as-another", wait=3.0)
+        status, body = cluster.request(leader, "DELETE", f"/api/v1/cluster/members/{victim}")
+        assert status == 200, body
+        for node in (leader, other):
+            cluster.read_barrier(node)
+        deadline = time.monotonic() + 10  # the leader revokes it once the removal committed
+        while f"CURVE key of node {victim} revoked" not in (
+            log := (tmp_path / f"{leader}.log").read_text()
+        ):
+            assert time.monotonic() < deadline, "the removed node's key was never revoked"
+            time.sleep(0.2)
+        # refused at the handshake, by the key (not only by the membership)
+        view = cluster.request(leader, "GET", "/api/v1/cluster")[1]
+        _propose_as(cluster, leader, view["term"], victim, victim, "after-removal")
+        assert not _planted(cluster, leader, "after-removal", wait=3.0)
+        log = (tmp_path / f"{leader}.log").read_text()
+        victim_key = node_key(tmp_path / ".ragraft" / "secrets", victim)[0]
+        assert f"CURVE client key {victim_key} belongs to no member: refused" in log
+    finally:
+        cluster.stop_all()
 
 
 @pytest.mark.e2e
@@ -347,8 +443,10 @@ def test_the_data_directories_hold_no_user_text_and_no_secret(
         needles |= {
             "token secret": bundle.token_secret.encode(),
             "encryption key": bundle.encryption_key.encode(),
-            "CURVE secret key": bundle.curve_secret_key.encode(),
         }
+        for node in cluster.ids:
+            secret = node_key(tmp_path / ".ragraft" / "secrets", node)[1]
+            needles[f"{node}'s CURVE secret key"] = secret.encode()
     found = _files_holding(tmp_path / "data", needles)
     if insecure:
         for name in ("document text", "query text", "password hash"):

@@ -8,6 +8,7 @@ broken transport fails a test in seconds instead of hanging the suite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -20,6 +21,7 @@ import pytest
 import zmq
 
 from consensus.codec import encode
+from consensus.keyring import KeyRing, generate_keypair
 from consensus.memtransport import MemoryNetwork, MemoryTransport
 from consensus.messages import (
     AppendRequest,
@@ -810,3 +812,104 @@ def test_memory_handler_exception_is_contained() -> None:
         assert seen == [1, 2] and b.stats()["handler_errors"] == 2
 
     run(main)
+
+
+# --- a key per node -------------------------------------------------------------------------
+
+
+def rings(ids: list[str]) -> dict[str, KeyRing]:
+    """Each node's own key pair, each trusting every node's public key."""
+    pairs = {node: generate_keypair() for node in ids}
+    publics = {node: public for node, (public, _) in pairs.items()}
+    return {node: KeyRing(public, secret, publics) for node, (public, secret) in pairs.items()}
+
+
+def test_a_key_ring_checks_its_keys_and_maps_keys_to_nodes() -> None:
+    ring = rings(["a", "b"])["a"]
+    b_key = ring.key_of("b")
+    assert b_key is not None and ring.node_of(b_key) == "b" and ring.trusts("b")
+    assert ring.admits("*", b_key) and not ring.admits("*", generate_keypair()[0].encode())
+    with pytest.raises(ValueError, match="cannot have the key of node b"):
+        ring.trust("c", b_key)
+    with pytest.raises(ValueError, match="40 z85"):
+        ring.trust("c", "short")
+    other = generate_keypair()
+    with pytest.raises(ValueError, match="does not belong"):
+        KeyRing(other[0], generate_keypair()[1])
+    ring.revoke("b")
+    assert not ring.trusts("b") and not ring.admits("*", b_key) and ring.key_of("b") is None
+    assert (
+        not ring.sender_ok("b", "b") and not ring.sender_ok("a", "c") and ring.sender_ok("a", "a")
+    )
+    shared = KeyRing.shared_pair(*other)
+    assert shared.key_of("anyone") == shared.public and shared.node_of(shared.public) is None
+
+
+def test_with_a_key_per_node_a_member_cannot_speak_for_another_and_a_revoked_one_is_silenced() -> (
+    None
+):
+    async def main() -> None:
+        keys = rings(["a", "b", "c"])
+        addresses = {node: addr() for node in keys}
+        ts = {node: ZmqTransport(node, addresses[node], keys[node]) for node in keys}
+        inbox = {node: Inbox() for node in keys}
+        ctx = zmq.Context()
+        try:
+            for node, t in ts.items():
+                await t.start(inbox[node])
+                t.set_peers(addresses)
+            await eventually(
+                lambda: bool(inbox["a"].of_type(HeartbeatRequest)),
+                action=lambda: ts["b"].send(hb("b", "a", 1)),
+                what="b -> a with b's own key",
+            )
+            # revoking b at a: b's messages, on the connection it already has, are dropped,
+            # and a no longer connects to b
+            keys["a"].revoke("b")
+            inbox["a"].messages.clear()
+            for i in range(20):
+                ts["b"].send(hb("b", "a", 1000 + i))
+                await asyncio.sleep(0.02)
+            assert inbox["a"].messages == []
+            assert ts["a"].stats()["unauthenticated"] >= 1
+            assert "b" not in ts["a"].peers()
+            await eventually(
+                lambda: bool(inbox["a"].messages),
+                action=lambda: ts["c"].send(hb("c", "a", 5)),
+                what="c -> a after b's revocation",
+            )
+            # trusting b again (say, it rejoined) lets it through and reconnects a to it
+            keys["a"].trust("b", keys["b"].public)
+            await eventually(lambda: "b" in ts["a"].peers(), what="a reconnects to b")
+            await eventually(
+                lambda: any(m.src == "b" for m in inbox["a"].messages),
+                action=lambda: ts["b"].send(hb("b", "a", 7)),
+                what="b -> a once trusted again",
+            )
+            # c, a member with a valid key, connects under b's routing id and claims to be b;
+            # a stranger with a key pair of its own is refused at the handshake
+            c_public, c_secret = keys["c"].public, keys["c"].secret
+            a_public = keys["a"].public
+            liar = _raw_dealer_curve(ctx, b"b", addresses["a"], a_public, c_public, c_secret)
+            stranger_public, stranger_secret = zmq.curve_keypair()
+            stranger = _raw_dealer_curve(
+                ctx, b"c", addresses["a"], a_public, stranger_public, stranger_secret
+            )
+            before = ts["a"].stats()["unauthenticated"]
+            inbox["a"].messages.clear()
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                for sock, n in ((liar, 666), (stranger, 667)):
+                    with contextlib.suppress(zmq.Again):  # refused: no connection to queue on
+                        sock.send(encode(hb(sock is liar and "b" or "c", "a", n)), zmq.NOBLOCK)
+                await asyncio.sleep(0.02)
+            await eventually(
+                lambda: ts["a"].stats()["unauthenticated"] > before, what="the liar dropped"
+            )
+            assert ts["a"].stats()["auth_rejected"] >= 1
+            assert all(m.commit not in (666, 667) for m in inbox["a"].of_type(HeartbeatRequest))
+        finally:
+            await close_all(ts)
+            ctx.destroy(linger=0)
+
+    run(main, limit=15)

@@ -118,6 +118,77 @@ def _remove_node(config: cluster_config.ClusterConfig, target: str | None, url: 
     return 0
 
 
+def _join_with_token(
+    config: cluster_config.ClusterConfig, node_id: str, url: str, token: str
+) -> None:
+    """A first start with a join token: this node's own key pair, then the shared
+    secrets from the cluster, written as this host's bundle.  A restart (the bundle is
+    there) skips both: the token was spent on the first."""
+    from node.runtime.join import fetch_secrets_with_token
+    from node.secrets import bundle_path, node_key, write_bundle
+
+    if bundle_path(config).exists():
+        return
+    try:
+        spec = config.node(node_id)
+        public, _ = node_key(config.secrets_dir, node_id, create=True)
+    except cluster_config.ConfigError as exc:
+        raise SystemExit(f"ragraft: {exc}") from None
+    secrets = fetch_secrets_with_token(url, token, node_id, spec.raft_address, public, config.tls)
+    if secrets.cluster != config.name:
+        raise SystemExit(
+            f"ragraft: the token is for cluster {secrets.cluster!r}, this file names "
+            f"{config.name!r}"
+        )
+    path = write_bundle(secrets, config.secrets_dir)
+    print(f"node {node_id}: admitted; the cluster's secrets are in {path} (0600)", flush=True)
+
+
+def _join_token(
+    config: cluster_config.ClusterConfig, url: str | None, minutes: float, node: str | None
+) -> int:
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    from node.client.rest import ClientError, ssl_context
+
+    base = (url or config.nodes[0].api_url).rstrip("/")
+    if not base.startswith("http"):
+        base = ("https://" if config.tls.enabled else "http://") + base
+    try:
+        context = ssl_context(config.tls.cert_file) if base.startswith("https://") else None
+    except ClientError as exc:
+        raise SystemExit(f"ragraft: {exc}") from None
+    body: dict[str, object] = {"expires_in_s": round(minutes * 60)}
+    if node:
+        body["node"] = node
+    request = urllib.request.Request(
+        f"{base}/api/v1/cluster/join-tokens",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={**_admin_headers(base, context), "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60, context=context) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        reason = json.loads(exc.read() or b"{}").get("error", {})
+        raise SystemExit(f"ragraft: no join token: {reason.get('message', exc)}") from None
+    except OSError as exc:
+        raise SystemExit(f"ragraft: cannot reach {base}: {exc}; pass --url") from None
+    print(answer["token"])
+    who = f"node {answer['node']}" if answer.get("node") else "one new node"
+    print(
+        f"join token {answer['id']} for {who}, single use, until "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(answer['expires_at'] / 1000))}: "
+        f"on the new host, `ragraft node --id ID --join {base} --join-token TOKEN`",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _init(config: cluster_config.ClusterConfig, directory: str | None, force: bool) -> int:
     from pathlib import Path
 
@@ -126,14 +197,18 @@ def _init(config: cluster_config.ClusterConfig, directory: str | None, force: bo
     _private_files()
     target = Path(directory) if directory else config.secrets_dir
     try:
-        path = write_bundle(ClusterSecrets.generate(config.name), target, replace_existing=force)
+        initial = [n.id for n in config.nodes if not n.join]
+        bundle = ClusterSecrets.generate(config.name, initial)
+        path = write_bundle(bundle, target, replace_existing=force)
     except cluster_config.ConfigError as exc:
         raise SystemExit(f"ragraft: {exc}") from None
     print(f"wrote the secrets of cluster {config.name!r} to {path} (0600)")
     print(
-        f"copy {target} to every host, to the same path or one named by RAGRAFT_SECRETS_DIR "
-        "(e.g. scp -rp), and keep it out of version control: whoever has it can join the "
-        "cluster and read its data"
+        f"copy {path.name} to every host, with only that host's node-<id>.key beside it, "
+        f"into {target} or a directory named by RAGRAFT_SECRETS_DIR (0700; e.g. scp -p), "
+        "and keep them out of version control: the bundle's keys read the cluster's data, "
+        "a node key speaks as that node. Nodes added later make their own key and are "
+        "admitted with `ragraft node token` (or an admin's credentials)"
     )
     return 0
 
@@ -155,9 +230,25 @@ def main(argv: list[str] | None = None) -> int:
         "--config", default="cluster.toml", help="cluster file (default: cluster.toml)"
     )
     node.add_argument(
-        "action", nargs="?", choices=["remove"], help="remove: take a node out of the cluster"
+        "action",
+        nargs="?",
+        choices=["remove", "token"],
+        help="remove: take a node out of the cluster; token: make a join token (admins)",
     )
     node.add_argument("target", nargs="?", help="with remove: the id of the node to remove")
+    node.add_argument(
+        "--join-token",
+        default=os.environ.get("RAGRAFT_JOIN_TOKEN"),
+        help="with --join: join with this token (from `ragraft node token`) instead of an "
+        "admin's credentials and the bundle (env RAGRAFT_JOIN_TOKEN)",
+    )
+    node.add_argument(
+        "--ttl-minutes",
+        type=float,
+        default=60,
+        help="with token: how long it may be used (default: 60)",
+    )
+    node.add_argument("--for-node", help="with token: only a node of this id may use it")
     node.add_argument("--id", help="node id from the cluster file, e.g. n1")
     node.add_argument(
         "--join", metavar="HOST:PORT", help="API address of a member: join the running cluster"
@@ -267,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         return launch(config)
     if args.command == "node" and args.action == "remove":
         return _remove_node(_load(args.config), args.target, args.url)
+    if args.command == "node" and args.action == "token":
+        return _join_token(_load(args.config), args.url, args.ttl_minutes, args.for_node)
     if args.command == "node":
         # Before torch or faiss is imported: OpenMP threads that spin while idle would
         # steal the CPU the event loop needs for Raft heartbeats.
@@ -280,15 +373,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.id:
             parser.error("node: --id is required to run a node")
         _private_files()
-        config = _secured(_load(args.config))
         from node.logs import configure
 
         configure(args.id, args.log_level, args.log_format)
+        if args.join_token:
+            if not args.join:
+                parser.error("node: --join-token needs --join URL of a member")
+            _join_with_token(_load(args.config), args.id, args.join, args.join_token)
+        config = _secured(_load(args.config))
         try:
             config.node(args.id)
         except cluster_config.ConfigError as exc:
             raise SystemExit(f"ragraft: {exc}") from None
-        asyncio.run(run_node(config, args.id, join=args.join))
+        asyncio.run(run_node(config, args.id, join=args.join, by_token=bool(args.join_token)))
         # What runs after this (joining worker threads at exit) is not ours to time:
         # this line tells a slow exit from a slow stop.
         logging.getLogger("ragraft.node").info("node %s: exiting", args.id)

@@ -29,8 +29,9 @@ the event loop, so it must be quick (NodeMetrics is: psutil and NVML calls
 only).  Time is time.monotonic() in ms, which on Linux is one clock for every
 process on the machine: status_since_ms can be compared across processes.
 
-CURVE: the same cluster keypair as the Raft transport (CurveKeys), applied the
-same way, with a ZAP handler that admits only the cluster's client key.
+CURVE: the same key ring as the Raft transport (consensus.keyring.KeyRing), applied
+the same way: a ZAP handler that admits only trusted nodes' keys, and a message
+accepted only from the node its connection authenticated as, while trusted.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from consensus.zmq_transport import ClusterKeyOnly, CurveKeys, bind_with_retry, normalize_address
+from consensus.keyring import KeyRing, start_gate, when_refused
+from consensus.zmq_transport import CurveKeys, bind_with_retry, normalize_address
 from node.gossip.codec import CodecError, decode, encode
 from node.gossip.core import Event, Member, Out, Swim, SwimConfig
 from node.gossip.messages import NodeId, Status
@@ -79,7 +81,7 @@ class Gossip:
         meta_provider: MetaProvider | None = None,
         on_change: ChangeHandler | None = None,
         *,
-        curve: CurveKeys | None = None,
+        curve: CurveKeys | KeyRing | None = None,
         config: SwimConfig | None = None,
         advertise_address: str | None = None,
         incarnation: int | None = None,
@@ -108,7 +110,11 @@ class Gossip:
             meta_provider = NodeMetrics()
         self._meta_provider = meta_provider
         self._on_change = on_change
-        self._curve = curve
+        self._ring = (
+            KeyRing.shared_pair(curve.public, curve.secret)
+            if isinstance(curve, CurveKeys)
+            else curve
+        )
         self._tick_s = tick_ms / 1000
         self._meta_interval_ms = meta_interval_ms
         self._max_message_bytes = max_message_bytes
@@ -128,6 +134,7 @@ class Gossip:
         self._auth: AsyncioAuthenticator | None = None
         self._dealers: dict[NodeId, tuple[str, zmq.Socket[bytes]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._watches: set[asyncio.Task[None]] = set()  # refusal watchers of the DEALERs
         self._stats: Counter[str] = Counter()
         self._started = self._stopped = False
 
@@ -143,23 +150,20 @@ class Gossip:
         # then destroy everything gossip created and nothing else.
         self._ctx = zmq.asyncio.Context()
         try:
-            if self._curve is not None:
+            if self._ring is not None:
                 # Listening before the ROUTER accepts its first handshake, or that
                 # handshake would skip authentication.
-                self._auth = AsyncioAuthenticator(self._ctx, log=log.getChild("zap"))
-                self._auth.start()
-                self._auth.configure_curve_callback(
-                    _ZAP_DOMAIN, ClusterKeyOnly(self._curve.public, self._stats)
-                )
+                self._auth = start_gate(self._ctx, self._ring, _ZAP_DOMAIN)
+                self._ring.listen(self._keys_changed)
             router = self._ctx.socket(zmq.ROUTER)
             router.setsockopt(zmq.LINGER, 0)
             router.setsockopt(zmq.ROUTER_HANDOVER, 1)
             router.setsockopt(zmq.RCVHWM, 1000)
             router.setsockopt(zmq.MAXMSGSIZE, self._max_message_bytes)
-            if self._curve is not None:
+            if self._ring is not None:
                 router.setsockopt(zmq.CURVE_SERVER, 1)
-                router.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret)
-                router.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public)
+                router.setsockopt(zmq.CURVE_SECRETKEY, self._ring.secret)
+                router.setsockopt(zmq.CURVE_PUBLICKEY, self._ring.public)
                 router.setsockopt(zmq.ZAP_DOMAIN, _ZAP_DOMAIN.encode())
             self._router = router
             # bind_with_retry calls only the synchronous bind(), the same on an asyncio
@@ -182,11 +186,13 @@ class Gossip:
         if self._stopped:
             return
         self._stopped = True
+        if self._ring is not None:
+            self._ring.unlisten(self._keys_changed)
         if leave and self._router is not None:
             self._send(self.core.leave(_now_ms()))
             await asyncio.sleep(LEAVE_GRACE_S)
         current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
+        tasks = [t for t in [*self._tasks, *self._watches] if t is not current]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -261,17 +267,23 @@ class Gossip:
             await asyncio.sleep(self._tick_s)
 
     async def _read_loop(self, router: zmq.asyncio.Socket) -> None:
+        # With a key per node, a frame says which node its connection authenticated as.
+        per_node = self._ring is not None and not self._ring.shared
         try:
             while True:
-                frames = await router.recv_multipart()
-                self._on_frames(frames)
+                if per_node:
+                    parts = await router.recv_multipart(copy=False)
+                    user = cast(str, parts[-1].get("User-Id"))
+                    self._on_frames([p.bytes for p in parts], user)
+                else:
+                    self._on_frames(await router.recv_multipart())
         except asyncio.CancelledError:
             raise
         except zmq.ZMQError as exc:
             if not self._stopped:
                 log.error("gossip reader of %s stopped: %s", self.node_id, exc)
 
-    def _on_frames(self, frames: list[bytes]) -> None:
+    def _on_frames(self, frames: list[bytes], user: str | None = None) -> None:
         if len(frames) != 2:
             self._stats["malformed_frames"] += 1
             self._sparse("malformed_frames", "message with %d frames", len(frames))
@@ -294,6 +306,11 @@ class Gossip:
             # Without this check any connected client could speak for another node.
             self._stats["spoofed"] += 1
             self._sparse("spoofed", "connection %r claims to be %r", identity, msg.src)
+            return
+        if self._ring is not None and not self._ring.sender_ok(user, msg.src):
+            # Its connection authenticated as another node, or one revoked since.
+            self._stats["unauthenticated"] += 1
+            self._sparse("unauthenticated", "gossip from %r over %r's connection", msg.src, user)
             return
         self._stats["received"] += 1
         try:
@@ -355,6 +372,10 @@ class Gossip:
             self._close_dealer(node)  # moved: whatever is queued is for the old address
         if self._ctx is None:
             return None
+        server_key = self._ring.key_of(node) if self._ring is not None else None
+        if self._ring is not None and server_key is None:
+            self._stats["untrusted_peers"] += 1  # no key for it (yet): nothing to connect to
+            return None
         try:
             address = normalize_address(address)
         except ValueError:
@@ -368,13 +389,31 @@ class Gossip:
         sock.setsockopt(zmq.RCVHWM, 1)  # nothing is ever sent to a DEALER
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-        if self._curve is not None:
-            sock.setsockopt(zmq.CURVE_SERVERKEY, self._curve.server_public)
-            sock.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public)
-            sock.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret)
+        if self._ring is not None and server_key is not None:
+            sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self._ring.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self._ring.secret)
         sock.connect(address)
         self._dealers[node] = (address, sock)
+        if server_key is not None and self._ctx is not None:
+            # libzmq gives up on a peer that refused our key: try again with a new socket.
+            watch = when_refused(self._ctx, sock, lambda: self._retry_refused(node, sock))
+            if watch is not None:
+                self._watches.add(watch)
+                watch.add_done_callback(self._watches.discard)
         return sock
+
+    def _retry_refused(self, node: NodeId, sock: zmq.Socket[bytes]) -> None:
+        entry = self._dealers.get(node)
+        if not self._stopped and entry is not None and entry[1] is sock:
+            self._stats["refused_by_peer"] += 1
+            self._close_dealer(node)
+            self._dealer(node, entry[0])
+
+    def _keys_changed(self, nodes: set[NodeId]) -> None:
+        # A key trusted, replaced or revoked: the next send reconnects with the new one.
+        for node in nodes:
+            self._close_dealer(node)
 
     def _close_dealer(self, node: NodeId) -> None:
         entry = self._dealers.pop(node, None)

@@ -22,6 +22,7 @@ from node.http.auth import AuthAPI, Authenticator
 from node.http.cluster import ClusterAPI, Membership, ModelStatus
 from node.http.errors import json_errors
 from node.http.events import EventHub
+from node.http.join import JoinAPI
 from node.http.kb import KnowledgeAPI, RagStatus
 from node.http.metrics import MetricsExporter
 from node.http.openai_compat import OpenAIRoutes
@@ -72,6 +73,7 @@ def build_http(
     OpenAIRoutes(replica).routes(app)
     KnowledgeAPI(replica, kb, rag, max_upload).routes(app)
     ClusterAPI(config, replica, gossip, rag, history).routes(app)
+    JoinAPI(config, replica).routes(app)
     app.router.add_get("/openapi.json", openapi_handler())
     return app
 

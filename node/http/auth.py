@@ -45,7 +45,17 @@ from node.replica.vocabulary import (
     UserRole,
 )
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v1/auth/token"})
+# The join route's credential is the join token in its body (node/http/join.py).
+PUBLIC_PATHS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/api/v1/auth/token",
+        "/api/v1/cluster/join",
+    }
+)
 EVENTS_PATH = "/api/v1/events"
 API_KEY_PREFIX = "rgk_"
 ADMIN = "admin"  # the built-in admin's user name

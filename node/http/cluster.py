@@ -21,6 +21,8 @@ from node.gossip.history import MetricsHistory
 from node.http import errors
 from node.http.body import BadBody, read_bounded, read_json_object
 from node.http.errors import error
+from node.ids import now_ms
+from node.replica import commands as c
 from node.replica.refusal import Refused
 from node.replica.replica import NoQuorum, NotLeader, Replica
 from node.replica.tasks import TaskQueue
@@ -80,6 +82,9 @@ class ClusterAPI:
         history: MetricsHistory | None = None,
     ) -> None:
         self.config = config
+        # A CURVE key per node (not one for the whole cluster): joins name the new key,
+        # removals revoke it.
+        self.per_node_keys = config.curve_public is None and bool(config.node_keys)
         self.replica = replica
         self.gossip = gossip
         self.rag = rag
@@ -170,7 +175,7 @@ class ClusterAPI:
             return error(
                 422, "invalid", "id must be 1 to 64 bytes of printable text, e.g. n4", field="id"
             )
-        if not _raft_address(address):
+        if not raft_address_ok(address):
             return error(
                 422,
                 "invalid",
@@ -178,6 +183,29 @@ class ClusterAPI:
                 "raft_port), e.g. tcp://10.0.0.4:7104",
                 field="raft_address",
             )
+        key = body.get("curve_public_key")
+        if self.per_node_keys:
+            if key is None and node not in self.replica.state.peers.trusted(self.config.node_keys):
+                return error(
+                    422,
+                    "invalid",
+                    "give the new node's curve_public_key (its node-<id>.key's public_key; a "
+                    "node asking to join sends it itself)",
+                    field="curve_public_key",
+                )
+            if key is not None:
+                if not isinstance(key, str) or not Z85_KEY.match(key):
+                    return error(
+                        422,
+                        "invalid",
+                        "curve_public_key must be 40 z85 characters",
+                        field="curve_public_key",
+                    )
+                # Trusted first, so the leader's first messages to it find a key.
+                admit = c.AdmitNode(node, key, now_ms(), by=request["user"])
+                outcome = await errors.propose(self.replica, admit)
+                if outcome.failure is not None:
+                    return outcome.failure
         return await self._change(request, self.replica.add_member(node, address))
 
     async def remove_member(self, request: web.Request) -> web.Response:
@@ -186,6 +214,8 @@ class ClusterAPI:
             return refused
         if not self.replica.is_leader:
             return await self._forward_to_leader(request, self.replica.leader)
+        # Its key is revoked by the leader once the removal has committed (the leader
+        # may be the node removed: node/runtime/peers.py RingKeeper.revoke_removed).
         return await self._change(request, self.replica.remove_member(request.match_info["id"]))
 
     async def _change(self, request: web.Request, change: Awaitable[None]) -> web.Response:
@@ -203,34 +233,40 @@ class ClusterAPI:
         return web.json_response(cluster_view(self.replica))
 
     async def _forward_to_leader(self, request: web.Request, leader: str | None) -> web.Response:
-        # Only the leader may change the membership: pass the request on, credentials included.
-        url = next((n.api_url for n in self.config.nodes if n.id == leader), None)
-        if url is None:
-            return error(503, "no_leader", "no leader is known; retry shortly")
-        headers = {
-            "Content-Type": "application/json",
-            "Authorization": request.headers.get("Authorization", ""),
-        }
-        try:  # the leader refuses a larger body: do not buffer one here to pass it on
-            data = await read_bounded(request, MAX_JSON_BODY_BYTES)
-        except BadBody as exc:
-            return exc.response()
-        # The leader's certificate: what the system trusts, RAGRAFT_CA_FILE, and this
-        # node's own certificate (a cluster's self-signed one, or its CA).
-        tls = ssl_context(self.config.tls.cert_file) if url.startswith("https://") else None
-        async with (
-            ClientSession(connector=TCPConnector(ssl=tls if tls is not None else True)) as session,
-            session.request(request.method, url + request.path_qs, data=data, headers=headers) as r,
-        ):
-            return web.Response(
-                body=await r.read(), status=r.status, content_type="application/json"
-            )
+        return await forward_to_leader(self.config, request, leader)
 
 
+async def forward_to_leader(
+    config: ClusterConfig, request: web.Request, leader: str | None
+) -> web.Response:
+    """Only the leader may change the membership: pass the request on as it came
+    (credentials included) and answer what the leader answers."""
+    url = next((n.api_url for n in config.nodes if n.id == leader), None)
+    if url is None:
+        return error(503, "no_leader", "no leader is known; retry shortly")
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": request.headers.get("Authorization", ""),
+    }
+    try:  # the leader refuses a larger body: do not buffer one here to pass it on
+        data = await read_bounded(request, MAX_JSON_BODY_BYTES)
+    except BadBody as exc:
+        return exc.response()
+    # The leader's certificate: what the system trusts, RAGRAFT_CA_FILE, and this
+    # node's own certificate (a cluster's self-signed one, or its CA).
+    tls = ssl_context(config.tls.cert_file) if url.startswith("https://") else None
+    async with (
+        ClientSession(connector=TCPConnector(ssl=tls if tls is not None else True)) as session,
+        session.request(request.method, url + request.path_qs, data=data, headers=headers) as r,
+    ):
+        return web.Response(body=await r.read(), status=r.status, content_type="application/json")
+
+
+Z85_KEY = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 _RAFT_ADDRESS = re.compile(r"^tcp://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})$")
 
 
-def _raft_address(address: str) -> bool:
+def raft_address_ok(address: str) -> bool:
     found = _RAFT_ADDRESS.match(address)
     return found is not None and 0 < int(found.group(1)) < 65536
 

@@ -26,16 +26,19 @@ from node.rag.knowledge import MAX_TAGS, DocState
 from node.replica.query import MAX_LIMIT, SORTS
 from node.replica.refusal import RefusalCode
 from node.replica.vocabulary import (
+    DEFAULT_JOIN_TOKEN_TTL_S,
     DEFAULT_PRIORITY,
     IDEMPOTENCY_TTL_MS,
     LOGIN_FAILURES_PER_ADDRESS,
     LOGIN_FAILURES_PER_USER,
+    MAX_JOIN_TOKEN_TTL_S,
     MAX_KEY_TTL_S,
     MAX_NOOP_MS,
     MAX_PASSWORD_CHARS,
     MAX_QUOTA_TASKS,
     MAX_STOP_STRINGS,
     MAX_TEXT_CHARS,
+    MIN_JOIN_TOKEN_TTL_S,
     MIN_KEY_TTL_S,
     MIN_PASSWORD_CHARS,
     PARAMS,
@@ -883,6 +886,44 @@ def _cluster_paths() -> dict[str, Schema]:
             "pattern": "^tcp://(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}$",
             "description": "tcp://HOST:PORT, the new node's host and raft_port",
         },
+        curve_public_key={
+            "type": "string",
+            "minLength": 40,
+            "maxLength": 40,
+            "description": "the new node's CURVE public key (z85; its node-<id>.key): "
+            "required for a node the bundle does not name, when each node has its own key",
+        },
+    )
+    join = _obj(
+        ["token", "id", "raft_address", "curve_public_key"],
+        token={"type": "string", "description": "from POST /api/v1/cluster/join-tokens"},
+        id=member["properties"]["id"],
+        raft_address=member["properties"]["raft_address"],
+        curve_public_key=member["properties"]["curve_public_key"],
+    )
+    new_token = {
+        **_obj(
+            [],
+            expires_in_s={
+                "type": "integer",
+                "minimum": MIN_JOIN_TOKEN_TTL_S,
+                "maximum": MAX_JOIN_TOKEN_TTL_S,
+                "default": DEFAULT_JOIN_TOKEN_TTL_S,
+            },
+            node={"type": "string", "description": "only a node of this id may use it"},
+        ),
+        "additionalProperties": False,
+    }
+    token = _obj(
+        ["id", "expires_at"],
+        id={"type": "string"},
+        token={"type": "string", "description": "shown once, at creation"},
+        created_at={"type": "integer"},
+        expires_at={"type": "integer"},
+        by={"type": "string"},
+        node=_NULL_STR,
+        used_by=_NULL_STR,
+        used_at=_NULL_INT,
     )
     return {
         "/api/v1/stats": {
@@ -943,6 +984,54 @@ def _cluster_paths() -> dict[str, Schema]:
                 },
                 tag="cluster",
                 body=_body(member),
+            )
+        },
+        "/api/v1/cluster/join-tokens": {
+            "post": _op(
+                "make a join token (single use, expiring; shown once); admins only",
+                {
+                    "201": _json(token, "the token"),
+                    "400": _error("not JSON"),
+                    "403": _error("not an admin"),
+                    "409": _error("the cluster shares one key pair: no tokens"),
+                    "413": _error("body too large"),
+                    "422": _error("expires_in_s out of range, a bad node id or unknown field"),
+                    "503": _error("no quorum"),
+                },
+                tag="cluster",
+                body=_body(new_token, required=False),
+            ),
+            "get": _op(
+                "join tokens, without secrets; admins only",
+                {
+                    "200": _json(_obj(["items"], items=_array(token)), "tokens"),
+                    "403": _error("not an admin"),
+                },
+                tag="cluster",
+            ),
+        },
+        "/api/v1/cluster/join": {
+            "post": _op(
+                "join with a token: the node's key is admitted, the node added as a learner "
+                "(a voter once caught up), and the cluster's shared secrets returned sealed "
+                "with a key made from the token",
+                {
+                    "202": _json(
+                        _obj(
+                            ["node", "sealed"], node={"type": "string"}, sealed={"type": "string"}
+                        ),
+                        "admitted",
+                    ),
+                    "400": _error("not JSON"),
+                    "403": _error("the token is unknown, expired, used or for another node"),
+                    "409": _error("the key is another node's, or the cluster shares one pair"),
+                    "413": _error("body too large"),
+                    "422": _error("a missing or malformed field"),
+                    "503": _error("no leader"),
+                },
+                tag="cluster",
+                public=True,
+                body=_body(join),
             )
         },
         "/api/v1/cluster/members/{id}": {

@@ -62,6 +62,9 @@ TAGS: dict[type, str] = {
     c.PutUser: "auth.put_user",
     c.UpdateUser: "auth.update_user",
     c.DeleteUser: "auth.delete_user",
+    c.AdmitNode: "peer.admit",
+    c.RevokeNode: "peer.revoke",
+    c.PutJoinToken: "peer.put_join_token",
 }
 _TYPES: dict[str, type] = {tag: cls for cls, tag in TAGS.items()}
 

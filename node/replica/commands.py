@@ -287,6 +287,44 @@ class DeleteUser:
     at: int
 
 
+# ---------------------------------------------------------------------- node keys
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitNode:
+    """Trust `node`'s CURVE public key (z85), before it is added to the Raft membership:
+    asked by an admin (`by`), or by the node itself with a join token (`token_id` and
+    the SHA-256 of the token, checked and spent at apply)."""
+
+    node: str
+    public_key: str
+    at: int
+    by: str | None = None
+    token_id: str | None = None
+    token_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeNode:
+    """Stop trusting `node`'s key (it was removed from the membership)."""
+
+    node: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutJoinToken:
+    """A join token an admin made: single use, until `expires_at` (ms); only its
+    SHA-256 is kept."""
+
+    token_id: str
+    sha256: str
+    at: int
+    expires_at: int
+    by: str
+    node: str | None = None  # only for a node of this id; None: any new id
+
+
 TaskCommand = (
     Submit
     | Claim
@@ -302,4 +340,5 @@ TaskCommand = (
 )
 KnowledgeCommand = PutChunks | FinishIngest | FailIngest | DeleteDocument | SetEnabled
 AccountCommand = InitAccounts | PutKey | DeleteKey | PutUser | UpdateUser | DeleteUser
-Command = TaskCommand | Upload | KnowledgeCommand | AccountCommand
+PeerCommand = AdmitNode | RevokeNode | PutJoinToken
+Command = TaskCommand | Upload | KnowledgeCommand | AccountCommand | PeerCommand

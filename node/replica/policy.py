@@ -61,6 +61,10 @@ class Policy:
                 "an admin can make them an editor",
             )
 
+    def admin_only(self, by: str, what: str) -> None:
+        if self.active and self.accounts.role_of(by) is not UserRole.ADMIN:
+            raise refuse(RefusalCode.FORBIDDEN, f"only an admin may {what}")
+
     def scoped(self, cmd: c.Cancel | c.Abort) -> c.Cancel | c.Abort:
         """A cancel or abort limited to the asker's own tasks unless they are an admin."""
         if not self.active or cmd.owner is not None:

@@ -139,6 +139,12 @@ class Replica:
         """The Raft view for the UI and /api/v1/cluster."""
         return self._raft.status()
 
+    @property
+    def membership_settled(self) -> bool:
+        """The leader's membership is committed: no change of it is in flight."""
+        raw = self._raft.raw
+        return raw is not None and not raw.conf_change_pending
+
     def brief(self) -> dict[str, Any]:
         status = self._raft.status()
         return {key: status[key] for key in ("role", "term", "commit", "applied")}

@@ -27,6 +27,7 @@ import msgpack
 from node.replica import codec
 from node.replica import commands as c
 from node.replica.accounts import Accounts
+from node.replica.peers import PeerKeys
 from node.replica.policy import Policy
 from node.replica.refusal import Refusal, RefusalCode, refuse
 from node.replica.tasks import TaskQueue
@@ -59,6 +60,7 @@ _ACCOUNT_COMMANDS = (
     c.UpdateUser,
     c.DeleteUser,
 )
+_PEER_COMMANDS = (c.AdmitNode, c.RevokeNode, c.PutJoinToken)
 # Task commands after which an ingest task may have ended failed or cancelled.
 _MAY_END_INGEST = (c.Cancel, c.Fail, c.Abort, c.Release)
 
@@ -83,6 +85,7 @@ class NodeState:
         self.tasks = tasks
         self.kb = kb
         self.accounts = accounts or Accounts()
+        self.peers = PeerKeys()
         self.policy = Policy(self.accounts, tasks)
         tasks.running_limit = self.policy.running_limit
         self.applied_index = 0
@@ -143,6 +146,12 @@ class NodeState:
             return self.kb.apply(cmd)
         if isinstance(cmd, _ACCOUNT_COMMANDS):
             return self.accounts.apply(cmd)
+        if isinstance(cmd, _PEER_COMMANDS):
+            if isinstance(cmd, c.AdmitNode) and cmd.by is not None:
+                self.policy.admin_only(cmd.by, "admit a node")
+            if isinstance(cmd, c.PutJoinToken):
+                self.policy.admin_only(cmd.by, "make a join token")
+            return self.peers.apply(cmd)
         raise refuse(RefusalCode.BAD_COMMAND, f"{type(cmd).__name__} is not a command")
 
     def _upload(self, cmd: c.Upload) -> dict[str, Any]:
@@ -249,6 +258,7 @@ class NodeState:
                 "tasks": self.tasks.snapshot(),
                 "kb": self.kb.snapshot() if self.kb is not None else None,
                 "accounts": self.accounts.snapshot(),
+                "peers": self.peers.snapshot(),
             },
             use_bin_type=True,
         )
@@ -261,3 +271,5 @@ class NodeState:
             self.kb.restore(state["kb"])
         if state.get("accounts") is not None:
             self.accounts.restore(state["accounts"])
+        if state.get("peers") is not None:  # snapshots from before node keys have none
+            self.peers.restore(state["peers"])

@@ -87,6 +87,8 @@ class KeyScope(enum.StrEnum):
 
 MAX_KEY_TTL_S = 10 * 365 * 24 * 3600  # an API key's expires_in_s: at most ten years
 MIN_KEY_TTL_S = 60
+# A join token's expires_in_s: it admits one node, soon (default an hour, at most a week).
+MIN_JOIN_TOKEN_TTL_S, MAX_JOIN_TOKEN_TTL_S, DEFAULT_JOIN_TOKEN_TTL_S = 60, 7 * 24 * 3600, 3600
 
 
 # A running task reports through these (the executor gives them to its runner,

@@ -21,8 +21,9 @@ from aiohttp import web
 from consensus.cipher import Cipher
 from consensus.driver import NodeOptions, RaftNode
 from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
+from consensus.keyring import KeyRing
 from consensus.tuning import tune_gc
-from consensus.zmq_transport import CurveKeys, ZmqTransport
+from consensus.zmq_transport import ZmqTransport
 from node.config import ClusterConfig, ConfigError
 from node.execution.executor import Executor, NoopRunner
 from node.execution.rag_service import RagService, import_libraries
@@ -44,27 +45,44 @@ from node.runtime.housekeeping import (
     sweep_expired,
 )
 from node.runtime.join import ask_to_join
-from node.secrets import admin_password_path, insecurity
+from node.runtime.peers import RingKeeper
+from node.secrets import admin_password_path, insecurity, node_key, node_key_path
 from node.tls import server_ssl_context
 
 log = logging.getLogger("ragraft.node")
 SLOW_STOP_S = 2.0  # a part that takes longer to stop is named in a warning
 
 
-def _curve_keys(config: ClusterConfig) -> CurveKeys | None:
-    """The cluster's CURVE key pair, None when CURVE is off.  load_config refuses a
-    file that sets only one of the two keys, so a public key comes with its secret."""
+def key_ring(config: ClusterConfig, node_id: str) -> KeyRing | None:
+    """Who this node's Raft and gossip sockets talk to: its own CURVE key pair and the
+    nodes it trusts (the bundle's first nodes; node/replica/peers.py adds the admitted
+    ones and drops the removed).  A cluster.toml or version 1 bundle with one key pair
+    for the whole cluster gives a ring of that pair.  None when CURVE is off."""
     if not config.curve_enabled:
         return None
-    if config.curve_public is None or config.curve_secret is None:
+    if config.curve_public is not None:
+        if config.curve_secret is None:
+            raise ConfigError(
+                f"{config.path}: cluster.curve_public_key is set without curve_secret_key"
+            )
+        return KeyRing.shared_pair(config.curve_public, config.curve_secret)
+    public, secret = node_key(config.secrets_dir, node_id, create=node_id not in config.node_keys)
+    if node_id in config.node_keys and config.node_keys[node_id] != public:
         raise ConfigError(
-            f"{config.path}: cluster.curve_public_key is set without curve_secret_key"
+            f"{node_key_path(config.secrets_dir, node_id)}: not the key the bundle names for "
+            f"{node_id}; copy both from where `ragraft init` wrote them"
         )
-    return CurveKeys.cluster(config.curve_public, config.curve_secret)
+    initial = {n.id for n in config.nodes if not n.join}
+    trusted = {n: key for n, key in config.node_keys.items() if n in initial or n == node_id}
+    return KeyRing(public, secret, trusted)
 
 
 def build_replica(
-    config: ClusterConfig, node_id: str, state: NodeState, joining: bool = False
+    config: ClusterConfig,
+    node_id: str,
+    state: NodeState,
+    joining: bool = False,
+    ring: KeyRing | None = None,
 ) -> Replica:
     spec = config.node(node_id)
     raft_dir = spec.data_dir / "raft"
@@ -85,8 +103,7 @@ def build_replica(
         snapshot_entries=config.raft.snapshot_entries,
         cipher=Cipher.from_base64(config.encryption_key) if config.encryption_key else None,
     )
-    curve = _curve_keys(config)
-    transport = ZmqTransport(node_id, spec.raft_address, curve)
+    transport = ZmqTransport(node_id, spec.raft_address, ring)
     raft = RaftNode(
         options,
         state,
@@ -98,10 +115,17 @@ def build_replica(
     return Replica(raft, state)
 
 
-async def run_node(config: ClusterConfig, node_id: str, join: str | None = None) -> None:
+async def run_node(
+    config: ClusterConfig, node_id: str, join: str | None = None, by_token: bool = False
+) -> None:
+    """Run one node until SIGINT/SIGTERM.  `join`: a member's API, to be added through;
+    `by_token`: the node was admitted with a join token (the leader adds it), so it
+    asks for nothing more."""
     spec = config.node(node_id)
-    if join is not None and not (
-        os.environ.get("RAGRAFT_API_KEY") or config.security.admin_password
+    if (
+        join is not None
+        and not by_token
+        and not (os.environ.get("RAGRAFT_API_KEY") or config.security.admin_password)
     ):
         raise SystemExit(
             f"node {node_id}: to join a cluster a node needs admin credentials: "
@@ -120,7 +144,13 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         import ui.app  # noqa: F401  (Panel and Bokeh: a few seconds of imports, done before Raft starts)
     kb = KnowledgeBase(index_kind=config.rag.index)
     state = NodeState(TaskQueue(RetryPolicy(settings.max_attempts, settings.retry_backoff_ms)), kb)
-    replica = build_replica(config, node_id, state, joining=join is not None)
+    ring = key_ring(config, node_id)
+    keeper = None
+    if ring is not None and not ring.shared:
+        bootstrap = {n: key.decode("ascii") for n, key in ring.peers().items()}
+        keeper = RingKeeper(ring, state, bootstrap)
+        state.listen(keeper.on_apply)
+    replica = build_replica(config, node_id, state, joining=join is not None, ring=ring)
     await replica.start()
     slots = spec.slots or settings.slots
     executor = Executor(replica, node_id, slots, {TaskType.NOOP: NoopRunner()})
@@ -129,7 +159,6 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     rag = RagService(node_id, kb, config.models, config.rag, spec.data_dir, executor, replica)
     events = EventHub(node_id, state)
     state.listen(events.on_apply)
-    curve = _curve_keys(config)
     sample = NodeMetrics(
         runtime=lambda: {
             **executor.status(),
@@ -144,7 +173,7 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         {n.id: n.gossip_address for n in config.nodes if n.id != node_id},
         sample,
         events.on_gossip,
-        curve=curve,
+        curve=ring,
     )
     await gossip.start()
     metrics = MetricsExporter(node_id, replica, executor, gossip, rag, sample)
@@ -161,6 +190,11 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
         ),
         asyncio.create_task(seed_users(replica, config.security), name="seed-users"),
     ]
+    if keeper is not None:
+        background.append(asyncio.create_task(keeper.run(), name="key-ring"))
+        background.append(
+            asyncio.create_task(keeper.revoke_removed(replica), name="revoke-removed")
+        )
     runner = web.AppRunner(
         build_http(config, replica, executor, gossip, rag, events, metrics, history),
         access_log=None,
@@ -206,10 +240,17 @@ async def run_node(config: ClusterConfig, node_id: str, join: str | None = None)
     # Only now: the loader thread's imports (torch, transformers) would otherwise
     # hold up the start of the API for as long as the models take.
     await rag.start()
-    if join is not None:
+    if join is not None and not by_token:
         background.append(
             asyncio.create_task(
-                ask_to_join(join, node_id, spec.raft_address, config.security, config.tls),
+                ask_to_join(
+                    join,
+                    node_id,
+                    spec.raft_address,
+                    config.security,
+                    config.tls,
+                    public_key=keeper.ring.public.decode("ascii") if keeper is not None else None,
+                ),
                 name="join",
             )
         )

@@ -58,7 +58,7 @@ class NemesisCluster:
         lines.append(extra_toml)
         self.config = data_root / "cluster.toml"
         self.config.write_text("\n".join(lines))
-        write_secrets(data_root, CLUSTER_NAME)  # secure as shipped: CURVE, sealed log
+        write_secrets(data_root, CLUSTER_NAME, self.nodes)  # secure as shipped: CURVE, sealed log
         self.env = {
             **os.environ,
             "RAGRAFT_LOAD_MODELS": "0",
