@@ -214,6 +214,18 @@ def test_users_stream_only_their_own_tasks(cluster: NodeCluster) -> None:
 def test_bad_requests(cluster: NodeCluster) -> None:
     status, body = cluster.request("n1", "GET", "/api/v1/events?types=weather")
     assert status == 422 and body["error"]["details"]["field"] == "types"
+    for bad in ("0", "-1", "nan", "inf", "soon", "90000"):
+        status, body = cluster.request("n1", "GET", f"/api/v1/events?max_s={bad}")
+        assert status == 422 and body["error"]["details"]["field"] == "max_s", (bad, body)
+    # a bounded follow ends by itself, after its hello
+    started = time.monotonic()
+    request = urllib.request.Request(
+        cluster.api["n1"] + "/api/v1/events?max_s=0.5",
+        headers={"Authorization": f"Bearer {cluster.admin_token()}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    assert text.startswith("event: hello") and time.monotonic() - started < 5
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(cluster.api["n1"] + "/api/v1/events", timeout=5)
     assert err.value.code == 401

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ log = logging.getLogger("ragraft.events")
 
 QUEUE_LIMIT = 2000
 KEEPALIVE_S = 15.0
+MAX_FOLLOW_S = 24 * 3600  # ?max_s=: a bounded follow ends within a day
 EVENT_TYPES = ("task", "kb", "node", "cluster")
 # Commands that change the one task they name (cmd.task_id).
 _TASK_CHANGES = (c.Submit, c.Progress, c.Complete, c.Fail, c.Cancel, c.Abort, c.Release)
@@ -168,6 +170,17 @@ class EventHub:
             return error(
                 422, "invalid", f"types must be among {', '.join(EVENT_TYPES)}", field="types"
             )
+        until = None
+        if "max_s" in request.query:  # a bounded follow (scripts, probes): ends after it
+            limit = _follow_seconds(request.query["max_s"])
+            if limit is None:
+                return error(
+                    422,
+                    "invalid",
+                    f"max_s must be a number of seconds above 0 and at most {MAX_FOLLOW_S}",
+                    field="max_s",
+                )
+            until = asyncio.get_running_loop().time() + limit
         # Without authentication (a test app) the caller sees everything, as an admin.
         owner = None if request.get("role", UserRole.ADMIN) == UserRole.ADMIN else request["user"]
         sub = Subscriber(owner, wanted)
@@ -182,11 +195,14 @@ class EventHub:
         self.subscribers.add(sub)
         try:
             await response.write(_frame("hello", {"node": self.node_id, "types": sorted(wanted)}))
-            while True:
+            loop = asyncio.get_running_loop()
+            while until is None or loop.time() < until:
+                wait = KEEPALIVE_S if until is None else min(KEEPALIVE_S, until - loop.time())
                 try:
-                    event = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_S)
+                    event = await asyncio.wait_for(sub.queue.get(), max(wait, 0))
                 except TimeoutError:
-                    await response.write(b": keep-alive\n\n")
+                    if until is None or loop.time() < until:
+                        await response.write(b": keep-alive\n\n")
                     continue
                 await response.write(_frame(event["type"], event))
                 if event["type"] == "resync":
@@ -206,6 +222,14 @@ def replayed(cmd: c.Command, outcome: dict[str, Any]) -> bool:
     if isinstance(cmd, c.Upload):
         return outcome["task"].get("replayed") is True
     return False
+
+
+def _follow_seconds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and 0 < value <= MAX_FOLLOW_S else None
 
 
 def _frame(kind: str, data: dict[str, Any]) -> bytes:

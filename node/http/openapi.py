@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any, get_args
 
 from node.http import errors, idempotency
-from node.http.events import EVENT_TYPES
+from node.http.events import EVENT_TYPES, MAX_FOLLOW_S
 from node.http.openai_compat import MODELS, OPENAI_MAX_STOP, OPENAI_MAX_TEMPERATURE
 from node.rag.documents import MEDIA_HTML, MEDIA_MARKDOWN, MEDIA_TEXT
 from node.rag.knowledge import MAX_TAGS, DocState
@@ -1204,6 +1204,18 @@ def _kb_paths() -> dict[str, Schema]:
     }
 
 
+def _sse_event(names: list[str] | None = None) -> Schema:
+    """One server-sent event: its name and its data line (JSON text, or [DONE])."""
+    event: Schema = {"type": "string"}
+    if names is not None:
+        event = {"enum": [*names, "resync"]}
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"event": event, "data": {"type": "string"}, "id": {"type": "string"}},
+    }
+
+
 def _openai_error(description: str) -> Schema:
     """An error in OpenAI's format ({"error": {message, type, param, code}})."""
     return _json({"type": "object"}, description)
@@ -1243,7 +1255,7 @@ def _chat_responses() -> dict[str, Schema]:
         "description": "a chat.completion, or a text/event-stream of chunks with stream: true",
         "content": {
             JSON: {"schema": completion},
-            "text/event-stream": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": _sse_event()},
         },
     }
     return {
@@ -1294,20 +1306,25 @@ def _openai_paths() -> dict[str, Schema]:
 
 def _event_paths() -> dict[str, Schema]:
     stream = {
-        "description": "an endless event stream",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "an event stream (endless unless max_s is given)",
+        "content": {"text/event-stream": {"schema": _sse_event(["hello", *EVENT_TYPES])}},
     }
     types = f"comma-separated, among {', '.join(EVENT_TYPES)}"
     return {
         "/api/v1/events": {
             "get": _op(
                 "server-sent events: task, kb, node and cluster changes",
-                {"200": stream, "422": _error("unknown event type")},
+                {"200": stream, "422": _error("unknown event type, or max_s out of range")},
                 tag="events",
                 parameters=[
                     _query("types", {"type": "string"}, types),
                     _query(
                         "access_token", {"type": "string"}, "the token, for EventSource clients"
+                    ),
+                    _query(
+                        "max_s",
+                        {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_FOLLOW_S},
+                        "end the stream after this many seconds (default: follow for ever)",
                     ),
                 ],
             )
