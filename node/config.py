@@ -93,6 +93,14 @@ class TaskSettings:
 
 
 @dataclass(frozen=True)
+class LauncherSettings:
+    """[launcher]: what `ragraft up` does when one of its nodes exits unexpectedly."""
+
+    restart: str = "on-failure"  # on-failure: restart it (with backoff); never: report it
+    max_restarts: int = 5  # restarts of a node that keeps failing soon after start
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     embedding: str = "bundled:all-MiniLM-L6-v2"  # or a sentence-transformers model directory
     # bundled:<name>, a Hugging Face model directory, a .gguf file, openai:<base_url>#<model>,
@@ -168,6 +176,7 @@ class ClusterConfig:
     # dashboard's websocket, e.g. a reverse proxy's name.
     dashboard_origins: tuple[str, ...] = ()
     tls: TlsSettings = field(default_factory=TlsSettings)
+    launcher: LauncherSettings = field(default_factory=LauncherSettings)
     # node id -> CURVE public key: the first nodes, each with a key pair of its own
     # (node/secrets.py reads them from the bundle; the secret halves stay in its files)
     node_keys: dict[str, str] = field(default_factory=dict)
@@ -440,11 +449,9 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
             'list the names browsers reach the dashboard by, e.g. ["ragraft.example.com:443"]',
         )
     rag = _rag(raw.get("rag", {}), fail)
-    extra = {
-        k: v
-        for k, v in raw.items()
-        if k not in ("cluster", "nodes", "raft", "tasks", "models", "rag", "security", "tls")
-    }
+    launcher = _launcher(raw.get("launcher", {}), env, fail)
+    known = ("cluster", "nodes", "raft", "tasks", "models", "rag", "security", "tls", "launcher")
+    extra = {k: v for k, v in raw.items() if k not in known}
     return ClusterConfig(
         path,
         name,
@@ -462,7 +469,27 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         insecure=insecure,
         dashboard_origins=tuple(origins),
         tls=tls,
+        launcher=launcher,
     )
+
+
+_RESTART_POLICIES = ("on-failure", "never")
+
+
+def _launcher(section: Any, env: dict[str, str], fail: Any) -> LauncherSettings:
+    if not isinstance(section, dict):
+        raise fail("launcher", "must be a table", "write a [launcher] section")
+    unknown = sorted(set(section) - {"restart", "max_restarts"})
+    if unknown:
+        raise fail(f"launcher.{unknown[0]}", "unknown key", "use only restart, max_restarts")
+    restart = env.get("RAGRAFT_RESTART") or section.get("restart", "on-failure")
+    if restart not in _RESTART_POLICIES:
+        where = "RAGRAFT_RESTART" if env.get("RAGRAFT_RESTART") else "launcher.restart"
+        raise fail(where, f"{restart!r} is not a restart policy", 'use "on-failure" or "never"')
+    most = section.get("max_restarts", 5)
+    if not isinstance(most, int) or isinstance(most, bool) or not 0 <= most <= 100:
+        raise fail("launcher.max_restarts", f"{most!r} is out of range", "use 0 to 100")
+    return LauncherSettings(restart, most)
 
 
 _TLS_KEYS = {"cert_file": "RAGRAFT_TLS_CERT", "key_file": "RAGRAFT_TLS_KEY"}

@@ -30,6 +30,14 @@ def base() -> dict:
     }
 
 
+def test_the_launcher_restarts_on_failure_unless_told_never():
+    assert parse(base(), Path("c.toml"), env={}).launcher.restart == "on-failure"
+    never = parse(base(), Path("c.toml"), env={"RAGRAFT_RESTART": "never"})
+    assert never.launcher.restart == "never"
+    with pytest.raises(ConfigError, match="RAGRAFT_RESTART"):
+        parse(base(), Path("c.toml"), env={"RAGRAFT_RESTART": "sometimes"})
+
+
 def test_repository_cluster_toml_is_valid():
     config = load(ROOT / "cluster.toml", env={})
     assert [n.id for n in config.nodes] == ["n1", "n2", "n3"]
@@ -66,6 +74,11 @@ def test_repository_cluster_toml_is_valid():
         (lambda c: c.update(rag={"index": "ivf"}), "rag.index"),
         (lambda c: c.update(rag={"mode": "semantic"}), "rag.mode"),
         (lambda c: c.update(rag={"max_upload_mb": 100}), "rag.max_upload_mb"),
+        (lambda c: c.update(launcher={"restart": "always"}), "launcher.restart"),
+        (lambda c: c.update(launcher={"max_restarts": -1}), "launcher.max_restarts"),
+        (lambda c: c.update(launcher={"max_restarts": True}), "launcher.max_restarts"),
+        (lambda c: c.update(launcher={"backoff": 1}), "launcher.backoff"),
+        (lambda c: c.update(launcher="on"), "launcher"),
     ],
 )
 def test_bad_values_name_their_key(mutate, key):

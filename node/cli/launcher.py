@@ -1,6 +1,7 @@
 """`ragraft up`: start every node of cluster.toml as its own OS process, show
-progress until the cluster has a leader and every node has loaded its models,
-print the URLs, stop all on Ctrl-C."""
+progress until the cluster has a leader and every node has loaded its models, print
+the URLs, then supervise: a node that exits is reported and restarted
+(node/cli/supervisor.py) while the others serve; Ctrl-C or SIGTERM stops them all."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import os
 import signal
 import ssl
-import subprocess
 import sys
 import time
 import urllib.error
@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from node.cli.supervisor import Supervisor
 from node.config import ClusterConfig
 from node.secrets import announced_password_file, holds_raft_state
 
@@ -93,8 +94,14 @@ def _trust(config: ClusterConfig) -> ssl.SSLContext | None:
     return pinned_client_context(config.tls.cert_file)
 
 
-def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: float = 900.0) -> int:
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+def up(
+    config: ClusterConfig,
+    startup_timeout: float = 120.0,
+    models_timeout: float = 900.0,
+    restart: bool | None = None,
+) -> int:
+    """Start and supervise the nodes (node/cli/supervisor.py) until Ctrl-C or SIGTERM.
+    `restart`: None for the file's [launcher] restart policy."""
     trust = _trust(config)
     logs_dir = Path(config.nodes[0].data_dir).parent
     logs_dir.mkdir(parents=True, exist_ok=True)
@@ -107,77 +114,25 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
     expect_password = not os.environ.get("RAGRAFT_ADMIN_PASSWORD") and not any(
         holds_raft_state(Path(spec.data_dir)) for spec in config.nodes
     )
-    progress: list[_Progress] = []
-    for spec in config.nodes:
-        log_path = logs_dir / f"{spec.id}.log"
-        progress.append(_Progress(spec.id, log_path))
-        cmd = [
-            sys.executable,
-            "-m",
-            "node.cli.main",
-            "node",
-            "--config",
-            str(config.path),
-            "--id",
-            spec.id,
-        ]
-        with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-            procs[spec.id] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        print(f"  {spec.id}: pid {procs[spec.id].pid}, log {log_path}", flush=True)
-
-    def stop_all(*_: object) -> None:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        # One deadline for all: the nodes stop side by side, not one after another.
-        deadline = time.monotonic() + STOP_GRACE_S
-        for node_id, proc in procs.items():
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                print(
-                    f"node {node_id} did not stop within {STOP_GRACE_S:.0f} s of SIGTERM and was "
-                    f"killed; its log ({logs_dir / (node_id + '.log')}) says which part was slow",
-                    file=sys.stderr,
-                )
-
+    policy = config.launcher
+    supervisor = Supervisor(
+        config,
+        logs_dir,
+        restart=policy.restart == "on-failure" if restart is None else restart,
+        max_restarts=policy.max_restarts,
+        say=lambda line: print(line, flush=True),
+        warn=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    # SIGTERM (systemd, docker stop, a CI time-out) stops as gracefully as Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    progress = [_Progress(spec.id, logs_dir / f"{spec.id}.log") for spec in config.nodes]
+    supervisor.start_all()
     try:
-        deadline = time.monotonic() + startup_timeout
-        up_nodes: set[str] = set()
-        leader = None
-        while time.monotonic() < deadline and (leader is None or len(up_nodes) < len(config.nodes)):
-            for relay in progress:
-                relay.relay()
-            for spec in config.nodes:
-                proc = procs[spec.id]
-                if proc.poll() is not None:
-                    print(
-                        f"node {spec.id} exited with code {proc.returncode}; "
-                        f"see {logs_dir / (spec.id + '.log')}",
-                        file=sys.stderr,
-                    )
-                    stop_all()
-                    return 1
-                # public; 503 while models load
-                view = _get_json(f"{spec.api_url}/readyz", context=trust)
-                if view is not None and spec.id not in up_nodes:
-                    up_nodes.add(spec.id)
-                    print(f"  {spec.id} is up ({len(up_nodes)}/{len(config.nodes)})", flush=True)
-                if view is not None and view.get("leader"):
-                    leader = view["leader"]
-            time.sleep(0.2)
+        leader = _wait_for_leader(config, supervisor, progress, startup_timeout, trust)
         if leader is None:
-            print(
-                f"no leader elected within {startup_timeout:.0f} s; see the logs in {logs_dir}",
-                file=sys.stderr,
-            )
-            stop_all()
             return 1
         print(f"  leader elected: {leader}; waiting for the models to load", flush=True)
-        if not _wait_for_models(config, procs, logs_dir, models_timeout, progress, trust):
-            stop_all()
+        if not _wait_for_models(config, supervisor, logs_dir, models_timeout, progress, trust):
             return 1
         if expect_password:
             _wait_for_password(progress, PASSWORD_WAIT_S)
@@ -195,18 +150,106 @@ def up(config: ClusterConfig, startup_timeout: float = 120.0, models_timeout: fl
                 flush=True,
             )
         print("\nPress Ctrl-C to stop every node.", flush=True)
-        while all(p.poll() is None for p in procs.values()):
+        status = _StatusLine(config, supervisor, trust)
+        while supervisor.alive():
             for relay in progress:
                 relay.relay()  # (a later line, such as where a generated password went)
+            supervisor.check()
+            status.show()
             time.sleep(0.5)
-        dead = [n for n, p in procs.items() if p.poll() is not None]
-        print(f"node(s) {', '.join(dead)} exited; stopping the others", file=sys.stderr)
+        print(
+            f"every node has stopped ({', '.join(supervisor.gave_up())} given up on); "
+            f"see the logs in {logs_dir}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("\nstopping every node...", flush=True)
         return 0
     finally:
-        stop_all()
+        supervisor.stop_all(STOP_GRACE_S)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _tick(supervisor: Supervisor, progress: list[_Progress], doing: str) -> bool:
+    """One step of waiting: relay the nodes' lines, supervise; False once a node was
+    given up on (the start cannot go on as configured)."""
+    for relay in progress:
+        relay.relay()
+    supervisor.check()
+    if supervisor.gave_up():
+        print(
+            f"could not {doing} {', '.join(supervisor.gave_up())}; stopping the others",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _wait_for_leader(
+    config: ClusterConfig,
+    supervisor: Supervisor,
+    progress: list[_Progress],
+    timeout: float,
+    trust: ssl.SSLContext | None,
+) -> str | None:
+    """Until every node answers and one is the leader; nodes that fail meanwhile are
+    restarted like later, and one given up on ends the start."""
+    deadline = time.monotonic() + timeout
+    up_nodes: set[str] = set()
+    leader = None
+    while time.monotonic() < deadline and (leader is None or len(up_nodes) < len(config.nodes)):
+        if not _tick(supervisor, progress, "start"):
+            return None
+        for spec in config.nodes:
+            view = _get_json(f"{spec.api_url}/readyz", context=trust)  # 503 while loading
+            if view is not None and spec.id not in up_nodes:
+                up_nodes.add(spec.id)
+                print(f"  {spec.id} is up ({len(up_nodes)}/{len(config.nodes)})", flush=True)
+            if view is not None and view.get("leader"):
+                leader = view["leader"]
+        time.sleep(0.2)
+    if leader is None:
+        logs = Path(config.nodes[0].data_dir).parent
+        print(f"no leader elected within {timeout:.0f} s; see the logs in {logs}", file=sys.stderr)
+    return leader
+
+
+class _StatusLine:
+    """One line with every node's role, state and restarts, printed when it changes."""
+
+    def __init__(
+        self, config: ClusterConfig, supervisor: Supervisor, trust: ssl.SSLContext | None
+    ) -> None:
+        self.config = config
+        self.supervisor = supervisor
+        self.trust = trust
+        self.last = ""
+        self.checked = 0.0
+
+    def show(self) -> None:
+        now = time.monotonic()
+        if now - self.checked < 1.0:
+            return
+        self.checked = now
+        parts = []
+        for spec in self.config.nodes:
+            node = self.supervisor.nodes[spec.id]
+            role = "-"
+            if node.running:
+                view = _get_json(f"{spec.api_url}/readyz", timeout=0.3, context=self.trust)
+                leader = (view or {}).get("leader")
+                role = "?" if view is None else "leader" if leader == spec.id else "follower"
+            state = node.state.split(" in ")[0]  # no countdown: it would change every second
+            parts.append(f"{spec.id} {role} {state} ({node.restarts} restarts)")
+        line = "  status: " + " · ".join(parts)
+        if line != self.last:
+            print(line, flush=True)
+            self.last = line
 
 
 PASSWORD_WAIT_S = 30.0
@@ -231,7 +274,7 @@ def _wait_for_password(progress: list[_Progress], timeout: float) -> None:
 
 def _wait_for_models(
     config: ClusterConfig,
-    procs: dict[str, subprocess.Popen[bytes]],
+    supervisor: Supervisor,
     logs_dir: Path,
     timeout: float,
     progress: list[_Progress],
@@ -242,18 +285,11 @@ def _wait_for_models(
     deadline = time.monotonic() + timeout
     pending = {spec.id for spec in config.nodes}
     while pending and time.monotonic() < deadline:
-        for relay in progress:
-            relay.relay()
+        if not _tick(supervisor, progress, "keep running"):
+            return False
         for spec in config.nodes:
-            if spec.id not in pending:
+            if spec.id not in pending or not supervisor.nodes[spec.id].running:
                 continue
-            if procs[spec.id].poll() is not None:
-                print(
-                    f"node {spec.id} exited with code {procs[spec.id].returncode}; "
-                    f"see {logs_dir / (spec.id + '.log')}",
-                    file=sys.stderr,
-                )
-                return False
             ready = _get_json(f"{spec.api_url}/readyz", timeout=1.0, context=trust)
             models = (ready or {}).get("models") or {}
             if models.get("state") in ("ready", "disabled"):

@@ -224,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--data-dir", help="keep every node's data under DIR/<id> instead of the file's data_dir"
     )
+    up.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="do not restart a node that exits (for failover demos); [launcher] restart",
+    )
 
     node = sub.add_parser("node", help="run one node of the cluster in this process")
     node.add_argument(
@@ -355,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"ragraft: {exc}") from None
         if bundle is not None:
             print(f"cluster secrets: {bundle} (0600; keep it, the data is sealed with it)")
-        return launch(config)
+        return launch(config, restart=False if args.no_restart else None)
     if args.command == "node" and args.action == "remove":
         return _remove_node(_load(args.config), args.target, args.url)
     if args.command == "node" and args.action == "token":

@@ -145,12 +145,17 @@ class ClusterAPI:
         return web.json_response({"status": "ok", "node": self.replica.node_id})
 
     async def readyz(self, _: web.Request) -> web.Response:
-        # Ready = a leader is known and the models are loaded (or loading is off).
+        # Ready = this node serves logins, reads and writes: it knows a leader and has
+        # applied the accounts (before, a login answers 503 "initialising").  The models
+        # are reported apart: a node still loading them serves the API all the same
+        # (its RAG tasks run on the others), so a load balancer may send it clients.
         leader = self.replica.leader
-        ready = leader is not None and self.rag.ready
+        accounts = self.replica.state.accounts.initialized
+        ready = leader is not None and accounts
         body: dict[str, Any] = {
             "ready": ready,
             "leader": leader,
+            "accounts": accounts,
             "models": self.rag.status.to_dict(),
         }
         if self.config.insecure:  # a load balancer's check shows it, every time

@@ -397,7 +397,11 @@ def _cluster_schemas() -> dict[str, Schema]:
             ["ready", "leader"],
             ready={"type": "boolean"},
             leader=_NULL_STR,
-            models={"type": "object"},
+            accounts={"type": "boolean", "description": "the accounts are set up: logins work"},
+            models={
+                "type": "object",
+                "description": "this node's models (state, step): reported, not required",
+            },
             insecure={
                 "type": "array",
                 "items": {"type": "string"},
@@ -554,10 +558,11 @@ def _health_paths() -> dict[str, Schema]:
         },
         "/readyz": {
             "get": _op(
-                "readiness: a leader is known and the models are loaded",
+                "readiness: this node serves logins, reads and writes (a leader is known, the "
+                "accounts are set up); the models are reported in the body",
                 {
                     "200": _json(_ref("Ready"), "ready"),
-                    "503": _json(_ref("Ready"), "not ready yet; models says why"),
+                    "503": _json(_ref("Ready"), "not ready yet: no leader, or no accounts yet"),
                 },
                 tag="health",
                 public=True,

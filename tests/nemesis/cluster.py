@@ -21,22 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+from node.cli.supervisor import dying_with_parent
 from tests.nemesis.client import Http
 from tests.nemesis.netns import Network
 from tests.nodecluster import ADMIN_PASSWORD, TOKEN_SECRET, mint_token, write_secrets
 
 RAFT_PORT, GOSSIP_PORT, API_PORT, DASHBOARD_PORT = 7101, 7201, 8101, 8301
 CLUSTER_NAME = "nemesis"
-
-
-# Run before `ip netns exec`: PR_SET_PDEATHSIG=SIGKILL (kept across exec), then exec.
-# A wrapper rather than preexec_fn, which is unsafe while other threads run (the clients).
-_DIE_WITH_PARENT = (
-    "import ctypes, os, sys\n"
-    "ctypes.CDLL(None).prctl(1, 9)\n"
-    "if os.getppid() != int(sys.argv[1]): sys.exit('nemesis: the test process is gone')\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
 
 
 class NemesisCluster:
@@ -82,21 +73,21 @@ class NemesisCluster:
             )
             log.flush()
             self.procs[node] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _DIE_WITH_PARENT,
-                    str(os.getpid()),
-                    *self.net.exec_prefix(node),
-                    sys.executable,
-                    "-m",
-                    "node.cli.main",
-                    "node",
-                    "--config",
-                    str(self.config),
-                    "--id",
-                    node,
-                ],
+                # killed with the test process (SIGKILL: no node outlives a failed run)
+                dying_with_parent(
+                    [
+                        *self.net.exec_prefix(node),
+                        sys.executable,
+                        "-m",
+                        "node.cli.main",
+                        "node",
+                        "--config",
+                        str(self.config),
+                        "--id",
+                        node,
+                    ],
+                    signal.SIGKILL,
+                ),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
