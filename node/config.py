@@ -192,6 +192,12 @@ class ClusterConfig:
     def curve_enabled(self) -> bool:
         return self.curve_public is not None or bool(self.node_keys)
 
+    @property
+    def per_node_keys(self) -> bool:
+        """Each node has a CURVE key pair of its own (not one for the whole cluster):
+        joins name the new key, removals revoke it."""
+        return self.curve_public is None and bool(self.node_keys)
+
 
 _NODE_KEYS = {
     "id",

@@ -87,7 +87,7 @@ def node(alice_hash: str) -> Iterator[SimpleNamespace]:
     KnowledgeAPI(replica, state.kb, SimpleNamespace(engine=None), MAX_UPLOAD).routes(app)
     # the membership route reads neither the config nor gossip nor the models' status
     gossip, rag = SimpleNamespace(snapshot=dict), SimpleNamespace()
-    config = SimpleNamespace(nodes=(), curve_public=None, node_keys={})  # one key pair per node
+    config = SimpleNamespace(nodes=(), per_node_keys=False)
     cluster = ClusterAPI(config, replica, gossip, rag)  # type: ignore[arg-type]
     cluster.routes(app)
     yield SimpleNamespace(app=app, state=state, raft=raft, auth={"Authorization": f"Bearer {key}"})

@@ -82,9 +82,6 @@ class ClusterAPI:
         history: MetricsHistory | None = None,
     ) -> None:
         self.config = config
-        # A CURVE key per node (not one for the whole cluster): joins name the new key,
-        # removals revoke it.
-        self.per_node_keys = config.curve_public is None and bool(config.node_keys)
         self.replica = replica
         self.gossip = gossip
         self.rag = rag
@@ -189,7 +186,7 @@ class ClusterAPI:
                 field="raft_address",
             )
         key = body.get("curve_public_key")
-        if self.per_node_keys:
+        if self.config.per_node_keys:
             if key is None and node not in self.replica.state.peers.trusted(self.config.node_keys):
                 return error(
                     422,

@@ -56,7 +56,7 @@ class JoinAPI:
     def enabled(self) -> bool:
         # With one key pair for the whole cluster there is no key to admit: a node
         # joins with the bundle and an admin's credentials.
-        return self.config.curve_public is None and bool(self.config.node_keys)
+        return self.config.per_node_keys
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v1/cluster/join-tokens", self.create_token)

@@ -39,10 +39,10 @@ from node.replica.vocabulary import (
     MAX_TEXT_CHARS,
     PRIORITY_MAX,
     PRIORITY_MIN,
+    RETRYABLE_STATES,
     SUBMITTABLE_TYPES,
     InvalidField,
     TaskParams,
-    TaskState,
     TaskType,
 )
 
@@ -52,7 +52,6 @@ HISTORY_POINTS = (2, 500, 60)
 # The input fields that hold a task's text, each limited to MAX_TEXT_CHARS.
 _TEXT_FIELDS = tuple(dict.fromkeys(t.text_field for t in TaskType if t.text_field))
 # Only these can be submitted again.
-_RETRYABLE = (TaskState.FAILED, TaskState.CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +238,7 @@ class TaskAPI:
                     state=old.state,
                 )
             )
-        if old.state not in _RETRYABLE:
+        if old.state not in RETRYABLE_STATES:
             return errors.refusal_response(
                 refuse(
                     RefusalCode.CONFLICT,

@@ -18,9 +18,7 @@ from node.replica import commands as c
 from node.replica.accounts import Accounts
 from node.replica.refusal import RefusalCode, refuse
 from node.replica.tasks import TaskQueue
-from node.replica.vocabulary import KB_WRITERS, TaskState, TaskType, UserRole
-
-_RETRYABLE = (TaskState.FAILED, TaskState.CANCELLED)
+from node.replica.vocabulary import KB_WRITERS, RETRYABLE_STATES, TaskType, UserRole
 
 
 class Policy:
@@ -90,7 +88,7 @@ class Policy:
                 "upload the file again",
                 state=str(original.state),
             )
-        if original.state not in _RETRYABLE:
+        if original.state not in RETRYABLE_STATES:
             raise refuse(
                 RefusalCode.CONFLICT,
                 f"task {original.id} is {original.state}; only failed or cancelled tasks "

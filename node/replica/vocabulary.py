@@ -29,6 +29,10 @@ class TaskState(enum.StrEnum):
         return self in FINISHED
 
 
+# What a retry may start again (a new task of the same owner).
+RETRYABLE_STATES = frozenset({TaskState.FAILED, TaskState.CANCELLED})
+
+
 FINISHED = (TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED)  # in this order
 
 
@@ -189,6 +193,12 @@ class Quota:
 
 
 NO_QUOTA = Quota()
+
+
+def quota_text(quota: dict[str, int | None]) -> str:
+    """A quota (its JSON form) in words for people: "queued ≤ 5, priority ≤ 6"."""
+    parts = [f"{name.removeprefix('max_')} ≤ {v}" for name, v in quota.items() if v is not None]
+    return ", ".join(parts) or "none"
 
 
 # ---------------------------------------------------------------------- task parameters

@@ -18,15 +18,11 @@ from node.replica.vocabulary import (
     PRIORITY_MAX,
     QUOTA_FIELDS,
     UserRole,
+    quota_text,
 )
 from ui.tables import LiveTable
 
 ROLES = [str(r) for r in UserRole]
-
-
-def _quota_text(quota: dict[str, Any]) -> str:
-    parts = [f"{name.removeprefix('max_')} ≤ {v}" for name, v in quota.items() if v is not None]
-    return ", ".join(parts) or "none"
 
 
 class UsersView:
@@ -96,7 +92,7 @@ class UsersView:
                     "name": u["name"],
                     "role": u["role"],
                     "state": "disabled" if u["disabled"] else "enabled",
-                    "quota": _quota_text(u["quota"]),
+                    "quota": quota_text(u["quota"]),
                 }
                 for u in users
             ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from node.cli.commands.output import Output, clock
 from node.client.rest import Client
-from node.replica.vocabulary import QUOTA_FIELDS
+from node.replica.vocabulary import QUOTA_FIELDS, quota_text
 
 
 def create(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -42,7 +42,7 @@ def ls(client: Client, args: argparse.Namespace, out: Output) -> int:
             u["name"],
             u["role"],
             "disabled" if u["disabled"] else "enabled",
-            _quota_text(u["quota"]),
+            quota_text(u["quota"]),
             clock(u["created_at"]) if u.get("created_at") else "built in",
         ]
         for u in users["items"]
@@ -56,8 +56,7 @@ def show(client: Client, args: argparse.Namespace, out: Output) -> int:
     if out.json_mode:
         out.json(user)
         return 0
-    state = "disabled" if user["disabled"] else "enabled"
-    out.print(f"{user['name']}: {user['role']}, {state}, quota {_quota_text(user['quota'])}")
+    out.print(_line(user))
     return 0
 
 
@@ -77,8 +76,7 @@ def set_(client: Client, args: argparse.Namespace, out: Output) -> int:
     if out.json_mode:
         out.json(user)
         return 0
-    state = "disabled" if user["disabled"] else "enabled"
-    out.print(f"{user['name']}: {user['role']}, {state}, quota {_quota_text(user['quota'])}")
+    out.print(_line(user))
     return 0
 
 
@@ -108,6 +106,11 @@ def rm(client: Client, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _line(user: dict[str, Any]) -> str:
+    state = "disabled" if user["disabled"] else "enabled"
+    return f"{user['name']}: {user['role']}, {state}, quota {quota_text(user['quota'])}"
+
+
 def _new_password(args: argparse.Namespace, prompt: str) -> tuple[str, bool]:
     """From stdin (--password-stdin), a prompt on a terminal, or generated."""
     if args.password_stdin:
@@ -134,8 +137,3 @@ def _quota(args: argparse.Namespace) -> dict[str, int | None]:
         if value != "keep":
             quota[name] = value
     return quota
-
-
-def _quota_text(quota: dict[str, Any]) -> str:
-    parts = [f"{name.removeprefix('max_')} ≤ {v}" for name, v in quota.items() if v is not None]
-    return ", ".join(parts) or "none"
