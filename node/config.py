@@ -19,6 +19,24 @@ instead of the file:
     RAGRAFT_LOAD_MODELS=0                                [models] load = false
     RAGRAFT_GENERATOR                                    [models] generator
     RAGRAFT_TLS_CERT / RAGRAFT_TLS_KEY                   [tls] cert_file / key_file
+    RAGRAFT_CLUSTER_NAME                                 [cluster] name
+    RAGRAFT_BIND_HOST                                    every node's bind_host
+
+With no cluster.toml at all, the environment describes the cluster (containers,
+Kubernetes):
+
+    RAGRAFT_NODES=n1=host1,n2=host2,n3=host3             the first nodes, replacing [[nodes]]
+    RAGRAFT_RAFT_PORT / _GOSSIP_PORT / _API_PORT / _DASHBOARD_PORT
+                                                         their ports (7100, 7200, 8100, 8300)
+    RAGRAFT_NODE_ID                                      the node this process is (`ragraft node`)
+    RAGRAFT_HOST                                         its host, when it is not listed: a
+                                                         node that joins (join = true)
+    RAGRAFT_API_URL / RAGRAFT_DASHBOARD_URL              the URLs it publishes to clients
+    RAGRAFT_JOIN / RAGRAFT_JOIN_TOKEN                    (node/cli/main.py) the member a
+                                                         joining node asks, and its token
+
+A node listens on bind_host (default: host) and is dialled by the others at host;
+clients are told api_url / dashboard_url (default: host and the port).
 
 Sections not validated here yet are kept as plain tables in `ClusterConfig.extra`.
 """
@@ -52,9 +70,21 @@ class NodeSpec:
     join: bool = False  # added at run time (`ragraft node --join`), not part of the first bootstrap
     slots: int | None = None  # overrides [tasks] slots for this node (e.g. a GPU node runs more)
     tls: bool = False  # from [tls]: the API and the dashboard speak https
+    # Where the node listens, when that is not `host` (which the other nodes dial):
+    # 0.0.0.0 in a container, say.  The ports are the same.
+    bind_host: str | None = None
+    # The URLs clients are told (gossip, GET /api/v1/nodes) when they do not reach the
+    # node at host:port: a port mapping, an ingress, a load balancer's name.
+    published_api_url: str | None = None
+    published_dashboard_url: str | None = None
+
+    @property
+    def listen_host(self) -> str:
+        return self.bind_host or self.host
 
     @property
     def raft_address(self) -> str:
+        """What the other nodes dial (and the membership records)."""
         return f"tcp://{self.host}:{self.raft_port}"
 
     @property
@@ -62,16 +92,46 @@ class NodeSpec:
         return f"tcp://{self.host}:{self.gossip_port}"
 
     @property
+    def raft_bind_address(self) -> str:
+        return f"tcp://{self.listen_host}:{self.raft_port}"
+
+    @property
+    def gossip_bind_address(self) -> str:
+        return f"tcp://{self.listen_host}:{self.gossip_port}"
+
+    @property
     def scheme(self) -> str:
         return "https" if self.tls else "http"
 
     @property
     def api_url(self) -> str:
+        """The API as the other nodes reach it (host:port)."""
         return f"{self.scheme}://{self.host}:{self.api_port}"
 
     @property
     def dashboard_url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.dashboard_port}"
+
+    @property
+    def public_api_url(self) -> str:
+        """The API as clients are told to reach it."""
+        return self.published_api_url or self.api_url
+
+    @property
+    def public_dashboard_url(self) -> str:
+        return self.published_dashboard_url or self.dashboard_url
+
+    @property
+    def local_api_url(self) -> str:
+        """This node's API as the node itself reaches it (its dashboard's server side):
+        the listen address, or loopback when that is a wildcard."""
+        host = self.listen_host
+        if host in WILDCARD_HOSTS:
+            host = "[::1]" if ":" in host else "127.0.0.1"
+        return f"{self.scheme}://{host}:{self.api_port}"
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", "*"})
 
 
 @dataclass(frozen=True)
@@ -186,6 +246,11 @@ class ClusterConfig:
             if spec.id == node_id:
                 return spec
         known = ", ".join(n.id for n in self.nodes)
+        if not self.path.exists():  # described by the environment (RAGRAFT_NODES)
+            raise ConfigError(
+                f"RAGRAFT_NODES: no node with id {node_id!r} (it lists: {known}); a node that "
+                "joins later is given its host by RAGRAFT_HOST"
+            )
         raise ConfigError(f"{self.path}: no node with id {node_id!r} (the file has: {known})")
 
     @property
@@ -209,6 +274,9 @@ _NODE_KEYS = {
     "data_dir",
     "join",
     "slots",
+    "bind_host",
+    "api_url",
+    "dashboard_url",
 }
 _PORT_KEYS = ("raft_port", "gossip_port", "api_port", "dashboard_port")
 
@@ -221,8 +289,11 @@ def load(
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if env.get("RAGRAFT_NODES"):  # configured entirely from the environment (containers)
+            return parse({}, path, env)
         raise ConfigError(
-            f"{path}: file not found; pass --config PATH or create it (see README.md)"
+            f"{path}: file not found; pass --config PATH, create it (see README.md), or "
+            "describe the cluster in the environment (RAGRAFT_NODES=n1=host1,n2=host2,...)"
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
@@ -238,7 +309,7 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
     cluster = raw.get("cluster", {})
     if not isinstance(cluster, dict):
         raise fail("cluster", "must be a table", "write a [cluster] section")
-    name = cluster.get("name", "ragraft")
+    name = env.get("RAGRAFT_CLUSTER_NAME") or cluster.get("name", "ragraft")
     if not isinstance(name, str) or not name:
         raise fail("cluster.name", f"{name!r} is not a name", 'set e.g. name = "ragraft-local"')
 
@@ -259,6 +330,9 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
             )
 
     nodes_raw = raw.get("nodes")
+    if env.get("RAGRAFT_NODES"):
+        nodes_raw = _nodes_from_env(env, fail)
+    nodes_raw = _this_node_from_env(nodes_raw, env, fail)
     if not isinstance(nodes_raw, list) or not nodes_raw:
         raise fail(
             "nodes", "no [[nodes]] entries", "list at least one node (three for fault tolerance)"
@@ -342,8 +416,47 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
             if env.get("RAGRAFT_DATA_DIR")
             else base / data_dir
         )
+        bind_host = env.get("RAGRAFT_BIND_HOST") or item.get("bind_host")
+        if bind_host is not None and (not isinstance(bind_host, str) or not bind_host):
+            raise fail(
+                f"{key}.bind_host",
+                f"{bind_host!r} is not an address",
+                'use e.g. "0.0.0.0" (every interface), or leave it out to listen on host',
+            )
+        if host in WILDCARD_HOSTS:
+            raise fail(
+                f"{key}.host",
+                f"{host!r} is a wildcard, which the other nodes cannot dial",
+                f'set host to this node\'s name or address and bind_host = "{host}"',
+            )
+        published: dict[str, str | None] = {}
+        for url_key in ("api_url", "dashboard_url"):
+            url = item.get(url_key)
+            if url is not None and not (
+                isinstance(url, str)
+                and url.startswith(("http://", "https://"))
+                and len(url) > len("http://")
+            ):
+                raise fail(
+                    f"{key}.{url_key}",
+                    f"{url!r} is not an http(s) URL",
+                    'give the URL clients reach it by, e.g. "https://n1.example.com:8100", '
+                    "or leave it out",
+                )
+            published[url_key] = url.rstrip("/") if url else None
         nodes.append(
-            NodeSpec(node_id, host, data_dir=root, join=join, slots=slots, tls=tls.enabled, **ports)
+            NodeSpec(
+                node_id,
+                host,
+                data_dir=root,
+                join=join,
+                slots=slots,
+                tls=tls.enabled,
+                bind_host=bind_host,
+                published_api_url=published["api_url"],
+                published_dashboard_url=published["dashboard_url"],
+                **ports,
+            )
         )
 
     raft_raw = dict(raw.get("raft", {}))
@@ -477,6 +590,87 @@ def parse(raw: dict[str, Any], path: Path, env: dict[str, str]) -> ClusterConfig
         tls=tls,
         launcher=launcher,
     )
+
+
+_ENV_PORTS = {
+    "raft_port": ("RAGRAFT_RAFT_PORT", 7100),
+    "gossip_port": ("RAGRAFT_GOSSIP_PORT", 7200),
+    "api_port": ("RAGRAFT_API_PORT", 8100),
+    "dashboard_port": ("RAGRAFT_DASHBOARD_PORT", 8300),
+}
+
+
+def _env_ports(env: dict[str, str], fail: Any) -> dict[str, int]:
+    ports = {}
+    for key, (variable, default) in _ENV_PORTS.items():
+        raw = env.get(variable)
+        try:
+            ports[key] = int(raw) if raw else default
+        except ValueError:
+            raise fail(variable, f"{raw!r} is not a port", "set a TCP port (1-65535)") from None
+    return ports
+
+
+def _nodes_from_env(env: dict[str, str], fail: Any) -> list[dict[str, Any]]:
+    """RAGRAFT_NODES="n1=host1,n2=host2,n3=host3": the first nodes (the ones that
+    bootstrap the cluster), all on the same ports (RAGRAFT_RAFT_PORT and the others),
+    one host each: how a container platform names its replicas."""
+    ports = _env_ports(env, fail)
+    items = []
+    for part in env["RAGRAFT_NODES"].split(","):
+        node_id, sep, host = part.strip().partition("=")
+        if not part.strip():
+            continue
+        if not sep or not node_id.strip() or not host.strip():
+            raise fail(
+                "RAGRAFT_NODES",
+                f"{part.strip()!r} is not id=host",
+                'list the first nodes as id=host, comma-separated: "n1=10.0.0.1,n2=10.0.0.2"',
+            )
+        items.append({"id": node_id.strip(), "host": host.strip(), **ports})
+    return items
+
+
+def _this_node_from_env(nodes_raw: Any, env: dict[str, str], fail: Any) -> Any:
+    """What the environment says of the node that reads it (RAGRAFT_NODE_ID): its
+    host when it is not one of the listed nodes (RAGRAFT_HOST: then it is one that
+    joins later), and the URLs it publishes (RAGRAFT_API_URL, RAGRAFT_DASHBOARD_URL)."""
+    node_id = env.get("RAGRAFT_NODE_ID")
+    published = {
+        key: env[variable]
+        for key, variable in (
+            ("api_url", "RAGRAFT_API_URL"),
+            ("dashboard_url", "RAGRAFT_DASHBOARD_URL"),
+        )
+        if env.get(variable)
+    }
+    if not node_id:
+        if published or env.get("RAGRAFT_HOST"):
+            given = ", ".join(sorted({*published, *(["host"] if env.get("RAGRAFT_HOST") else [])}))
+            raise fail(
+                "RAGRAFT_NODE_ID",
+                f"is not set, so there is no node to give the {given} of the environment to",
+                "set RAGRAFT_NODE_ID to this node's id",
+            )
+        return nodes_raw
+    if not isinstance(nodes_raw, list):
+        nodes_raw = []
+    items = [dict(item) if isinstance(item, dict) else item for item in nodes_raw]
+    mine = next((i for i in items if isinstance(i, dict) and i.get("id") == node_id), None)
+    host = env.get("RAGRAFT_HOST")
+    if mine is None:
+        if not host:
+            return items  # `ragraft node` says which ids there are
+        mine = {"id": node_id, "host": host, "join": True, **_env_ports(env, fail)}
+        items.append(mine)
+    elif host and mine.get("host", "127.0.0.1") != host:
+        raise fail(
+            "RAGRAFT_HOST",
+            f"{host!r} differs from the host {mine.get('host')!r} the cluster lists for {node_id}",
+            "unset RAGRAFT_HOST (a listed node's host is the one the others dial)",
+        )
+    mine.update(published)
+    return items
 
 
 _RESTART_POLICIES = ("on-failure", "never")

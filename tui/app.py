@@ -247,4 +247,5 @@ class RagraftApp(App[None]):
 
 
 def run(urls: list[str], token: str | None = None) -> None:
-    RagraftApp(ApiClient(urls, token)).run()
+    # discover: the nodes the cluster lists are failed over to as well as the given ones
+    RagraftApp(ApiClient(urls, token, discover=True)).run()

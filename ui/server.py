@@ -33,7 +33,7 @@ async def start_dashboard(
     host: str,
     port: int,
     api_url: str,
-    peers: dict[str, str],
+    peers: Callable[[], dict[str, str]],
     warnings: Sequence[str] = (),
     origins: Sequence[str] = (),
     tls: TlsSettings | None = None,
@@ -57,7 +57,7 @@ async def start_dashboard(
 
     from ui.app import page
 
-    local_api = api_url.replace("0.0.0.0", "127.0.0.1")
+    local_api = api_url.replace("0.0.0.0", "127.0.0.1")  # (the runtime gives a loopback one)
     ssl_options: dict[str, str] = {}
     api_ssl = None
     if tls is not None and tls.cert_file is not None and tls.key_file is not None:
@@ -71,7 +71,9 @@ async def start_dashboard(
         api_ssl = pinned_client_context(tls.cert_file)
 
     def session() -> object:  # a plain function: Panel calls it once per browser session
-        return page(local_api, node_id, peers, warnings, ssl_context=api_ssl)
+        # The other nodes' dashboards as the cluster knows them now (config and gossip),
+        # so a page also offers the nodes that joined after this one started.
+        return page(local_api, node_id, peers(), warnings, ssl_context=api_ssl)
 
     server = pn.serve(
         {"/": session},

@@ -139,7 +139,8 @@ def up(
         print(f"\ncluster {config.name!r} is up; leader: {leader}\n", flush=True)
         for spec in config.nodes:
             print(
-                f"  {spec.id}:  dashboard {spec.dashboard_url}   API {spec.api_url}/api/v1   "
+                f"  {spec.id}:  dashboard {spec.public_dashboard_url}   "
+                f"API {spec.public_api_url}/api/v1   "
                 f"raft {spec.raft_address}",
                 flush=True,
             )
@@ -206,7 +207,7 @@ def _wait_for_leader(
         if not _tick(supervisor, progress, "start"):
             return None
         for spec in config.nodes:
-            view = _get_json(f"{spec.api_url}/readyz", context=trust)  # 503 while loading
+            view = _get_json(f"{spec.local_api_url}/readyz", context=trust)  # 503 while loading
             if view is not None and spec.id not in up_nodes:
                 up_nodes.add(spec.id)
                 print(f"  {spec.id} is up ({len(up_nodes)}/{len(config.nodes)})", flush=True)
@@ -241,7 +242,7 @@ class _StatusLine:
             node = self.supervisor.nodes[spec.id]
             role = "-"
             if node.running:
-                view = _get_json(f"{spec.api_url}/readyz", timeout=0.3, context=self.trust)
+                view = _get_json(f"{spec.local_api_url}/readyz", timeout=0.3, context=self.trust)
                 leader = (view or {}).get("leader")
                 role = "?" if view is None else "leader" if leader == spec.id else "follower"
             state = node.state.split(" in ")[0]  # no countdown: it would change every second
@@ -290,7 +291,7 @@ def _wait_for_models(
         for spec in config.nodes:
             if spec.id not in pending or not supervisor.nodes[spec.id].running:
                 continue
-            ready = _get_json(f"{spec.api_url}/readyz", timeout=1.0, context=trust)
+            ready = _get_json(f"{spec.local_api_url}/readyz", timeout=1.0, context=trust)
             models = (ready or {}).get("models") or {}
             if models.get("state") in ("ready", "disabled"):
                 pending.discard(spec.id)

@@ -144,6 +144,20 @@ def _join_with_token(
     print(f"node {node_id}: admitted; the cluster's secrets are in {path} (0600)", flush=True)
 
 
+def _join_from_env(config: cluster_config.ClusterConfig, node_id: str) -> str | None:
+    """RAGRAFT_JOIN, for a node that is not one of the first: one container template
+    can set it for every replica, and the first ones bootstrap instead of joining."""
+    target = os.environ.get("RAGRAFT_JOIN")
+    if not target:
+        return None
+    try:
+        spec = config.node(node_id)
+    except cluster_config.ConfigError as exc:
+        hint = "" if os.environ.get("RAGRAFT_HOST") else "; set RAGRAFT_HOST to its host name"
+        raise SystemExit(f"ragraft: {exc}{hint}") from None
+    return target if spec.join else None
+
+
 def _join_token(
     config: cluster_config.ClusterConfig, url: str | None, minutes: float, node: str | None
 ) -> int:
@@ -254,9 +268,16 @@ def main(argv: list[str] | None = None) -> int:
         help="with token: how long it may be used (default: 60)",
     )
     node.add_argument("--for-node", help="with token: only a node of this id may use it")
-    node.add_argument("--id", help="node id from the cluster file, e.g. n1")
     node.add_argument(
-        "--join", metavar="HOST:PORT", help="API address of a member: join the running cluster"
+        "--id",
+        default=os.environ.get("RAGRAFT_NODE_ID"),
+        help="node id from the cluster file, e.g. n1 (env RAGRAFT_NODE_ID)",
+    )
+    node.add_argument(
+        "--join",
+        metavar="HOST:PORT",
+        help="API address of a member: join the running cluster (env RAGRAFT_JOIN, which only "
+        "a node that is not one of the first nodes follows)",
     )
     node.add_argument(
         "--url", help="with remove: API address of a member (default: the first node of the file)"
@@ -376,21 +397,22 @@ def main(argv: list[str] | None = None) -> int:
         from node.runtime.main import run_node
 
         if not args.id:
-            parser.error("node: --id is required to run a node")
+            parser.error("node: --id (or RAGRAFT_NODE_ID) is required to run a node")
         _private_files()
         from node.logs import configure
 
         configure(args.id, args.log_level, args.log_format)
+        join = args.join or _join_from_env(_load(args.config), args.id)
         if args.join_token:
-            if not args.join:
+            if not join:
                 parser.error("node: --join-token needs --join URL of a member")
-            _join_with_token(_load(args.config), args.id, args.join, args.join_token)
+            _join_with_token(_load(args.config), args.id, join, args.join_token)
         config = _secured(_load(args.config))
         try:
             config.node(args.id)
         except cluster_config.ConfigError as exc:
             raise SystemExit(f"ragraft: {exc}") from None
-        asyncio.run(run_node(config, args.id, join=args.join, by_token=bool(args.join_token)))
+        asyncio.run(run_node(config, args.id, join=join, by_token=bool(args.join_token)))
         # What runs after this (joining worker threads at exit) is not ours to time:
         # this line tells a slow exit from a slow stop.
         logging.getLogger("ragraft.node").info("node %s: exiting", args.id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from node.replica.vocabulary import (
@@ -289,17 +289,40 @@ def targets(args: argparse.Namespace, load_config: ConfigLoader) -> Targets:
     )
 
 
+def _refresh_known_nodes(client: Any, key: str, age: float) -> None:
+    """After a command that worked, learn the cluster's nodes again if the list kept
+    is old or a node did not answer; best effort (a node list is not what was asked)."""
+    from node.client.rest import KNOWN_NODES_FRESH_S, ClientError, remember_nodes
+
+    if client.token is None or (age < KNOWN_NODES_FRESH_S and not client.failed_over):
+        return
+    try:
+        nodes = client.learn_nodes()
+        remember_nodes(key, nodes)
+    except (ClientError, OSError):
+        pass
+
+
 def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     """Run the client command `args` names; its exit code."""
     from node.cli.commands.output import Output
-    from node.client.rest import Client, ClientError, token_source
+    from node.client.rest import Client, ClientError, known_nodes, known_under, token_source
 
     where = targets(args, load_config)
-    args.cluster_name, args.credential_key = where.cluster_name, where.credential_key
     token, _ = token_source(where.credential_key)
+    if token is None and args.url and args.handler != "cluster:login":
+        # --url of a node that a logged-in cluster listed: that cluster's login
+        key = known_under(where.urls)
+        if key is not None and token_source(key)[0] is not None:
+            where = replace(where, credential_key=key)
+            token, _ = token_source(key)
+    args.cluster_name, args.credential_key = where.cluster_name, where.credential_key
     out = Output(json_mode=args.json)
+    # The nodes the cluster listed last time come after the configured ones.
+    learnt, age = known_nodes(where.credential_key)
+    urls = where.urls + [u for u in learnt if u not in where.urls]
     client = Client(
-        where.urls, token, timeout=args.timeout, names=where.names, ca_file=where.ca_file
+        urls, token, timeout=args.timeout, names={**learnt, **where.names}, ca_file=where.ca_file
     )
     module, _, function = args.handler.partition(":")
     handler = getattr(importlib.import_module(f"node.cli.commands.{module}"), function)
@@ -313,6 +336,9 @@ def run(args: argparse.Namespace, load_config: ConfigLoader) -> int:
     except KeyboardInterrupt:
         out.note("\nragraft: interrupted")
         return 130
+    # A login always asks: it is where a client first meets the cluster.
+    fresh = age if args.handler != "cluster:login" else float("inf")
+    _refresh_known_nodes(client, where.credential_key, fresh)
     if client.stale and args.handler != "cluster:status":
         out.note(
             f"ragraft: note: {client.label(client.answered_by or '')} has no leader right now; "

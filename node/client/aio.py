@@ -61,10 +61,14 @@ class ApiClient:
         token: str | None = None,
         timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        discover: bool = False,
     ) -> None:
         if not urls:
             raise ValueError("give at least one node URL")
         self.urls = [u.rstrip("/") for u in urls]
+        # discover: every node list fetched (GET /api/v1/nodes) adds the nodes it names
+        # to the ones to fail over to: a node that joined, one missing from the config.
+        self.discover = discover
         self.ssl_context = ssl_context  # None: the default (system store + RAGRAFT_CA_FILE)
         self.index = 0
         self.token = token
@@ -135,6 +139,8 @@ class ApiClient:
                             error.get("code", "error"),
                             error.get("message", f"HTTP {response.status}"),
                         )
+                    if self.discover and method == "GET" and path == "/api/v1/nodes":
+                        self.learn(payload)
                     return payload
             except ApiError as exc:
                 if exc.status != 503 or exc.code != "no_quorum":
@@ -147,6 +153,19 @@ class ApiClient:
         if no_quorum is not None:
             raise no_quorum
         raise Unreachable(self.urls)
+
+    def learn(self, nodes: Any) -> list[str]:
+        """Add the API URLs a node list (GET /api/v1/nodes) publishes that this client
+        does not know yet, after the known ones; the URLs added."""
+        added = []
+        for item in nodes.get("items", []) if isinstance(nodes, dict) else []:
+            url = item.get("api_url") if isinstance(item, dict) else None
+            if isinstance(url, str) and url.startswith(("http://", "https://")):
+                url = url.rstrip("/")
+                if url not in self.urls:
+                    self.urls.append(url)
+                    added.append(url)
+        return added
 
     async def submit(self, body: dict[str, Any], key: str | None = None) -> Any:
         """Submit one task (POST /api/v1/tasks) under one idempotency key for all tries."""

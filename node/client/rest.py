@@ -174,6 +174,58 @@ def token_cluster(token: str) -> str | None:
     )
 
 
+# ------------------------------------------------------------------ nodes learnt
+# The nodes a cluster listed the last time (GET /api/v1/nodes), per credentials entry:
+# a command fails over to them too, not only to the ones its cluster.toml or --url
+# names, so a node that joined later, or an address the file does not have, is used.
+KNOWN_NODES_FRESH_S = 30.0  # a list younger than this is not asked for again
+
+
+def known_nodes_path() -> Path:
+    return config_dir() / "nodes.json"
+
+
+def known_nodes(key: str) -> tuple[dict[str, str], float]:
+    """url -> node id as last learnt for `key`, and how old that is (inf: never)."""
+    try:
+        stored = json.loads(known_nodes_path().read_text())
+        entry = stored[key]
+        nodes = {str(u): str(n) for u, n in entry["nodes"].items()}
+        return nodes, max(0.0, time.time() - float(entry["at"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}, float("inf")
+
+
+def known_under(urls: list[str]) -> str | None:
+    """The credentials entry whose cluster last listed one of `urls`: a command given
+    another node's --url is the same cluster's, and uses the same login."""
+    try:
+        stored = json.loads(known_nodes_path().read_text())
+        for key, entry in stored.items():
+            if any(normalize_url(u) in entry["nodes"] for u in urls):
+                return str(key)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
+def remember_nodes(key: str, nodes: Mapping[str, str]) -> None:
+    path = known_nodes_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict):
+            stored = {}
+    except (OSError, ValueError):
+        stored = {}
+    stored[key] = {"at": time.time(), "nodes": dict(nodes)}
+    temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(stored, f, indent=1)
+    os.replace(temporary, path)
+
+
 # ------------------------------------------------------------------ bodies
 class Upload:
     """A multipart/form-data body: text fields and one file, sent in chunks so
@@ -243,8 +295,24 @@ class Client:
         }  # url -> node id, for messages
         self.log = log or sys.stderr
         self.answered_by: str | None = None
+        self.failed_over = False  # a node did not answer during this client's life
         self.stale = False  # the last answer came from a node without a leader
         self._ssl: ssl.SSLContext | None = None  # made at the first https request
+
+    def learn_nodes(self, timeout: float = 5.0) -> dict[str, str]:
+        """Ask the cluster which nodes it has (GET /api/v1/nodes) and add the API URLs
+        they publish to the ones to fail over to; url -> node id of every node listed."""
+        answer = self.request("GET", "/api/v1/nodes", timeout=timeout)
+        nodes: dict[str, str] = {}
+        for item in answer.get("items", []) if isinstance(answer, dict) else []:
+            url, node_id = item.get("api_url"), item.get("id")
+            if isinstance(url, str) and url.startswith(("http://", "https://")):
+                nodes[normalize_url(url)] = str(node_id)
+        for url, node_id in nodes.items():
+            if url not in self.urls:
+                self.urls.append(url)
+            self.names.setdefault(url, node_id)
+        return nodes
 
     def label(self, url: str) -> str:
         return f"{self.names[url]} ({url})" if url in self.names else url
@@ -370,6 +438,7 @@ class Client:
             raise _Unanswered(_reason(exc), sent=True) from None
 
     def _say_moving_on(self, url: str, what: str) -> None:
+        self.failed_over = True
         if url == self.urls[-1]:
             return  # nothing left to move on to; the final error says it all
         print(f"ragraft: {self.label(url)} {what}; trying the next node", file=self.log, flush=True)

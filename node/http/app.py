@@ -73,7 +73,7 @@ def build_http(
     OpenAIRoutes(replica).routes(app)
     KnowledgeAPI(replica, kb, rag, max_upload).routes(app)
     ClusterAPI(config, replica, gossip, rag, history).routes(app)
-    JoinAPI(config, replica).routes(app)
+    JoinAPI(config, replica, gossip).routes(app)
     app.router.add_get("/openapi.json", openapi_handler())
     return app
 

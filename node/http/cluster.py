@@ -105,15 +105,22 @@ class ClusterAPI:
         owner = None if request.get("role", UserRole.ADMIN) == UserRole.ADMIN else request["user"]
         known = tasks.nodes
         table = self.gossip.snapshot()
+        configured = {n.id: n for n in self.config.nodes}
         items = []
         for node_id in sorted(
             set(status["voters"]) | set(status["learners"]) | set(known) | set(table)
         ):
             info = known.get(node_id, {})
             member = table.get(node_id, {})
+            meta = member.get("meta", {})
+            spec = configured.get(node_id)
             items.append(
                 {
                     "id": node_id,
+                    # Where clients reach it: what it publishes, else what the file says.
+                    "api_url": meta.get("api_url") or (spec.public_api_url if spec else None),
+                    "dashboard_url": meta.get("dashboard_url")
+                    or (spec.public_dashboard_url if spec else None),
                     "raft_address": status["addresses"].get(node_id),
                     "gossip_address": member.get("address"),
                     "status": member.get("status", "unknown"),
@@ -125,7 +132,7 @@ class ClusterAPI:
                         for task_id in tasks.running_on(node_id)
                         if owner is None or _owner_of(tasks, task_id) == owner
                     ],
-                    "metrics": member.get("meta", {}),
+                    "metrics": meta,
                 }
             )
         return web.json_response({"items": items})
@@ -235,15 +242,33 @@ class ClusterAPI:
         return web.json_response(cluster_view(self.replica))
 
     async def _forward_to_leader(self, request: web.Request, leader: str | None) -> web.Response:
-        return await forward_to_leader(self.config, request, leader)
+        return await forward_to_leader(self.config, request, leader, self.gossip.snapshot())
+
+
+def peer_api_url(
+    config: ClusterConfig, members: Mapping[str, Mapping[str, Any]], node_id: str | None
+) -> str | None:
+    """A node's API as another node reaches it: the configured host and port, else
+    what it published in gossip (a node that joined after this one was configured)."""
+    if node_id is None:
+        return None
+    spec = next((n for n in config.nodes if n.id == node_id), None)
+    if spec is not None:
+        return spec.api_url
+    meta = members.get(node_id, {}).get("meta") or {}
+    url = meta.get("peer_api_url") or meta.get("api_url")
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
 
 
 async def forward_to_leader(
-    config: ClusterConfig, request: web.Request, leader: str | None
+    config: ClusterConfig,
+    request: web.Request,
+    leader: str | None,
+    members: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> web.Response:
     """Only the leader may change the membership: pass the request on as it came
     (credentials included) and answer what the leader answers."""
-    url = next((n.api_url for n in config.nodes if n.id == leader), None)
+    url = peer_api_url(config, members or {}, leader)
     if url is None:
         return error(503, "no_leader", "no leader is known; retry shortly")
     headers = {

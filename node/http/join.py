@@ -22,7 +22,7 @@ from node.config import ClusterConfig
 from node.http import errors
 from node.http.auth import is_admin
 from node.http.body import BadBody, read_json_object
-from node.http.cluster import Z85_KEY, forward_to_leader, raft_address_ok
+from node.http.cluster import Z85_KEY, Membership, forward_to_leader, raft_address_ok
 from node.http.errors import error
 from node.ids import new_task_id, now_ms
 from node.replica import commands as c
@@ -47,9 +47,12 @@ _NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class JoinAPI:
-    def __init__(self, config: ClusterConfig, replica: Replica) -> None:
+    def __init__(
+        self, config: ClusterConfig, replica: Replica, gossip: Membership | None = None
+    ) -> None:
         self.config = config
         self.replica = replica
+        self.gossip = gossip  # where a leader that joined later publishes its API
         self._adding: set[asyncio.Task[None]] = set()
 
     @property
@@ -111,7 +114,8 @@ class JoinAPI:
         if not self.enabled:
             return _no_node_keys()
         if not self.replica.is_leader:
-            return await forward_to_leader(self.config, request, self.replica.leader)
+            members = self.gossip.snapshot() if self.gossip is not None else {}
+            return await forward_to_leader(self.config, request, self.replica.leader, members)
         try:
             body = await read_json_object(request, MAX_AUTH_BODY_BYTES)
             token, node, address, key = _join_request(body)

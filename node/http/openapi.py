@@ -368,6 +368,12 @@ def _cluster_schemas() -> dict[str, Schema]:
         "Node": _obj(
             ["id", "status", "running"],
             id={"type": "string"},
+            api_url={
+                **_NULL_STR,
+                "description": "where clients reach this node's API: the URL it publishes "
+                "(RAGRAFT_API_URL / nodes.api_url), else its host and api_port",
+            },
+            dashboard_url={**_NULL_STR, "description": "its dashboard, likewise"},
             raft_address=_NULL_STR,
             gossip_address=_NULL_STR,
             status={"type": "string", "description": "alive | suspect | dead"},

@@ -14,7 +14,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -24,11 +25,12 @@ from consensus.filestore import FileLogStore, FileSnapshotStore, FileStableStore
 from consensus.keyring import KeyRing
 from consensus.tuning import tune_gc
 from consensus.zmq_transport import ZmqTransport
-from node.config import ClusterConfig, ConfigError
+from node.config import ClusterConfig, ConfigError, NodeSpec
 from node.execution.executor import Executor, NoopRunner
 from node.execution.rag_service import RagService, import_libraries
 from node.gossip.driver import Gossip
 from node.gossip.history import MetricsHistory
+from node.gossip.messages import Status
 from node.gossip.metrics import NodeMetrics
 from node.http.app import build_http
 from node.http.events import EventHub
@@ -103,7 +105,9 @@ def build_replica(
         snapshot_entries=config.raft.snapshot_entries,
         cipher=Cipher.from_base64(config.encryption_key) if config.encryption_key else None,
     )
-    transport = ZmqTransport(node_id, spec.raft_address, ring)
+    # Listens on the bind address; the membership records spec.raft_address, which the
+    # others dial.
+    transport = ZmqTransport(node_id, spec.raft_bind_address, ring)
     raft = RaftNode(
         options,
         state,
@@ -165,15 +169,19 @@ async def run_node(
             "models": rag.status.state,
             "generator": rag.status.generator,
             "raft": replica.brief(),
+            # Where to reach this node, for clients and for nodes that do not have it in
+            # their configuration (it joined later, or they were configured before it).
+            **published_urls(spec),
         }
     )
     gossip = Gossip(
         node_id,
-        spec.gossip_address,
+        spec.gossip_bind_address,
         {n.id: n.gossip_address for n in config.nodes if n.id != node_id},
         sample,
         events.on_gossip,
         curve=ring,
+        advertise_address=spec.gossip_address,
     )
     await gossip.start()
     metrics = MetricsExporter(node_id, replica, executor, gossip, rag, sample)
@@ -201,38 +209,40 @@ async def run_node(
     )
     await runner.setup()
     # https when [tls] is set (node/config.py loaded the pair once when it read the file)
-    site = web.TCPSite(runner, spec.host, spec.api_port, ssl_context=server_ssl_context(config.tls))
+    site = web.TCPSite(
+        runner, spec.listen_host, spec.api_port, ssl_context=server_ssl_context(config.tls)
+    )
     try:
         await site.start()
     except OSError as exc:
         await executor.stop()
         await replica.stop()
         raise SystemExit(
-            f"node {node_id}: cannot listen on {spec.host}:{spec.api_port} ({exc.strerror}); "
+            f"node {node_id}: cannot listen on {spec.listen_host}:{spec.api_port} "
+            f"({exc.strerror}); "
             f"is another ragraft running? stop it or change nodes.api_port"
         ) from None
-    print(f"node {node_id}: raft {spec.raft_address}, api {spec.api_url}", flush=True)
+    print(f"node {node_id}: raft {spec.raft_address}, api {spec.public_api_url}", flush=True)
     stop_dashboard = None
     if dashboard:
         from ui.server import start_dashboard
 
-        peers = {n.id: n.dashboard_url for n in config.nodes if n.id != node_id}
         try:
             stop_dashboard = await start_dashboard(
                 node_id,
-                spec.host,
+                spec.listen_host,
                 spec.dashboard_port,
-                spec.api_url,
-                peers,
+                spec.local_api_url,
+                lambda: peer_dashboards(config, node_id, gossip.snapshot()),
                 insecurity(config),
-                config.dashboard_origins,
+                (*config.dashboard_origins, *published_origin(spec)),
                 config.tls,
             )
-            print(f"node {node_id}: dashboard {spec.dashboard_url}", flush=True)
+            print(f"node {node_id}: dashboard {spec.public_dashboard_url}", flush=True)
         except OSError as exc:
             log.error(
                 "dashboard not started: cannot listen on %s:%d (%s); change nodes.dashboard_port",
-                spec.host,
+                spec.listen_host,
                 spec.dashboard_port,
                 exc.strerror,
             )
@@ -271,6 +281,41 @@ async def run_node(
         ("raft", replica.stop),
     ]
     await _stop_in_order(node_id, steps)
+
+
+def published_urls(spec: NodeSpec) -> dict[str, str]:
+    """What a node says in gossip of where it is: the URLs for clients, and the API
+    as the other nodes reach it (they forward membership changes to the leader)."""
+    return {
+        "api_url": spec.public_api_url,
+        "dashboard_url": spec.public_dashboard_url,
+        "peer_api_url": spec.api_url,
+    }
+
+
+def published_origin(spec: NodeSpec) -> tuple[str, ...]:
+    """A browser that opens the dashboard at its published URL sends that origin."""
+    if spec.published_dashboard_url is None:
+        return ()
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(spec.published_dashboard_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return (f"{parts.hostname}:{port}",)
+
+
+def peer_dashboards(
+    config: ClusterConfig, node_id: str, members: Mapping[str, Mapping[str, Any]]
+) -> dict[str, str]:
+    """The other nodes' dashboards, for the page to offer when its own node stops: what
+    each live node publishes in gossip (the URL a browser reaches, which the others'
+    configuration may not know: a port mapping), else the configured one."""
+    peers = {n.id: n.public_dashboard_url for n in config.nodes if n.id != node_id}
+    for member, entry in members.items():
+        url = (entry.get("meta") or {}).get("dashboard_url")
+        if member != node_id and isinstance(url, str) and entry.get("status") == Status.ALIVE:
+            peers[member] = url
+    return peers
 
 
 async def _nothing() -> None:

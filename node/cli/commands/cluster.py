@@ -37,6 +37,7 @@ def login(client: Client, args: argparse.Namespace, out: Output) -> int:
     if issuer and issuer not in keys:
         keys.append(issuer)
     path = save_token(keys, token, args.user, answer.get("expires_in", 0))
+    client.token = token  # so that the command's end learns the cluster's nodes with it
     if out.json_mode:
         out.json({**answer, "user": args.user, "saved": str(path), "saved_as": keys})
         return 0
