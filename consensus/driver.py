@@ -172,6 +172,17 @@ _Retry = tuple[float, _Key, "asyncio.Future[Applied]", bytes, float, float]
 _HeapRetry = tuple[float, int, _Key, "asyncio.Future[Applied]", bytes, float, float]
 
 
+@dataclass(frozen=True, slots=True)
+class Backup:
+    """The whole replicated state as applied at `index` (in `term`): the session
+    table's snapshot, in the clear (whoever stores it seals it).  A new cluster
+    can start from it (consensus/seed.py)."""
+
+    index: int
+    term: int
+    data: bytes
+
+
 class RaftNode:
     def __init__(
         self,
@@ -950,6 +961,17 @@ class RaftNode:
                     raise ProposalTimeout(timeout, self.raw.leader) from None
             finally:
                 self._reads.pop(ctx, None)
+
+    def backup(self) -> Backup:
+        """The state as applied here now, taken between two applies (so consistent);
+        after a `read_barrier` it holds everything committed before the barrier."""
+        self._check_running()
+        assert self.raw is not None
+        index = self.raw.applied_index
+        term = self.raw.term_at(index)
+        if term is None:  # (applied lies between the snapshot and the log's end)
+            raise RuntimeError(f"no term known for the applied index {index}")
+        return Backup(index, term, self.session.snapshot())
 
     async def wait_for_leader(self, timeout: float = 10.0) -> NodeId:
         await asyncio.wait_for(self._leader_known.wait(), timeout)

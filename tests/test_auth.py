@@ -319,6 +319,7 @@ def test_what_each_scope_may_do() -> None:
         ("POST", "/api/v1/kb/documents"),
         ("POST", "/api/v1/cluster/members"),
         ("PATCH", "/api/v1/kb/documents/d1"),
+        ("GET", "/api/v1/cluster/backup"),  # a read that hands over every password hash
     ):
         assert not scope_allows(submit, method, path) and not scope_allows(read, method, path)
         assert scope_allows(admin, method, path)

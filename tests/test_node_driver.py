@@ -382,3 +382,65 @@ def test_entries_that_cannot_be_opened_or_decoded_are_skipped_on_every_node(tmp_
         await c.close()
 
     run(main())
+
+
+def _seed_dir(d: Path, meta, data: bytes) -> None:
+    from consensus.seed import seed
+
+    log, stable, snaps = (
+        FileLogStore(d / "log"),
+        FileStableStore(d / "state"),
+        FileSnapshotStore(d / "snaps"),
+    )
+    try:
+        seed(log, stable, snaps, meta, data)
+    finally:
+        log.close()
+        snaps.close()
+
+
+def test_a_backup_seeds_a_new_cluster_that_continues_it(tmp_path):
+    """RaftNode.backup on a follower after a read barrier, then consensus/seed.py
+    into three empty data directories: the new cluster (other addresses, a fresh
+    network) starts from the backup's state, dedups the old sessions' retries, and
+    takes new writes in a later term."""
+    from consensus.seed import NotEmpty
+    from consensus.types import Membership, SnapshotMeta
+
+    async def main():
+        old = Cluster(tmp_path / "old", MemoryNetwork(seed=1), snapshot_entries=40)
+        for n in IDS:
+            await old.start(n)
+        await old.leader()
+        request = Request("client-1", int(time.time() * 1000), seq=1, ack_below=1)
+        first = await old.nodes["n1"].propose(put("once"), request=request)
+        await asyncio.gather(*(old.nodes["n2"].propose(put(f"k{i}")) for i in range(100)))
+        follower = next(n for n in old.nodes.values() if not n.is_leader)
+        barrier = await follower.read_barrier()
+        taken = follower.backup()
+        assert taken.index >= barrier and taken.term >= 1
+        expected = dict(old.machines[follower.id].data)
+        await old.close()
+
+        addresses = {n: f"mem://new-{n}" for n in IDS}
+        membership = Membership(frozenset(IDS), frozenset(), tuple(sorted(addresses.items())))
+        meta = SnapshotMeta(taken.index, taken.term, membership, len(taken.data))
+        for n in IDS:
+            _seed_dir(tmp_path / "new" / n, meta, taken.data)
+        with pytest.raises(NotEmpty):  # a second restore into the same directory
+            _seed_dir(tmp_path / "new" / "n1", meta, taken.data)
+
+        new = Cluster(tmp_path / "new", MemoryNetwork(seed=2))
+        for n in IDS:
+            await new.start(n)
+        leader = await new.leader()
+        assert leader.raw.term > taken.term
+        assert all(m.data == expected for m in new.machines.values())
+        again = await new.nodes["n3"].propose(put("once"), request=request)
+        assert again == first  # the old cluster's session table came along
+        await new.nodes["n2"].propose(put("after"))
+        await new.nodes["n1"].read_barrier()
+        assert all("after" in m.data and len(m.data) == 102 for m in new.machines.values())
+        await new.close()
+
+    run(main())

@@ -12,6 +12,8 @@ import base64
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -515,3 +517,88 @@ def test_aborting_a_running_generation_stops_it_within_seconds(
     assert time.monotonic() - started < 5
     status, body = cluster.request("n1", "DELETE", f"/api/v1/tasks/{task['id']}")
     assert status == 409 and "cancelled" in body["error"]["message"]
+
+
+def _task_states(cluster: NodeCluster, node: str) -> dict[str, str]:
+    items: dict[str, str] = {}
+    cursor = None
+    while True:
+        query = "limit=200" + (f"&cursor={cursor}" if cursor else "")
+        status, page = cluster.request(node, "GET", f"/api/v1/tasks?{query}")
+        assert status == 200, page
+        items.update({task["id"]: task["state"] for task in page["items"]})
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return items
+
+
+def _cli(cluster_root: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli.main", *args],
+        check=False,
+        cwd=cluster_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_backup_through_a_follower_restores_a_new_cluster_with_the_same_index_and_tasks(
+    cluster: NodeCluster, corpus_docs: dict[str, dict], tmp_path: Path
+) -> None:
+    from node.backup import archive
+
+    digest = wait_same_digest(cluster)
+    tasks = _task_states(cluster, "n1")
+    assert len(tasks) >= len(corpus_docs)
+    leader = cluster.request("n1", "GET", "/api/v1/cluster")[1]["leader"]
+    follower = next(node for node in cluster.ids if node != leader)
+    client_env = {
+        **os.environ,
+        "RAGRAFT_TOKEN": cluster.admin_token(),
+        "RAGRAFT_CONFIG_DIR": str(tmp_path / "cli"),
+    }
+    file = tmp_path / "kb.backup"
+    done = _cli(cluster.root, "backup", str(file), "--url", cluster.api[follower], env=client_env)
+    assert done.returncode == 0, done.stderr
+    assert "written to" in done.stdout and f"digest {digest}" in done.stdout, done.stdout
+    assert file.stat().st_mode & 0o777 == 0o600
+    data = file.read_bytes()
+    header, _ = archive.decode(data)
+    assert header.sealed and header.node == follower and header.summary.kb_digest == digest
+    assert MARKER.encode() not in data  # the documents' text is sealed, as on disk
+    again = _cli(cluster.root, "backup", str(file), "--url", cluster.api[leader], env=client_env)
+    assert again.returncode == 1 and "--force" in again.stderr
+
+    # A new cluster on other ports, with its own secrets (another encryption key).
+    (tmp_path / "restored").mkdir()
+    fresh = NodeCluster(tmp_path / "restored")
+    restore_env = {k: v for k, v in fresh.env.items() if k != "RAGRAFT_BACKUP_KEY"}
+    refused = _cli(fresh.root, "restore", str(file), env=restore_env)
+    assert refused.returncode != 0 and "RAGRAFT_BACKUP_KEY" in refused.stderr, refused.stderr
+    assert not (fresh.root / "data" / "n1" / "raft").exists()
+    restore_env["RAGRAFT_BACKUP_KEY"] = ENCRYPTION_KEY
+    done = _cli(fresh.root, "restore", str(file), env=restore_env)
+    assert done.returncode == 0, done.stderr
+    assert all(f"{node}: " in done.stdout for node in fresh.ids), done.stdout
+    twice = _cli(fresh.root, "restore", str(file), env=restore_env)
+    assert twice.returncode != 0 and "already holds" in twice.stderr
+    fresh.start_all()
+    try:
+        fresh.wait_ready(timeout=60)
+        assert set(digests(fresh).values()) == {digest}
+        assert _task_states(fresh, "n2") == tasks
+        # the users came along: the old cluster's admin password logs in
+        assert fresh.login("n3") and fresh.request("n1", "GET", "/api/v1/users")[0] == 200
+        status, task = fresh.request(
+            "n1", "POST", "/api/v1/tasks", {"type": "noop", "input": {"duration_ms": 10}}
+        )
+        assert status == 201, task
+        assert wait_task(fresh, task["id"], timeout=30)["state"] == "completed"
+        # nothing of the old cluster's log is readable in the new one's data
+        for path in (fresh.root / "data").rglob("*"):
+            if path.is_file():
+                assert MARKER.encode() not in path.read_bytes(), path
+    finally:
+        fresh.stop_all()

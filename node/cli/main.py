@@ -1,6 +1,6 @@
-"""ragraft command line, the argparse front: ``ragraft up | node | init | keys |
+"""ragraft command line, the argparse front: ``ragraft up | node | init | restore | keys |
 hash-password | version | tui`` here, and the REST client commands (login,
-submit, tasks, show, cancel, abort, retry, kb, status) declared and run by
+submit, tasks, show, cancel, abort, retry, kb, backup, status) declared and run by
 `node.cli.parser`.  Heavy imports stay inside the branch that needs them, so that
 a client command starts in well under a second (no torch, no asyncio)."""
 
@@ -158,6 +158,36 @@ def _join_from_env(config: cluster_config.ClusterConfig, node_id: str) -> str | 
     return target if spec.join else None
 
 
+def _restore(config: cluster_config.ClusterConfig, file: str, nodes: list[str] | None) -> int:
+    from pathlib import Path
+
+    from node.backup.restore import RestoreError, restore
+    from node.secrets import ensure_bundle
+
+    _private_files()
+    try:
+        bundle = ensure_bundle(config)  # a new cluster's secrets, as `ragraft up` makes them
+    except cluster_config.ConfigError as exc:
+        raise SystemExit(f"ragraft: {exc}") from None
+    if bundle is not None:
+        print(f"cluster secrets: {bundle} (0600; the restored data is sealed with it)")
+    config = _secured(config)
+    try:
+        header = restore(config, Path(file), nodes, os.environ.get("RAGRAFT_BACKUP_KEY"))
+    except RestoreError as exc:
+        raise SystemExit(
+            f"ragraft restore: {exc}; nothing was written to the data directories"
+        ) from None
+    if header.cluster != config.name:
+        print(
+            f"note: the backup was taken of cluster {header.cluster!r}; this one is {config.name!r}"
+        )
+    if not config.encryption_key:
+        print("note: this cluster has no encryption key: the restored state is stored in the clear")
+    print("start the cluster as usual (`ragraft up`, or `ragraft node --id ID` on each host)")
+    return 0
+
+
 def _join_token(
     config: cluster_config.ClusterConfig, url: str | None, minutes: float, node: str | None
 ) -> int:
@@ -306,6 +336,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     init.add_argument("--force", action="store_true", help="replace a bundle that is already there")
 
+    restore = sub.add_parser(
+        "restore",
+        help="start a new cluster from a backup (`ragraft backup`): seeds the first nodes' "
+        "empty data directories, before they start",
+    )
+    restore.add_argument("file", help="the backup file")
+    restore.add_argument(
+        "--config", default="cluster.toml", help="the new cluster's file (default: cluster.toml)"
+    )
+    restore.add_argument(
+        "--node",
+        action="append",
+        metavar="ID",
+        help="only this node (repeatable): on several hosts, each restores its own "
+        "(default: every first node of the file)",
+    )
+    restore.add_argument(
+        "--data-dir", help="seed DIR/<id> for every node instead of the file's data_dir"
+    )
+
     sub.add_parser(
         "keys", help="print new CURVE keys, an encryption key, a token secret and an API key"
     )
@@ -369,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "init":
         return _init(_load(args.config), args.secrets_dir, args.force)
+    if args.command == "restore":
+        return _restore(_load(args.config), args.file, args.node)
     if args.command == "up":
         from node.cli.launcher import up as launch
         from node.secrets import ensure_bundle

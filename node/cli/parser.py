@@ -183,6 +183,16 @@ def add_parsers(sub: Any) -> None:
 
     _user_parsers(sub, command)
 
+    p = command(
+        sub,
+        "backup",
+        "backup:backup",
+        "save the whole cluster's state (tasks, knowledge base, users) to FILE, from any node; "
+        "admins only (`ragraft restore FILE` starts a new cluster from it)",
+    )
+    p.add_argument("file", help="where to write it (0600)")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+
     command(
         sub,
         "status",

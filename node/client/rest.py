@@ -424,6 +424,8 @@ class Client:
             context = self._ssl if url.startswith("https://") else None
             with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
                 self.stale = response.headers.get("X-Ragraft-Stale") == "true"
+                if response.headers.get_content_type() == "application/octet-stream":
+                    return response.read()  # a file (a backup): the caller's to keep
                 return _decode(response.read(), response.status, url)
         except urllib.error.HTTPError as exc:
             raise api_error(

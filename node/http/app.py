@@ -19,6 +19,7 @@ from node.config import ClusterConfig
 from node.gossip.history import MetricsHistory
 from node.http import openapi
 from node.http.auth import AuthAPI, Authenticator
+from node.http.backup import BackupAPI
 from node.http.cluster import ClusterAPI, Membership, ModelStatus
 from node.http.errors import json_errors
 from node.http.events import EventHub
@@ -74,6 +75,7 @@ def build_http(
     KnowledgeAPI(replica, kb, rag, max_upload).routes(app)
     ClusterAPI(config, replica, gossip, rag, history).routes(app)
     JoinAPI(config, replica, gossip).routes(app)
+    BackupAPI(config, replica).routes(app)
     app.router.add_get("/openapi.json", openapi_handler())
     return app
 

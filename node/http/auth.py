@@ -237,11 +237,17 @@ SCOPE_HELP = {
 _SUBMIT_PATHS = ("/api/v1/tasks", "/v1/chat/completions")
 
 
+# Reads that hand over everything (every user's password hash): not for a read key.
+ADMIN_SCOPE_READS = ("/api/v1/cluster/backup",)
+
+
 def scope_allows(scope: KeyScope, method: str, path: str) -> bool:
     """Whether a credential of `scope` may make this request at all (what its user may
     do is decided by the route, as for any request)."""
-    if scope is KeyScope.ADMIN or method in ("GET", "HEAD"):
+    if scope is KeyScope.ADMIN:
         return True
+    if method in ("GET", "HEAD"):
+        return path not in ADMIN_SCOPE_READS
     if scope is KeyScope.READ:
         return False
     task_route = path in _SUBMIT_PATHS or path.startswith("/api/v1/tasks/")

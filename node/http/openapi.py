@@ -1045,6 +1045,28 @@ def _cluster_paths() -> dict[str, Schema]:
                 body=_body(join),
             )
         },
+        "/api/v1/cluster/backup": {
+            "get": _op(
+                "the whole replicated state (tasks, knowledge base with its indexes, users, "
+                "API keys) as a backup file for `ragraft restore`: a consistent cut at one log "
+                "index, taken after a read barrier; sealed with the cluster's encryption key; "
+                "admins only (an API key needs the admin scope)",
+                {
+                    "200": {
+                        "description": "the backup file: RAGRAFT-BACKUP, a JSON header (cluster, "
+                        "index, term, summary), the sealed state",
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        },
+                    },
+                    "403": _error("not an admin, or an API key without the admin scope"),
+                    "503": _error("no quorum: the cut could not be made consistent"),
+                },
+                tag="cluster",
+            )
+        },
         "/api/v1/cluster/members/{id}": {
             "delete": _op(
                 "remove a node; admins only",

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from consensus import errors as raft_errors
-from consensus.driver import NodeStopped, ProposalTimeout, RaftNode
+from consensus.driver import Backup, NodeStopped, ProposalTimeout, RaftNode
 from node.replica import codec
 from node.replica import commands as c
 from node.replica.refusal import Refusal, RefusalCode, Refused, refuse
@@ -113,6 +113,15 @@ class Replica:
         except raft_errors.NoQuorum as exc:
             raise NoQuorum(str(exc), "no") from None
         except (ProposalTimeout, NodeStopped, raft_errors.RaftError) as exc:
+            raise NoQuorum(str(exc), "no") from None
+
+    async def backup(self, timeout: float | None = None) -> Backup:
+        """The whole replicated state, consistent and with everything committed before
+        the call (a read barrier, then the state as applied here, in the clear)."""
+        await self.read_barrier(timeout)
+        try:
+            return self._raft.backup()
+        except (NodeStopped, raft_errors.RaftError) as exc:
             raise NoQuorum(str(exc), "no") from None
 
     @property

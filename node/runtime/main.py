@@ -38,7 +38,6 @@ from node.http.metrics import MetricsExporter
 from node.rag.knowledge import KnowledgeBase
 from node.replica.replica import Replica
 from node.replica.state import NodeState
-from node.replica.tasks import RetryPolicy, TaskQueue
 from node.replica.vocabulary import TaskType
 from node.runtime.housekeeping import (
     initialise_accounts,
@@ -48,6 +47,7 @@ from node.runtime.housekeeping import (
 )
 from node.runtime.join import ask_to_join
 from node.runtime.peers import RingKeeper
+from node.runtime.state import new_state
 from node.secrets import admin_password_path, insecurity, node_key, node_key_path
 from node.tls import server_ssl_context
 
@@ -146,8 +146,9 @@ async def run_node(
         import_libraries(node_id)
     if dashboard:
         import ui.app  # noqa: F401  (Panel and Bokeh: a few seconds of imports, done before Raft starts)
-    kb = KnowledgeBase(index_kind=config.rag.index)
-    state = NodeState(TaskQueue(RetryPolicy(settings.max_attempts, settings.retry_backoff_ms)), kb)
+    state = new_state(config)
+    kb = state.kb
+    assert isinstance(kb, KnowledgeBase)
     ring = key_ring(config, node_id)
     keeper = None
     if ring is not None and not ring.shared:
