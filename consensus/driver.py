@@ -175,12 +175,13 @@ _HeapRetry = tuple[float, int, _Key, "asyncio.Future[Applied]", bytes, float, fl
 @dataclass(frozen=True, slots=True)
 class Backup:
     """The whole replicated state as applied at `index` (in `term`): the session
-    table's snapshot, in the clear (whoever stores it seals it).  A new cluster
-    can start from it (consensus/seed.py)."""
+    table's snapshot, in the clear until `sealed`.  A new cluster can start from it
+    (consensus/seed.py)."""
 
     index: int
     term: int
     data: bytes
+    sealed: bool = False  # `data` is sealed with the node's at-rest cipher
 
 
 class RaftNode:
@@ -972,6 +973,13 @@ class RaftNode:
         if term is None:  # (applied lies between the snapshot and the log's end)
             raise RuntimeError(f"no term known for the applied index {index}")
         return Backup(index, term, self.session.snapshot())
+
+    def sealed(self, backup: Backup) -> Backup:
+        """`backup` sealed as this node seals its snapshots (unchanged without a cipher).
+        CPU work on a large state: callers run it off the event loop."""
+        if self._cipher is None or backup.sealed:
+            return backup
+        return Backup(backup.index, backup.term, self._cipher.seal(backup.data), sealed=True)
 
     async def wait_for_leader(self, timeout: float = 10.0) -> NodeId:
         await asyncio.wait_for(self._leader_known.wait(), timeout)

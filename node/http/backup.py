@@ -9,12 +9,10 @@ it.  Admins only: it holds every user's password hash and every task.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from aiohttp import web
 
-from consensus.cipher import Cipher
 from node.backup import archive
 from node.config import ClusterConfig
 from node.http import errors
@@ -29,7 +27,6 @@ class BackupAPI:
     def __init__(self, config: ClusterConfig, replica: Replica) -> None:
         self.config = config
         self.replica = replica
-        self._cipher = Cipher.from_base64(config.encryption_key) if config.encryption_key else None
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v1/cluster/backup", self.backup)
@@ -38,16 +35,13 @@ class BackupAPI:
         if not is_admin(request):
             return error(403, "forbidden", "only an admin can take a backup")
         try:
-            taken = await self.replica.backup()
+            taken, summary = await self.replica.backup(
+                lambda: archive.Summary.of(self.replica.state)
+            )
         except NoQuorum as exc:
             return errors.no_quorum_response(exc)
-        # Counted right after the cut, before anything else can apply (no await between).
-        summary = archive.Summary.of(self.replica.state)
         created = int(time.time() * 1000)
-        cipher = self._cipher
         payload = taken.data
-        if cipher is not None:  # sealing a large state is CPU work: off the event loop
-            payload = await asyncio.get_running_loop().run_in_executor(None, cipher.seal, payload)
         header = archive.Header(
             format=archive.FORMAT,
             cluster=self.config.name,
@@ -55,7 +49,7 @@ class BackupAPI:
             index=taken.index,
             term=taken.term,
             created_at_ms=created,
-            sealed=cipher is not None,
+            sealed=taken.sealed,
             payload_bytes=len(payload),
             payload_sha256=archive.sha256(payload),
             summary=summary,

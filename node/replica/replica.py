@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
 
 from consensus import errors as raft_errors
 from consensus.driver import Backup, NodeStopped, ProposalTimeout, RaftNode
@@ -33,6 +33,7 @@ from node.replica.state import NodeState
 log = logging.getLogger("ragraft.replica")
 
 Written = Literal["no", "maybe"]
+T = TypeVar("T")
 
 
 class NoQuorum(Exception):
@@ -115,14 +116,21 @@ class Replica:
         except (ProposalTimeout, NodeStopped, raft_errors.RaftError) as exc:
             raise NoQuorum(str(exc), "no") from None
 
-    async def backup(self, timeout: float | None = None) -> Backup:
+    async def backup(
+        self, at_cut: Callable[[], T], timeout: float | None = None
+    ) -> tuple[Backup, T]:
         """The whole replicated state, consistent and with everything committed before
-        the call (a read barrier, then the state as applied here, in the clear)."""
+        the call (a read barrier, then the state as applied here), sealed as snapshots
+        are; with what `at_cut()` says of the state at that very point (called before
+        anything else can apply)."""
         await self.read_barrier(timeout)
         try:
-            return self._raft.backup()
+            taken = self._raft.backup()
         except (NodeStopped, raft_errors.RaftError) as exc:
             raise NoQuorum(str(exc), "no") from None
+        seen = at_cut()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._raft.sealed, taken), seen
 
     @property
     def stopping(self) -> bool:
