@@ -47,7 +47,7 @@ from consensus.errors import (
     StaleRequest,
     TransferInProgress,
 )
-from consensus.fsm import StateMachine
+from consensus.fsm import NewerFormat, StateMachine
 from consensus.messages import Message
 from consensus.raft import RaftConfig, RawNode, bootstrap
 from consensus.session import (
@@ -251,6 +251,7 @@ class RaftNode:
         # the persist running in a worker thread
         self._persisting: asyncio.Future[None] | None = None
         self.fatal: BaseException | None = None
+        self._failed = asyncio.Event()  # set with `fatal`
         self._saved_hs = HardState()
         self._hs_saved_at = 0.0
         self.metrics = {
@@ -514,10 +515,20 @@ class RaftNode:
                     await self._handle_ready(raw, raw.ready())
         except (asyncio.CancelledError, GeneratorExit):  # stop(), or a loop torn down
             raise
+        except NewerFormat as exc:  # not a fault: this node's software is too old for the log
+            self.fatal = exc
+            log.critical(
+                "raft node %s stopped: %s (nothing is lost: once upgraded it goes on from there)",
+                self.id,
+                exc,
+            )
+            self._fail_pending(NodeStopped())
+            self._failed.set()
         except BaseException as exc:  # a broken invariant or a failing disk: stop loudly
             self.fatal = exc
             log.critical("raft node %s stopped: %s", self.id, exc, exc_info=True)
             self._fail_pending(NodeStopped())
+            self._failed.set()
             raise
 
     async def _handle_ready(self, raw: RawNode, rd: Ready) -> None:
@@ -962,6 +973,13 @@ class RaftNode:
                     raise ProposalTimeout(timeout, self.raw.leader) from None
             finally:
                 self._reads.pop(ctx, None)
+
+    async def wait_failed(self) -> BaseException:
+        """Returns `fatal` once the node has stopped on its own (the owner decides what
+        the process does then)."""
+        await self._failed.wait()
+        assert self.fatal is not None
+        return self.fatal
 
     def backup(self) -> Backup:
         """The state as applied here now, taken between two applies (so consistent);

@@ -34,7 +34,7 @@ from typing import Any
 
 import msgpack
 
-from consensus.fsm import StateMachine
+from consensus.fsm import NewerFormat, StateMachine
 
 ENVELOPE_VERSION = 1
 SESSION_TTL_MS = 3_600_000  # an idle session is forgotten after an hour
@@ -132,6 +132,12 @@ class SessionTable:
             fields = _unpack(data)
         except (ValueError, msgpack.UnpackException) as exc:
             raise ValueError(f"not a msgpack envelope: {exc}") from None
+        newer = type(fields) is list and fields and type(fields[0]) is int
+        if newer and fields[0] > ENVELOPE_VERSION:
+            raise NewerFormat(
+                f"log entry {index} is a version-{fields[0]} envelope; this node reads up "
+                f"to version {ENVELOPE_VERSION}: upgrade it"
+            )
         if type(fields) is not list or len(fields) != 7 or fields[0] != ENVELOPE_VERSION:
             if type(fields) is list and len(fields) == 2 and type(fields[0]) is str:
                 return self._apply_legacy(index, fields[0], fields[1])
@@ -224,6 +230,11 @@ class SessionTable:
             self.machine.restore(fields[2])
             return
         version, now_ms, rows, machine_state = fields
+        if type(version) is int and version > ENVELOPE_VERSION:
+            raise NewerFormat(
+                f"a snapshot of session table version {version}; this node reads up to "
+                f"version {ENVELOPE_VERSION}: upgrade it"
+            )
         if version != ENVELOPE_VERSION:
             raise ValueError(f"snapshot of session table version {version}, expected 1")
         self.now_ms = now_ms

@@ -158,3 +158,85 @@ def test_http_refusals_are_json_errors(tmp_path):
         assert status == 422 and body["error"]["details"]["field"] == "input.query"
     finally:
         cluster.stop_all()
+
+
+def _submit(cluster, count: int, duration_ms: int) -> list[str]:
+    ids = []
+    for i in range(count):
+        status, task = cluster.request(
+            cluster.ids[i % 3],
+            "POST",
+            "/api/v1/tasks",
+            {"type": "noop", "input": {"duration_ms": duration_ms}},
+        )
+        assert status == 201, task
+        ids.append(task["id"])
+    return ids
+
+
+def _finished(cluster, ids: list[str], timeout: float = 60) -> dict[str, dict]:
+    def done():
+        tasks = {i: cluster.request("n1", "GET", f"/api/v1/tasks/{i}")[1] for i in ids}
+        return tasks if all(t.get("state") == "completed" for t in tasks.values()) else None
+
+    return wait_for(done, timeout=timeout, interval=0.3)
+
+
+def _ragraft(cluster, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    from tests.nodecluster import ADMIN_PASSWORD
+
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli.main", *args, "--config", str(cluster.config)],
+        cwd=cluster.root,
+        env={**os.environ, "RAGRAFT_ADMIN_PASSWORD": ADMIN_PASSWORD},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_drain_lets_running_tasks_finish_gives_no_new_ones_and_moves_the_leadership(cluster):
+    """`ragraft node drain` of the leader while it runs tasks: they finish there, nothing
+    new is granted to it, the leadership moves to another voter, and `resume` gives it
+    work again; the cluster writes format 2 (the drain command's) because every voter
+    announces it reads it."""
+    leader = cluster.wait_ready()
+    view = cluster.request("n1", "GET", "/api/v1/cluster")[1]
+    assert view["format"]["in_use"] == view["format"]["newest"] >= 2, view["format"]
+    first = _submit(cluster, 6, 2500)
+    wait_for(
+        lambda: any(
+            n["id"] == leader and n["running"]
+            for n in cluster.request("n1", "GET", "/api/v1/nodes")[1]["items"]
+        )
+    )
+    other = next(n for n in cluster.ids if n != leader)
+    for bad in ({"wait_s": -1}, {"wait_s": "soon"}, {"wait_s": 1, "force": True}):
+        status, body = cluster.request(other, "POST", f"/api/v1/nodes/{leader}/drain", bad)
+        assert status == 422 and body["error"]["details"]["field"] in ("wait_s", "force"), body
+    nodes = {n["id"]: n for n in cluster.request(other, "GET", "/api/v1/nodes")[1]["items"]}
+    assert not nodes[leader]["draining"]  # a refused request changed nothing
+    done = _ragraft(cluster, "node", "drain", leader, "--wait", "60", "--url", cluster.api[other])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{leader} is drained" in done.stdout, done.stdout
+    after = cluster.request(other, "GET", "/api/v1/cluster")[1]
+    assert after["leader"] not in (None, leader), after
+    nodes = {n["id"]: n for n in cluster.request(other, "GET", "/api/v1/nodes")[1]["items"]}
+    assert nodes[leader]["draining"] and nodes[leader]["running"] == []
+    assert all(nodes[n]["format"] == view["format"]["newest"] for n in cluster.ids)
+    ran_there = [t for t in _finished(cluster, first).values() if t["node"] == leader]
+    assert ran_there and all(t["attempt"] == 1 for t in ran_there)  # finished, not requeued
+    second = _submit(cluster, 8, 200)
+    assert all(t["node"] != leader for t in _finished(cluster, second).values())
+
+    missing = _ragraft(cluster, "node", "drain", "n9", "--url", cluster.api[other])
+    assert missing.returncode != 0 and "no node 'n9'" in missing.stderr
+    resumed = _ragraft(cluster, "node", "resume", leader, "--url", cluster.api[other])
+    assert resumed.returncode == 0 and "takes tasks again" in resumed.stdout, resumed.stderr
+    third = _submit(cluster, 12, 400)
+    assert any(t["node"] == leader for t in _finished(cluster, third).values())

@@ -444,3 +444,43 @@ def test_a_backup_seeds_a_new_cluster_that_continues_it(tmp_path):
         await new.close()
 
     run(main())
+
+
+def test_a_node_too_old_for_an_entry_stops_there_and_goes_on_once_upgraded(tmp_path):
+    """n3 runs a release that does not read one entry's format (NewerFormat): it stops
+    applying at that entry instead of skipping it (which would make it differ), says
+    why, and the others go on; restarted with a release that reads it (a plain
+    machine), it applies the entry and everything after from its own disk."""
+    from consensus.fsm import NewerFormat
+
+    class OldRelease(KVStateMachine):
+        def apply(self, index: int, command: bytes):
+            if msgpack.unpackb(command, raw=False)[1].startswith("v2:"):
+                raise NewerFormat("a command of format 2; this node reads up to 1: upgrade it")
+            return super().apply(index, command)
+
+    async def main():
+        c = Cluster(tmp_path, MemoryNetwork(seed=3))
+        for n in IDS:
+            await c.start(n)
+        old = c.nodes["n3"]
+        old.session.machine = c.machines["n3"] = OldRelease()
+        await c.leader()
+        await c.nodes["n1"].propose(put("before"))
+        await c.nodes["n1"].propose(put("v2:new"))
+        await c.nodes["n1"].propose(put("after"))
+        failed = await asyncio.wait_for(old.wait_failed(), 5)
+        assert isinstance(failed, NewerFormat) and old.fatal is failed
+        assert "before" in c.machines["n3"].data
+        assert "v2:new" not in c.machines["n3"].data and "after" not in c.machines["n3"].data
+        with pytest.raises(Exception):  # noqa: B017 - it takes nothing any more
+            await old.propose(put("refused"), timeout=0.5)
+        # the two others are a quorum: the cluster goes on
+        await c.nodes["n2"].propose(put("meanwhile"))
+        await c.stop("n3")
+        upgraded = await c.start("n3")
+        await upgraded.read_barrier()
+        assert {"before", "v2:new", "after", "meanwhile"} <= set(c.machines["n3"].data)
+        await c.close()
+
+    run(main())

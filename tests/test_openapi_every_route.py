@@ -1,8 +1,8 @@
 """schemathesis over the routes the main run (tests/test_openapi.py) leaves out because
-they take a cluster apart or never end: membership changes, join tokens and joins, users,
-the chat route and the event stream, against a throw-away cluster with the bundled
-models.  No server error: a 503 is allowed only with its documented code (no quorum or
-no leader once the run has taken members away)."""
+they take a cluster apart or never end: membership changes, join tokens and joins,
+drains, users, the chat route and the event stream, against a throw-away cluster with
+the bundled models.  No server error: a 503 is allowed only with its documented code
+(no quorum or no leader once the run has taken members away)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_schemathesis_over_membership_joins_users_chat_and_events(cluster: NodeC
                 "content_type_conformance,response_schema_conformance"
             ),
             "--include-path-regex",
-            "/cluster/members|/cluster/join|/users|/events|/v1/chat|/v1/models",
+            "/cluster/members|/cluster/join|/drain|/resume|/users|/events|/v1/chat|/v1/models",
             # Not the coverage phase: its boundary values include max_s at its maximum,
             # a day-long stream; the fuzzing phase's events are bounded by the hook.
             "--phases",

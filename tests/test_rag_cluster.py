@@ -562,6 +562,7 @@ def test_a_backup_through_a_follower_restores_a_new_cluster_with_the_same_index_
     file = tmp_path / "kb.backup"
     done = _cli(cluster.root, "backup", str(file), "--url", cluster.api[follower], env=client_env)
     assert done.returncode == 0, done.stderr
+    print(done.stdout)  # (size and time, for the README: pytest -s)
     assert "written to" in done.stdout and f"digest {digest}" in done.stdout, done.stdout
     assert file.stat().st_mode & 0o777 == 0o600
     data = file.read_bytes()

@@ -103,6 +103,7 @@ STRATEGIES = {
         c.NodeStatus, node=ids, at=ms, alive=st.booleans(), slots=maybe() | st.integers(0, 256)
     ),
     c.RequeueNode: st.builds(c.RequeueNode, node=ids, at=ms, reason=text),
+    c.DrainNode: st.builds(c.DrainNode, node=ids, at=ms, by=ids, draining=st.booleans()),
     c.Upload: st.builds(
         c.Upload,
         doc=st.builds(
@@ -224,7 +225,11 @@ def test_defaults_are_left_out_of_the_entry():
     ("data", "reason"),
     [
         (b"\xc1", "not msgpack"),
-        (msgpack.packb([2, "claim", {}]), "version 2"),
+        (msgpack.packb([0, "claim", {}]), "command of format 0"),
+        (
+            msgpack.packb([1, "drain", {"node": "n1", "at": 1, "by": "admin"}]),
+            "'drain' is a command of format 2, marked 1",
+        ),
         (msgpack.packb([1, "drop_tables", {}]), "unknown command 'drop_tables'"),
         (msgpack.packb([1, "claim", {"node": "n1", "at": 1}]), "missing field 'slots'"),
         (
@@ -360,9 +365,17 @@ envelopes = st.one_of(
 
 
 def _decodes_or_codec_error(data: bytes) -> None:
+    """A command, or CodecError; or NewerFormat for a [version, ...] list whose version
+    is beyond this release (what the next release may write: stop, do not skip)."""
+    from consensus.fsm import NewerFormat
+
     try:
         cmd = codec.decode(data)
     except codec.CodecError:
+        return
+    except NewerFormat:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        assert isinstance(raw, list) and len(raw) == 3 and raw[0] > codec.CODEC_VERSION
         return
     assert type(cmd) in codec.TAGS
 
@@ -453,7 +466,6 @@ GARBAGE = [
     b"\xc1",
     b"\x93\x01",  # truncated
     msgpack.packb("hello"),
-    msgpack.packb([codec.CODEC_VERSION + 1, "claim", {"node": "n1", "slots": 1, "at": 1}]),
     msgpack.packb([codec.CODEC_VERSION, "drop_tables", {}]),
     msgpack.packb([codec.CODEC_VERSION, 7, {}]),
     msgpack.packb([codec.CODEC_VERSION, "claim", {"node": "n1", "slots": "all", "at": 1}]),
@@ -486,3 +498,98 @@ def test_node_state_refuses_what_is_not_a_command_and_changes_nothing(entry):
     # and the log goes on
     done = state.apply(8, codec.encode(c.Complete("t1", 1, "n1", 9, {"ok": True})))
     assert done["state"] == "completed"
+
+
+def test_an_entry_of_a_newer_format_stops_the_node_instead_of_being_skipped():
+    """A release that reads format N meets an entry of N + 1 (a node of the next release
+    wrote it): skipping it, as garbage is skipped, would make this replica differ from
+    those that apply it, so it raises NewerFormat (the driver stops the node there) and
+    changes nothing."""
+    from consensus.fsm import NewerFormat
+
+    state = _busy_state()
+    before = state.snapshot()
+    newer = msgpack.packb([codec.CODEC_VERSION + 1, "claim", {"node": "n1", "slots": 1, "at": 1}])
+    with pytest.raises(NewerFormat, match=f"reads formats up to {codec.CODEC_VERSION}: upgrade"):
+        codec.decode(newer)
+    with pytest.raises(NewerFormat):
+        state.apply(7, newer)
+    assert state.refused_entries == 0
+    state.applied_index = 6
+    assert state.snapshot() == before
+    # A snapshot of a newer format is refused the same way.
+    fields = msgpack.unpackb(before, raw=False)
+    fields["format"] = codec.CODEC_VERSION + 1
+    with pytest.raises(NewerFormat, match="a snapshot of format"):
+        _busy_state().restore(msgpack.packb(fields, use_bin_type=True))
+
+
+def test_each_entry_is_marked_with_the_oldest_format_that_reads_it():
+    assert msgpack.unpackb(codec.encode(c.Claim("n1", 2, 1)))[0] == 1
+    assert msgpack.unpackb(codec.encode(c.DrainNode("n1", 1, "admin")))[0] == 2
+    assert codec.CODEC_VERSION >= max(codec.INTRODUCED_IN.values())
+    state = _busy_state()
+    assert msgpack.unpackb(state.snapshot(), raw=False)["format"] == 1
+    state.apply(7, codec.encode(c.DrainNode("n1", 8, "admin")))
+    assert msgpack.unpackb(state.snapshot(), raw=False)["format"] == 2  # a draining node
+
+
+def test_the_cluster_writes_a_new_format_only_once_every_voter_reads_it():
+    from node.replica.formats import announced_formats, cluster_format
+
+    newest = codec.CODEC_VERSION
+    view = cluster_format(["n1", "n2", "n3"], {"n1": newest, "n2": newest, "n3": newest})
+    assert view.in_use == newest and view.behind(newest) == []
+    # n3 still runs the previous release; n2 has not been heard from: the first format
+    view = cluster_format(["n1", "n2", "n3"], {"n1": newest, "n3": newest - 1})
+    assert view.in_use == 1 and view.behind(newest) == ["n2", "n3"]
+    # a node of a later release than this one: this one's newest is the limit
+    assert cluster_format(["n1"], {"n1": newest + 5}).in_use == newest
+    table = {
+        "n1": {"meta": {"format": 2}},
+        "n2": {"meta": {}},
+        "n3": {"meta": {"format": True}},
+        "n4": {},
+    }
+    assert announced_formats(table) == {"n1": 2, "n2": None, "n3": None, "n4": None}
+
+
+def test_the_replica_refuses_a_command_of_a_format_a_voter_does_not_read():
+    """During a rolling upgrade (n3 still announces format 1) a drain — a format-2
+    command — is refused before it reaches the log, with who is behind; commands of
+    the first format go on; once n3 announces 2, the drain is proposed."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from node.replica.refusal import Refused
+    from node.replica.replica import Replica
+
+    class Raft:
+        id = "n1"
+
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def status(self) -> dict[str, Any]:
+            return {"voters": ["n1", "n2", "n3"]}
+
+        async def propose(self, data: bytes, timeout: float | None = None) -> Any:
+            self.sent.append(data)
+            return SimpleNamespace(index=len(self.sent), result={"ok": True})
+
+    raft = Raft()
+    replica = Replica(raft, NodeState(TaskQueue()))  # type: ignore[arg-type]
+    newest = codec.CODEC_VERSION
+    replica.announced_formats = lambda: {"n1": newest, "n2": newest, "n3": 1}
+    drain = c.DrainNode("n2", 1, "admin")
+    with pytest.raises(Refused) as refused:
+        asyncio.run(replica.propose(drain))
+    assert refused.value.refusal.code is RefusalCode.CONFLICT
+    assert refused.value.refusal.details["behind"] == ["n3"]
+    assert "finish the rolling upgrade" in refused.value.refusal.message
+    assert raft.sent == []
+    asyncio.run(replica.propose(c.Claim("n1", 1, 2)))
+    assert len(raft.sent) == 1
+    replica.announced_formats = lambda: {"n1": newest, "n2": newest, "n3": newest}
+    asyncio.run(replica.propose(drain))
+    assert msgpack.unpackb(raft.sent[-1])[0] == 2

@@ -83,12 +83,30 @@ def test_not_an_envelope_is_a_value_error_and_changes_nothing():
     for data in (
         b"\xc1",
         msgpack.packb(["x"]),
-        msgpack.packb([2, "s", 0, 1, 0, 0, b""]),
+        msgpack.packb([0, "s", 0, 1, 0, 0, b""]),
         msgpack.packb([1, "s", 0, "1", 0, 0, b""]),
     ):
         with pytest.raises(ValueError):
             table.apply(1, data)
     assert table.machine.n == 0 and len(table) == 0
+
+
+def test_an_envelope_or_snapshot_of_a_newer_version_stops_instead_of_being_skipped():
+    import msgpack
+    import pytest
+
+    from consensus.fsm import NewerFormat
+    from consensus.session import ENVELOPE_VERSION
+
+    table = SessionTable(Counter())
+    newer = msgpack.packb([ENVELOPE_VERSION + 1, "s", 0, 1, 0, 0, b""])
+    with pytest.raises(NewerFormat, match="upgrade it"):
+        table.apply(1, newer)
+    assert table.machine.n == 0 and len(table) == 0
+    snapshot = msgpack.unpackb(table.snapshot())
+    snapshot[0] = ENVELOPE_VERSION + 1
+    with pytest.raises(NewerFormat, match="session table version"):
+        SessionTable(Counter()).restore(msgpack.packb(snapshot))
 
 
 def test_snapshot_round_trip_keeps_sessions():

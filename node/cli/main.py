@@ -10,7 +10,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import ssl
@@ -79,13 +79,20 @@ def _admin_headers(base: str, context: ssl.SSLContext | None = None) -> dict[str
         ) from None
 
 
-def _remove_node(config: cluster_config.ClusterConfig, target: str | None, url: str | None) -> int:
+def _admin_call(
+    config: cluster_config.ClusterConfig,
+    url: str | None,
+    method: str,
+    path: str,
+    body: dict[str, object] | None = None,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """One admin request to a member (--url, else the file's first node); its JSON
+    answer, or a SystemExit that says what went wrong and what to do."""
     import json
     import urllib.error
     import urllib.request
 
-    if not target:
-        raise SystemExit("ragraft node remove: say which node, e.g. `ragraft node remove n4`")
     from node.client.rest import ClientError, ssl_context
 
     base = (url or config.nodes[0].api_url).rstrip("/")
@@ -97,24 +104,68 @@ def _remove_node(config: cluster_config.ClusterConfig, target: str | None, url: 
             context = ssl_context(config.tls.cert_file)
         except ClientError as exc:
             raise SystemExit(f"ragraft: {exc}") from None
-    request = urllib.request.Request(
-        f"{base}/api/v1/cluster/members/{target}",
-        method="DELETE",
-        headers=_admin_headers(base, context),
-    )
+    headers = _admin_headers(base, context)
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=60, context=context) as response:
-            view = json.loads(response.read())
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            answer: dict[str, Any] = json.loads(response.read())
+            return answer
     except urllib.error.HTTPError as exc:
-        body = json.loads(exc.read() or b"{}")
-        raise SystemExit(
-            f"ragraft: could not remove {target}: {body.get('error', {}).get('message', exc)}"
-        ) from None
+        reason = json.loads(exc.read() or b"{}").get("error", {})
+        raise SystemExit(f"ragraft: {reason.get('message', exc)}") from None
     except OSError as exc:
         raise SystemExit(
             f"ragraft: cannot reach {base}: {exc}; pass --url of a running node"
         ) from None
+
+
+def _remove_node(config: cluster_config.ClusterConfig, target: str | None, url: str | None) -> int:
+    if not target:
+        raise SystemExit("ragraft node remove: say which node, e.g. `ragraft node remove n4`")
+    view = _admin_call(config, url, "DELETE", f"/api/v1/cluster/members/{target}")
     print(f"removed {target}; voters now {', '.join(view['members']['voters'])}")
+    return 0
+
+
+def _drain_node(
+    config: cluster_config.ClusterConfig,
+    target: str | None,
+    url: str | None,
+    wait_s: float,
+    resume: bool,
+) -> int:
+    action = "resume" if resume else "drain"
+    if not target:
+        raise SystemExit(f"ragraft node {action}: say which node, e.g. `ragraft node {action} n2`")
+    if resume:
+        view = _admin_call(config, url, "POST", f"/api/v1/nodes/{target}/resume")
+        print(f"{target} takes tasks again")
+        return 0
+    print(
+        f"draining {target}: no new tasks for it; waiting up to {wait_s:g} s for its running ones"
+    )
+    view = _admin_call(
+        config,
+        url,
+        "POST",
+        f"/api/v1/nodes/{target}/drain",
+        {"wait_s": wait_s},
+        timeout=wait_s + 60,
+    )
+    if not view["drained"]:
+        print(
+            f"{target} still runs {', '.join(view['running'])} after {wait_s:g} s: it stays "
+            "draining; wait longer (`ragraft node drain` again) or abort them"
+        )
+        return 1
+    print(
+        f"{target} is drained: nothing runs on it, leader {view['leader'] or 'none'}; "
+        f"stop it for maintenance, then `ragraft node resume {target}`"
+    )
     return 0
 
 
@@ -281,10 +332,19 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument(
         "action",
         nargs="?",
-        choices=["remove", "token"],
-        help="remove: take a node out of the cluster; token: make a join token (admins)",
+        choices=["remove", "token", "drain", "resume"],
+        help="remove: take a node out of the cluster; token: make a join token; drain: stop "
+        "giving a node tasks, wait for its running ones and move the leadership away, for "
+        "maintenance; resume: give it tasks again (admins)",
     )
-    node.add_argument("target", nargs="?", help="with remove: the id of the node to remove")
+    node.add_argument("target", nargs="?", help="with remove, drain, resume: the id of the node")
+    node.add_argument(
+        "--wait",
+        type=float,
+        default=300,
+        metavar="SECONDS",
+        help="with drain: how long to wait for its running tasks (default: 300)",
+    )
     node.add_argument(
         "--join-token",
         default=os.environ.get("RAGRAFT_JOIN_TOKEN"),
@@ -310,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         "a node that is not one of the first nodes follows)",
     )
     node.add_argument(
-        "--url", help="with remove: API address of a member (default: the first node of the file)"
+        "--url",
+        help="with remove, drain, resume, token: API address of a member "
+        "(default: the first node of the file)",
     )
     node.add_argument(
         "--data-dir", help="keep this node's data under DIR/<id> instead of the file's data_dir"
@@ -436,6 +498,10 @@ def main(argv: list[str] | None = None) -> int:
         return launch(config, restart=False if args.no_restart else None)
     if args.command == "node" and args.action == "remove":
         return _remove_node(_load(args.config), args.target, args.url)
+    if args.command == "node" and args.action in ("drain", "resume"):
+        return _drain_node(
+            _load(args.config), args.target, args.url, args.wait, args.action == "resume"
+        )
     if args.command == "node" and args.action == "token":
         return _join_token(_load(args.config), args.url, args.ttl_minutes, args.for_node)
     if args.command == "node":

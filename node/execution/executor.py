@@ -208,7 +208,11 @@ class Executor:
             self._wake.clear()
             if time.monotonic() >= self._next_reconcile:
                 self._reconcile()
-            while len(self.running) < self.slots and self.queue.counts()[TaskState.QUEUED] > 0:
+            while (
+                len(self.running) < self.slots
+                and self.queue.counts()[TaskState.QUEUED] > 0
+                and not self.queue.draining(self.node_id)  # (`ragraft node drain`)
+            ):
                 if not await self._claim_one():
                     break
 

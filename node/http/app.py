@@ -21,6 +21,7 @@ from node.http import openapi
 from node.http.auth import AuthAPI, Authenticator
 from node.http.backup import BackupAPI
 from node.http.cluster import ClusterAPI, Membership, ModelStatus
+from node.http.drain import DrainAPI
 from node.http.errors import json_errors
 from node.http.events import EventHub
 from node.http.join import JoinAPI
@@ -76,6 +77,7 @@ def build_http(
     ClusterAPI(config, replica, gossip, rag, history).routes(app)
     JoinAPI(config, replica, gossip).routes(app)
     BackupAPI(config, replica).routes(app)
+    DrainAPI(config, replica, gossip).routes(app)
     app.router.add_get("/openapi.json", openapi_handler())
     return app
 

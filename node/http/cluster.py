@@ -61,6 +61,7 @@ def cluster_view(replica: Replica) -> dict[str, Any]:
             "addresses": status["addresses"],
         },
         "quorum": status["leader"] is not None,
+        "format": replica.formats().to_json(),
     }
 
 
@@ -127,6 +128,8 @@ class ClusterAPI:
                     "status_since_unix_ms": member.get("status_since_unix_ms"),
                     "raft_role": _raft_role(status, node_id),
                     "slots": info.get("slots"),
+                    "draining": "draining" in info,
+                    "format": meta.get("format") if isinstance(meta.get("format"), int) else None,
                     "running": [
                         task_id
                         for task_id in tasks.running_on(node_id)

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any, get_args
 
 from node.http import errors, idempotency
+from node.http.drain import DRAIN_WAIT_DEFAULT_S, DRAIN_WAIT_MAX_S
 from node.http.events import EVENT_TYPES, MAX_FOLLOW_S
 from node.http.openai_compat import MODELS, OPENAI_MAX_STOP, OPENAI_MAX_TEMPERATURE
 from node.rag.documents import MEDIA_HTML, MEDIA_MARKDOWN, MEDIA_TEXT
@@ -381,7 +382,23 @@ def _cluster_schemas() -> dict[str, Schema]:
             raft_role=_NULL_STR,
             slots=_NULL_INT,
             running=_strings(),
+            draining={
+                "type": "boolean",
+                "description": "no new tasks are granted to it (`ragraft node drain`)",
+            },
+            format={
+                **_NULL_INT,
+                "description": "the newest log format it reads, as it announces in gossip",
+            },
             metrics={"type": "object"},
+        ),
+        "Drain": _obj(
+            ["node", "draining", "running", "drained", "leader"],
+            node={"type": "string"},
+            draining={"type": "boolean"},
+            running={**_strings(), "description": "its tasks still running"},
+            drained={"type": "boolean", "description": "nothing runs on it any more"},
+            leader=_NULL_STR,
         ),
         "Cluster": _obj(
             ["node", "leader", "term", "commit_index", "applied_index", "members", "quorum"],
@@ -398,6 +415,19 @@ def _cluster_schemas() -> dict[str, Schema]:
                 addresses={"type": "object"},
             ),
             quorum={"type": "boolean"},
+            format=_obj(
+                ["in_use", "newest", "voters"],
+                in_use={
+                    "type": "integer",
+                    "description": "the newest log format every voter reads: what is written",
+                },
+                newest={"type": "integer", "description": "the newest this node reads"},
+                voters={
+                    "type": "object",
+                    "additionalProperties": _NULL_INT,
+                    "description": "what each voter announced (null: not heard from yet)",
+                },
+            ),
         ),
         "Ready": _obj(
             ["ready", "leader"],
@@ -1043,6 +1073,53 @@ def _cluster_paths() -> dict[str, Schema]:
                 tag="cluster",
                 public=True,
                 body=_body(join),
+            )
+        },
+        "/api/v1/nodes/{id}/drain": {
+            "post": _op(
+                "drain a node for maintenance: no new tasks for it, wait up to wait_s for its "
+                "running ones, then move the leadership away if it leads; admins only",
+                {
+                    "200": _json(_ref("Drain"), "draining (drained: nothing runs on it)"),
+                    "400": _error("not JSON"),
+                    "403": _error("not an admin"),
+                    "404": _error("no such node"),
+                    "409": _error("not every voter reads the log format of the command yet"),
+                    "413": _error("body too large"),
+                    "422": _error("wait_s out of range, or an unknown field"),
+                    "503": _error("no quorum, or the leadership did not move"),
+                },
+                tag="cluster",
+                parameters=[_path_id("node id")],
+                body=_body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "wait_s": {
+                                "type": "number",
+                                "minimum": 0,
+                                "maximum": DRAIN_WAIT_MAX_S,
+                                "default": DRAIN_WAIT_DEFAULT_S,
+                            }
+                        },
+                        "additionalProperties": False,
+                    },
+                    required=False,
+                ),
+            )
+        },
+        "/api/v1/nodes/{id}/resume": {
+            "post": _op(
+                "let a drained node take tasks again; admins only",
+                {
+                    "200": _json(_ref("Drain"), "taking tasks"),
+                    "403": _error("not an admin"),
+                    "404": _error("no such node"),
+                    "409": _error("not every voter reads the log format of the command yet"),
+                    "503": _error("no quorum"),
+                },
+                tag="cluster",
+                parameters=[_path_id("node id")],
             )
         },
         "/api/v1/cluster/backup": {

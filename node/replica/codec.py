@@ -1,6 +1,13 @@
 """The one wire form of commands: versioned, tagged msgpack.
 
-    [CODEC_VERSION, tag, {field: value, ...}]
+    [format, tag, {field: value, ...}]
+
+`format` is the format that introduced the command (INTRODUCED_IN; 1 for the
+first ones), so that an entry says the oldest release that can apply it.  A node
+that reads a format newer than CODEC_VERSION raises NewerFormat (it stops instead
+of skipping what the others apply: consensus/fsm.py), and the cluster only
+proposes a command of a new format once every voter announces in gossip that it
+reads it (node/runtime/formats.py; the Replica refuses it before that).
 
 Fields equal to their default are left out (smaller entries, and a field added
 later with a default reads old entries).  `decode` checks everything it reads
@@ -26,11 +33,14 @@ from typing import Any, cast
 
 import msgpack
 
+from consensus.fsm import NewerFormat
 from node.replica import commands as c
 from node.replica.refusal import Refusal, RefusalCode
 from node.replica.vocabulary import InvalidField, TaskParams, TaskType
 
-CODEC_VERSION = 1
+# The newest format of log entries and snapshots this release reads and writes.
+# Bump it with every new command, or any change an older release would misread.
+CODEC_VERSION = 2
 
 
 class CodecError(ValueError):
@@ -65,8 +75,11 @@ TAGS: dict[type, str] = {
     c.AdmitNode: "peer.admit",
     c.RevokeNode: "peer.revoke",
     c.PutJoinToken: "peer.put_join_token",
+    c.DrainNode: "drain",
 }
 _TYPES: dict[str, type] = {tag: cls for cls, tag in TAGS.items()}
+# The format each command appeared in, where that is not the first.
+INTRODUCED_IN: dict[type, int] = {c.DrainNode: 2}
 
 _Convert = Callable[[Any, str], Any]
 
@@ -217,7 +230,12 @@ def encode(cmd: c.Command) -> bytes:
     tag = TAGS.get(type(cmd))
     if tag is None:
         raise TypeError(f"{type(cmd).__name__} is not a command")
-    return _pack([CODEC_VERSION, tag, _fields_to_wire(cmd)])
+    return _pack([format_of(cmd), tag, _fields_to_wire(cmd)])
+
+
+def format_of(cmd: c.Command) -> int:
+    """The oldest format that reads `cmd`: what its entry is marked with."""
+    return INTRODUCED_IN.get(type(cmd), 1)
 
 
 def decode(data: bytes) -> c.Command:
@@ -230,11 +248,18 @@ def decode(data: bytes) -> c.Command:
     if not isinstance(raw, list) or len(raw) != 3:
         raise CodecError("not a [version, tag, fields] command")
     version, tag, fields = raw
-    if version != CODEC_VERSION:
-        raise CodecError(f"command of codec version {version!r}; this node reads {CODEC_VERSION}")
+    if type(version) is not int or version < 1:
+        raise CodecError(f"command of format {version!r}")
+    if version > CODEC_VERSION:
+        raise NewerFormat(
+            f"a {tag!r} command of format {version}; this node's ragraft reads formats up to "
+            f"{CODEC_VERSION}: upgrade it to the release the other nodes run"
+        )
     cls = _TYPES.get(tag) if isinstance(tag, str) else None
     if cls is None:
         raise CodecError(f"unknown command {tag!r}")
+    if INTRODUCED_IN.get(cls, 1) > version:
+        raise CodecError(f"{tag!r} is a command of format {INTRODUCED_IN[cls]}, marked {version}")
     return _READERS[cls](fields, tag)
 
 

@@ -141,6 +141,17 @@ class RequeueNode:
     reason: str = "died"
 
 
+@dataclass(frozen=True, slots=True)
+class DrainNode:
+    """Stop granting tasks to `node` (draining), or grant them again; asked by an
+    admin (`by`).  Its running tasks finish where they are.  Format 2."""
+
+    node: str
+    at: int
+    by: str
+    draining: bool = True
+
+
 # ---------------------------------------------------------------------- knowledge base
 
 
@@ -337,6 +348,7 @@ TaskCommand = (
     | Expire
     | NodeStatus
     | RequeueNode
+    | DrainNode
 )
 KnowledgeCommand = PutChunks | FinishIngest | FailIngest | DeleteDocument | SetEnabled
 AccountCommand = InitAccounts | PutKey | DeleteKey | PutUser | UpdateUser | DeleteUser

@@ -27,6 +27,7 @@ from consensus import errors as raft_errors
 from consensus.driver import Backup, NodeStopped, ProposalTimeout, RaftNode
 from node.replica import codec
 from node.replica import commands as c
+from node.replica.formats import FIRST_FORMAT, FormatView, cluster_format
 from node.replica.refusal import Refusal, RefusalCode, Refused, refuse
 from node.replica.state import NodeState
 
@@ -61,6 +62,11 @@ class Replica:
         self.state = state
         self.node_id = raft.id
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The newest format each node reads, as gossip announces it (set by the
+        # runtime); until then, only this node is known.
+        self.announced_formats: Callable[[], Mapping[str, int | None]] = lambda: {
+            self.node_id: codec.CODEC_VERSION
+        }
 
     # ------------------------------------------------------------ life
     async def start(self) -> None:
@@ -71,7 +77,25 @@ class Replica:
         await self._raft.stop()
 
     # ------------------------------------------------------------ writes
+    def formats(self) -> FormatView:
+        return cluster_format(self._raft.status()["voters"], self.announced_formats())
+
     async def propose(self, cmd: c.Command, timeout: float | None = None) -> Any:
+        needed = codec.format_of(cmd)
+        if needed > FIRST_FORMAT:
+            view = self.formats()
+            if needed > view.in_use:
+                behind = view.behind(needed)
+                raise Refused(
+                    refuse(
+                        RefusalCode.CONFLICT,
+                        f"{codec.tag_of(cmd)} needs log format {needed}, and not every voter "
+                        f"reads it yet ({', '.join(behind)}): finish the rolling upgrade first",
+                        format=needed,
+                        in_use=view.in_use,
+                        behind=behind,
+                    )
+                )
         data = codec.encode(cmd)
         try:
             applied = await self._raft.propose(data, timeout=timeout)
@@ -115,6 +139,11 @@ class Replica:
             raise NoQuorum(str(exc), "no") from None
         except (ProposalTimeout, NodeStopped, raft_errors.RaftError) as exc:
             raise NoQuorum(str(exc), "no") from None
+
+    async def wait_failed(self) -> BaseException:
+        """Once the Raft node has stopped on its own: why (NewerFormat: the log holds
+        entries of a newer release than this one)."""
+        return await self._raft.wait_failed()
 
     async def backup(
         self, at_cut: Callable[[], T], timeout: float | None = None
@@ -176,6 +205,11 @@ class Replica:
 
     async def remove_member(self, node: str, timeout: float = 30.0) -> None:
         await self._membership(self._raft.remove_member(node, timeout))
+
+    def match_index(self, peer: str) -> int:
+        """On the leader: how far `peer`'s log is known to match (0 elsewhere)."""
+        raw = self._raft.raw
+        return (raw.match_index(peer) or 0) if raw is not None else 0
 
     async def transfer_leadership(self, target: str, timeout: float = 5.0) -> None:
         await self._membership(self._raft.transfer_leadership(target, timeout))

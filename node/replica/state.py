@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import msgpack
 
+from consensus.fsm import NewerFormat
 from node.replica import codec
 from node.replica import commands as c
 from node.replica.accounts import Accounts
@@ -50,6 +51,7 @@ _TASK_COMMANDS = (
     c.Expire,
     c.NodeStatus,
     c.RequeueNode,
+    c.DrainNode,
 )
 _KB_COMMANDS = (c.PutChunks, c.FinishIngest, c.FailIngest, c.DeleteDocument, c.SetEnabled)
 _ACCOUNT_COMMANDS = (
@@ -133,6 +135,8 @@ class NodeState:
             cmd = self.policy.scoped(cmd)
         elif isinstance(cmd, (c.DeleteDocument, c.SetEnabled)):
             self.policy.kb_change(cmd.by)
+        elif isinstance(cmd, c.DrainNode):
+            self.policy.admin_only(cmd.by, "drain a node")
         if isinstance(cmd, _TASK_COMMANDS):
             result = self.tasks.apply(cmd)
             if self.kb is not None and isinstance(cmd, _MAY_END_INGEST):
@@ -251,9 +255,15 @@ class NodeState:
             pass
 
     # ------------------------------------------------------------ snapshots
+    def snapshot_format(self) -> int:
+        """The oldest format that reads this state right: 2 once a node is draining (a
+        release of format 1 would grant it tasks), else 1."""
+        return 2 if any("draining" in info for info in self.tasks.nodes.values()) else 1
+
     def snapshot(self) -> bytes:
         return msgpack.packb(
             {
+                "format": self.snapshot_format(),
                 "applied": self.applied_index,
                 "tasks": self.tasks.snapshot(),
                 "kb": self.kb.snapshot() if self.kb is not None else None,
@@ -265,6 +275,12 @@ class NodeState:
 
     def restore(self, data: bytes) -> None:
         state = msgpack.unpackb(data, raw=False)
+        version = state.get("format", 1)  # snapshots before formats: 1
+        if version > codec.CODEC_VERSION:
+            raise NewerFormat(
+                f"a snapshot of format {version}; this node's ragraft reads formats up to "
+                f"{codec.CODEC_VERSION}: upgrade it to the release the other nodes run"
+            )
         self.applied_index = state["applied"]
         self.tasks.restore(state["tasks"])
         if self.kb is not None and state.get("kb") is not None:

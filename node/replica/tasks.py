@@ -228,6 +228,7 @@ class TaskQueue:
             c.Expire: self._expire,
             c.NodeStatus: self._node_status,
             c.RequeueNode: self._requeue,
+            c.DrainNode: self._drain,
         }
 
     # ------------------------------------------------------------ applying
@@ -453,11 +454,29 @@ class TaskQueue:
         """Give back every task running on a node (it restarted and lost them)."""
         return {"node": cmd.node, "requeued": self._requeue_node(cmd.node, cmd.at, cmd.reason)}
 
+    def _drain(self, cmd: c.DrainNode) -> dict[str, Any]:
+        """Mark a node draining (no new tasks) or not; its running tasks stay."""
+        entry = self.nodes.setdefault(cmd.node, {"slots": 0, "alive": True, "since": cmd.at})
+        if cmd.draining:
+            entry["draining"] = cmd.at
+        else:
+            entry.pop("draining", None)
+        return {
+            "node": cmd.node,
+            "draining": cmd.draining,
+            "running": sorted(self._running.get(cmd.node, ())),
+        }
+
+    def draining(self, node: str) -> bool:
+        return "draining" in self.nodes.get(node, {})
+
     def _claim(self, cmd: c.Claim) -> dict[str, Any]:
         """Grant up to `max` tasks (one per free slot) to the claiming node."""
         node, at, slots = cmd.node, cmd.at, cmd.slots
         info = self.nodes.setdefault(node, {"slots": slots, "alive": True, "since": at})
         info["slots"], info["alive"], info["last_claim"] = slots, True, at
+        if "draining" in info:
+            return {"task": None, "tasks": [], "reason": "this node is draining"}
         granted: list[dict[str, Any]] = []
         reason = ""
         while len(granted) < max(1, cmd.max):
@@ -486,6 +505,7 @@ class TaskQueue:
                 len(self._running.get(n, ()))
                 for n, i in self.nodes.items()
                 if i["alive"]
+                and "draining" not in i
                 and i.get("last_claim", -window) >= at - window
                 and len(self._running.get(n, ())) < i["slots"]
             ),

@@ -36,6 +36,8 @@ from node.http.app import build_http
 from node.http.events import EventHub
 from node.http.metrics import MetricsExporter
 from node.rag.knowledge import KnowledgeBase
+from node.replica.codec import CODEC_VERSION
+from node.replica.formats import announced_formats
 from node.replica.replica import Replica
 from node.replica.state import NodeState
 from node.replica.vocabulary import TaskType
@@ -173,6 +175,9 @@ async def run_node(
             # Where to reach this node, for clients and for nodes that do not have it in
             # their configuration (it joined later, or they were configured before it).
             **published_urls(spec),
+            # The newest log format it reads: the cluster writes a new one only once
+            # every voter says so (node/replica/formats.py).
+            "format": CODEC_VERSION,
         }
     )
     gossip = Gossip(
@@ -185,6 +190,10 @@ async def run_node(
         advertise_address=spec.gossip_address,
     )
     await gossip.start()
+    replica.announced_formats = lambda: {
+        **announced_formats(gossip.snapshot()),
+        node_id: CODEC_VERSION,
+    }
     metrics = MetricsExporter(node_id, replica, executor, gossip, rag, sample)
     history = MetricsHistory(gossip.snapshot)
     state.listen(metrics.on_apply)
@@ -269,7 +278,14 @@ async def run_node(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    # Raft stopping on its own (an entry of a newer release, a failing disk) ends the
+    # node too: serving reads of a state that no longer advances would mislead.
+    failed = asyncio.create_task(replica.wait_failed(), name="raft-failed")
+    stopped = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    cause = failed.result() if failed.done() else None
+    failed.cancel()
     log.info("node %s stopping", node_id)
     for task in background:
         task.cancel()
@@ -282,6 +298,8 @@ async def run_node(
         ("raft", replica.stop),
     ]
     await _stop_in_order(node_id, steps)
+    if cause is not None:
+        raise SystemExit(f"node {node_id}: raft stopped: {cause}")
 
 
 def published_urls(spec: NodeSpec) -> dict[str, str]:

@@ -66,7 +66,9 @@ class NodesView:
             rows.append(
                 {
                     "node": n["id"],
-                    "role": n.get("raft_role") or raft.get("role", ""),
+                    # a drained node is still a voter: say both
+                    "role": (n.get("raft_role") or raft.get("role", ""))
+                    + (" · draining" if n.get("draining") else ""),
                     "gossip": gossip_badge(n["status"]),
                     "term": raft.get("term"),
                     "commit": raft.get("commit"),

@@ -79,7 +79,7 @@ def status(client: Client, args: argparse.Namespace, out: Output) -> int:
             [
                 node["id"],
                 node.get("status", "unknown"),
-                node.get("raft_role") or "—",
+                (node.get("raft_role") or "—") + (" (draining)" if node.get("draining") else ""),
                 percent(metrics.get("cpu_percent")),
                 percent(metrics.get("mem_percent")),
                 f"{metrics.get('slots_used', '—')}/{total if total is not None else '—'}",
