@@ -234,7 +234,45 @@ def test_qa_answers_with_citations_mapped_to_passages(
     for citation in result["citations"]:  # every citation names a passage it was shown
         passage = numbers[citation["n"]]
         assert (citation["doc_id"], citation["chunk"]) == (passage["doc_id"], passage["chunk"])
-        assert f"[{citation['n']}]" in result["answer"]
+        if citation["source"] == "model":  # the model wrote it; the others were attributed
+            assert f"[{citation['n']}]" in result["answer"]
+        if citation["span"] is not None:
+            start, end = citation["span"]
+            assert passage["text"][start:end] == citation["quote"]
+    # The answer is supported by the passage about the lens, and says so, whatever the
+    # model wrote in brackets.
+    lens = [c for c in result["citations"] if c["supported"] and "lens" in (c["quote"] or "")]
+    assert lens, result["citations"]
+    grounding = result["grounding"]
+    assert grounding["mode"] == "annotate" and grounding["supported"] >= 1, grounding
+    assert 0 < result["timings"]["attribution_ms"] < result["timings"]["generate_ms"]
+
+    # strict: what no passage supports is not said (params.grounding, log format 3)
+    status, strict = cluster.request(
+        "n1",
+        "POST",
+        "/api/v1/tasks",
+        {
+            "type": "qa",
+            "input": {"query": "What does the lighthouse keeper polish every Tuesday?"},
+            "params": {"top_k": 3, "max_new_tokens": 40, "grounding": "strict"},
+        },
+    )
+    assert status == 201, strict
+    assert strict["params"]["grounding"] == "strict"
+    done = wait_task(cluster, strict["id"])["result"]
+    assert done["grounding"]["mode"] == "strict" and done["grounding"]["unsupported"] == 0
+    texts = {p["n"]: p["text"] for p in done["passages"]}
+    if done["grounding"]["extractive"]:  # the answer is the passages' own sentences
+        for c in done["citations"]:
+            assert c["quote"] in texts[c["n"]] and c["quote"] in done["answer"]
+    status, bad = cluster.request(
+        "n1",
+        "POST",
+        "/api/v1/tasks",
+        {"type": "qa", "input": {"query": "q"}, "params": {"grounding": "loose"}},
+    )
+    assert status == 422 and bad["error"]["details"]["field"] == "params.grounding", bad
     timings = result["timings"]
     assert timings["retrieve_ms"] > 0 and timings["generate_ms"] > 0
     assert (

@@ -527,6 +527,15 @@ def test_an_entry_of_a_newer_format_stops_the_node_instead_of_being_skipped():
 def test_each_entry_is_marked_with_the_oldest_format_that_reads_it():
     assert msgpack.unpackb(codec.encode(c.Claim("n1", 2, 1)))[0] == 1
     assert msgpack.unpackb(codec.encode(c.DrainNode("n1", 1, "admin")))[0] == 2
+    from node.replica.vocabulary import GroundingMode
+
+    plain = c.Submit("t1", TaskType.QA, {"query": "q"}, TaskParams(top_k=2), "ann", 1)
+    strict = c.Submit(
+        "t1", TaskType.QA, {"query": "q"}, TaskParams(grounding=GroundingMode.STRICT), "ann", 1
+    )
+    assert msgpack.unpackb(codec.encode(plain))[0] == 1
+    assert msgpack.unpackb(codec.encode(strict))[0] == 3  # a format-2 release refuses it
+    assert codec.decode(codec.encode(strict)) == strict
     assert codec.CODEC_VERSION >= max(codec.INTRODUCED_IN.values())
     state = _busy_state()
     assert msgpack.unpackb(state.snapshot(), raw=False)["format"] == 1

@@ -20,6 +20,7 @@ from node.replica.vocabulary import (
     PRIORITY_MAX,
     PRIORITY_MIN,
     SUBMITTABLE_TYPES,
+    GroundingMode,
     KeyScope,
     SearchMode,
     TaskState,
@@ -104,6 +105,12 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--max-tokens", type=int, help="most new tokens to generate")
     p.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
+    p.add_argument(
+        "--grounding",
+        choices=[m.value for m in GroundingMode],
+        help="qa: annotate (default) marks sentences no passage supports; strict drops them, "
+        "and answers with the passages' own sentences if nothing is left",
+    )
     p.add_argument(
         "--wait",
         action="store_true",

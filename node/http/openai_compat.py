@@ -419,6 +419,7 @@ def _completion(task: Task, model: str) -> dict[str, Any]:
             "task_id": task.id,
             "node": task.node,
             "citations": result.get("citations", []),
+            "grounding": result.get("grounding"),
             "passages": result.get("passages", []),
         },
     }

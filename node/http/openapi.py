@@ -47,6 +47,7 @@ from node.replica.vocabulary import (
     PRIORITY_MIN,
     SUBMITTABLE_TYPES,
     USER_NAME_PATTERN,
+    GroundingMode,
     KeyScope,
     ParamSpec,
     SearchMode,
@@ -178,6 +179,8 @@ def param_value(spec: ParamSpec) -> Schema:
         return {"type": "number", "minimum": spec.low, "maximum": spec.high}
     if spec.kind == "mode":
         return _enum(SearchMode)
+    if spec.kind == "grounding":
+        return _enum(GroundingMode)
     if spec.kind == "strings":
         return _strings()
     if spec.kind == "stop":
@@ -276,7 +279,10 @@ def _task_schemas() -> dict[str, Schema]:
             not_before={"type": "integer"},
             progress={"type": "number"},
             progress_note={"type": "string"},
-            result={"description": "qa: answer, citations, passages, timings, models"},
+            result={
+                "description": "qa: answer, citations (Citation), grounding (Grounding), "
+                "passages, timings, models"
+            },
             error=_NULL_STR,
             abort_requested={"type": "boolean"},
             history=_array(_ref("HistoryEntry")),
@@ -530,10 +536,65 @@ def _quota() -> Schema:
     }
 
 
+def _answer_schemas() -> dict[str, Schema]:
+    """What a qa result says of where its answer comes from (node/rag/grounding.py)."""
+    return {
+        "Citation": _obj(
+            ["n", "doc_id", "chunk", "source", "sentence", "supported"],
+            n={"type": "integer", "description": "the passage's number in `passages`"},
+            doc_id={"type": "string"},
+            chunk={"type": "integer"},
+            title=_NULL_STR,
+            source=_enum(["model", "attributed"]),
+            sentence={"type": "integer", "description": "index in grounding.sentences"},
+            span={
+                "type": ["array", "null"],
+                "items": {"type": "integer"},
+                "description": "[start, end): the supporting text, offsets in the passage",
+            },
+            quote=_NULL_STR,
+            score={"type": ["number", "null"], "description": "support, 0 to 1"},
+            supported={
+                "type": "boolean",
+                "description": "false: the model cited a passage that does not support it",
+            },
+        ),
+        "Grounding": _obj(
+            ["mode", "score", "supported", "unsupported", "extractive", "sentences"],
+            mode=_enum(GroundingMode),
+            score={
+                "type": ["number", "null"],
+                "description": "share of the checked sentences some passage supports",
+            },
+            supported={"type": "integer"},
+            unsupported={"type": "integer"},
+            extractive={
+                "type": "boolean",
+                "description": "strict, nothing supported: the answer is the passages' sentences",
+            },
+            sentences=_array(
+                _obj(
+                    ["start", "end", "checked", "supported", "citations"],
+                    start={"type": "integer", "description": "offsets in the answer"},
+                    end={"type": "integer"},
+                    checked={
+                        "type": "boolean",
+                        "description": "false: too few content words to need support",
+                    },
+                    supported={"type": ["boolean", "null"]},
+                    citations={**_array({"type": "integer"}), "description": "indexes"},
+                )
+            ),
+            attribution_ms={"type": "number"},
+        ),
+    }
+
+
 def schemas() -> dict[str, Schema]:
     """components.schemas of the document."""
     return {
         "Error": _error_schema(),
+        **_answer_schemas(),
         **_task_schemas(),
         **_stats_schemas(),
         **_cluster_schemas(),
@@ -1360,6 +1421,18 @@ def _chat_responses() -> dict[str, Schema]:
         object={"type": "string"},
         choices={"type": "array"},
         usage={"type": "object"},
+        ragraft=_obj(
+            ["task_id"],
+            task_id={"type": "string"},
+            node=_NULL_STR,
+            citations={
+                **_array(_ref("Citation")),
+                "description": "where the answer comes from (an extra field: OpenAI clients "
+                "ignore it)",
+            },
+            grounding={"anyOf": [_ref("Grounding"), {"type": "null"}]},
+            passages={"type": "array"},
+        ),
     )
     answered = {
         "description": "a chat.completion, or a text/event-stream of chunks with stream: true",

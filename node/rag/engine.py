@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from node.rag.attribution import Attributor
 from node.rag.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, ChunkText, chunk_pages
 from node.rag.documents import BadDocument, ParseCancelled, parse
 from node.rag.embedding import EmbeddingCancelled
@@ -32,6 +33,7 @@ from node.rag.generation import (
     GenResult,
     PromptTooLongError,
 )
+from node.rag.grounding import ground
 from node.rag.knowledge import (
     MAX_K,
     SEARCH_MODES,
@@ -46,7 +48,7 @@ from node.rag.prompts import (
     map_citations,
 )
 from node.replica.refusal import Refusal
-from node.replica.vocabulary import CancelledFn, ProgressFn
+from node.replica.vocabulary import CancelledFn, GroundingMode, ProgressFn
 
 MAX_NEW_TOKENS = 2048
 MAX_STOP_STRINGS = 8
@@ -124,6 +126,10 @@ class RagEngine:
         self.settings = settings or RagSettings()
         # Tasks that run at the same time share generate() calls through a batcher.
         self.generator = generator or (_Unbatched(backend) if backend is not None else None)
+        self.attributor = Attributor(self._embed_sentences)
+
+    def _embed_sentences(self, texts: list[str]) -> np.ndarray:
+        return self.embedder.encode(texts, batch_size=64)
 
     @property
     def models(self) -> dict[str, str | None]:
@@ -220,22 +226,22 @@ class RagEngine:
             messages, used = build_qa_prompt(query, passages, backend, reserve_new_tokens=max_new)
         except ContextTooSmallError as exc:
             raise BadInput(str(exc)) from None
+        mode = _grounding_param(params)
         progress(0.2, f"generating from {len(used)} passages")
         result = self._generate(messages, params, max_new, cancelled)
+        progress(0.95, "finding the passages that support each sentence")
+        answer, citations, grounding = ground(
+            query, result.text.strip(), used, self.attributor, mode
+        )
+        timings = _timings(retrieve_ms, result)
+        timings["attribution_ms"] = grounding["attribution_ms"]
         return {
-            "answer": result.text.strip(),
-            "citations": [
-                {
-                    "n": c.n,
-                    "doc_id": c.passage.doc_id,
-                    "chunk": c.passage.ordinal,
-                    "title": c.passage.title,
-                }
-                for c in map_citations(result.text, used)
-            ],
+            "answer": answer,
+            "citations": citations,
+            "grounding": grounding,
             "passages": [_passage_dict(n, p) for n, p in enumerate(used, start=1)],
             "finish_reason": result.finish_reason,
-            "timings": _timings(retrieve_ms, result),
+            "timings": timings,
             "models": self.models,
         }
 
@@ -448,6 +454,15 @@ def _int_param(params: dict[str, Any], name: str, default: int, low: int, high: 
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise BadInput(f"params.{name} must be a whole number from {low} to {high}, not {value!r}")
     return value
+
+
+def _grounding_param(params: dict[str, Any]) -> GroundingMode:
+    value = params.get("grounding", GroundingMode.ANNOTATE)
+    try:
+        return GroundingMode(value)
+    except ValueError:
+        modes = ", ".join(m.value for m in GroundingMode)
+        raise BadInput(f"params.grounding must be one of {modes}, not {value!r}") from None
 
 
 def _float_param(params: dict[str, Any], name: str, default: float) -> float:

@@ -40,7 +40,7 @@ from node.replica.vocabulary import InvalidField, TaskParams, TaskType
 
 # The newest format of log entries and snapshots this release reads and writes.
 # Bump it with every new command, or any change an older release would misread.
-CODEC_VERSION = 2
+CODEC_VERSION = 3
 
 
 class CodecError(ValueError):
@@ -235,6 +235,8 @@ def encode(cmd: c.Command) -> bytes:
 
 def format_of(cmd: c.Command) -> int:
     """The oldest format that reads `cmd`: what its entry is marked with."""
+    if isinstance(cmd, c.Submit) and cmd.params.grounding is not None:
+        return 3  # params.grounding: a release of format 2 refuses the parameter
     return INTRODUCED_IN.get(type(cmd), 1)
 
 

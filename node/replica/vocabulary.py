@@ -65,6 +65,13 @@ class SearchMode(enum.StrEnum):
     HYBRID = "hybrid"
 
 
+class GroundingMode(enum.StrEnum):
+    """What a `qa` answer does with sentences no retrieved passage supports."""
+
+    ANNOTATE = "annotate"  # keep them, marked unsupported
+    STRICT = "strict"  # drop them; nothing left: an extractive answer from the passages
+
+
 class UserRole(enum.StrEnum):
     ADMIN = "admin"  # everything: users, keys of anyone, every task, the cluster
     EDITOR = "editor"  # tasks, and changing the knowledge base every answer retrieves from
@@ -225,6 +232,12 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("top_p", "number", "nucleus sampling", 1e-6, 1.0),
     ParamSpec("stop", "stop", f"a string, or at most {MAX_STOP_STRINGS}, that end generation"),
     ParamSpec("seed", "integer", "sampling seed", 0, 2**63 - 1),
+    ParamSpec(
+        "grounding",
+        "grounding",
+        "qa: annotate (default) marks the sentences no passage supports; strict drops them "
+        "and, if nothing is left, answers with the passages' own sentences",
+    ),
 )
 _SPECS = {spec.name: spec for spec in PARAMS}
 
@@ -243,6 +256,7 @@ class TaskParams:
     top_p: float | None = None
     stop: tuple[str, ...] | None = None
     seed: int | None = None
+    grounding: GroundingMode | None = None  # (log format 3)
 
     @classmethod
     def parse(cls, raw: Any) -> TaskParams:
@@ -270,7 +284,7 @@ class TaskParams:
                 continue
             if isinstance(value, tuple):
                 value = list(value)
-            elif isinstance(value, SearchMode):
+            elif isinstance(value, enum.Enum):
                 value = value.value
             out[f.name] = value
         return out
@@ -310,12 +324,13 @@ def _parse_param(spec: ParamSpec, value: Any) -> Any:
             what = "a whole number" if whole else "a number"
             raise InvalidField(field, f"{field} must be {what} from {spec.low:g} to {spec.high:g}")
         return int(value) if whole else float(value)
-    if spec.kind == "mode":
+    if spec.kind in ("mode", "grounding"):
+        kind = SearchMode if spec.kind == "mode" else GroundingMode
         try:
-            return SearchMode(value)
+            return kind(value)
         except ValueError:
             raise InvalidField(
-                field, f"{field} must be one of {', '.join(m.value for m in SearchMode)}"
+                field, f"{field} must be one of {', '.join(m.value for m in kind)}"
             ) from None
     if spec.kind == "stop" and isinstance(value, str):
         value = [value]

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from node.cli.commands.output import Output, Progress, clock, duration, one_line, precise_clock
+from node.client.answers import answer_view, mark, marked_text
 from node.client.rest import Client, ClientError
 from node.http.idempotency import new_key
 from node.replica.vocabulary import FINISHED, TaskState, TaskType
@@ -81,15 +82,7 @@ def result_lines(task: dict[str, Any]) -> list[str]:
         return [json.dumps(result)]
     lines: list[str] = []
     if "answer" in result:
-        lines.append(str(result["answer"]).strip() or "(the model gave an empty answer)")
-        citations = result.get("citations") or []
-        if citations:
-            lines.append("")
-            lines += [_source_line(c) for c in citations]
-        elif result.get("passages"):
-            # The model cited nothing: show what it was given, so the answer can still be checked.
-            lines += ["", "sources (given to the model, not cited in its answer):"]
-            lines += [_source_line(p) for p in result["passages"]]
+        lines += _answer_lines(result)
     elif "passages" in result:
         lines += [
             f"{_source_line(p)}  score {p.get('score', 0):.3f}\n    {one_line(p.get('text', ''))}"
@@ -106,10 +99,44 @@ def result_lines(task: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _answer_lines(result: dict[str, Any]) -> list[str]:
+    """The answer with a mark after each sentence ([n]; [n?]: the model cited a passage
+    that does not support it; (unsupported): no passage does), then each citation with
+    the passage text that supports it."""
+    view = answer_view(result)
+    text = marked_text(view, " (unsupported)")
+    lines = [text or "(the model gave an empty answer)"]
+    if view.extractive:
+        lines.append("(no sentence of the generated answer was supported: these are the passages'")
+        lines.append(" own sentences closest to the question)")
+    if view.score is not None:
+        lines.append(
+            f"grounding {view.score:.0%}: {len(view.sentences) - view.unsupported} of "
+            f"{len(view.sentences)} sentences supported" + (f" ({view.mode})" if view.mode else "")
+        )
+    if view.citations:
+        lines.append("")
+        for c in view.citations:
+            source = f" · {c['source']}" if c.get("source") else ""
+            score = f" · support {c['score']:.2f}" if c.get("score") is not None else ""
+            lines.append(f"{mark(c)} {_where(c)}{source}{score}")
+            if c.get("quote"):
+                lines.append(f"    “{one_line(c['quote'])}”")
+    elif result.get("passages"):
+        # Nothing cited: show what the model was given, so the answer can still be checked.
+        lines += ["", "sources (given to the model; none supports a sentence of the answer):"]
+        lines += [_source_line(p) for p in result["passages"]]
+    return lines
+
+
 def _source_line(item: dict[str, Any]) -> str:
     """`[1] title (doc id, chunk n)`: a citation or a passage."""
+    return f"[{item.get('n')}] {_where(item)}"
+
+
+def _where(item: dict[str, Any]) -> str:
     return (
-        f"[{item.get('n')}] {item.get('title') or item.get('doc_id')} (doc {item.get('doc_id')}, "
+        f"{item.get('title') or item.get('doc_id')} (doc {item.get('doc_id')}, "
         f"chunk {item.get('chunk')})"
     )
 
@@ -157,6 +184,7 @@ def submit(client: Client, args: argparse.Namespace, out: Output) -> int:
             ("mode", args.mode),
             ("max_new_tokens", args.max_tokens),
             ("temperature", args.temperature),
+            ("grounding", args.grounding),
         )
         if value is not None
     }
