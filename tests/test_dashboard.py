@@ -7,6 +7,7 @@ A missing browser fails these tests: it is part of the product's test bed.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fpdf import FPDF
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from tests.nodecluster import ADMIN_PASSWORD, NodeCluster, users_toml
 
@@ -160,11 +161,114 @@ def test_submit_a_question_and_watch_it_reach_its_answer(
     timeline = page.locator(".submit-result li")
     for state in ("queued", "running", "completed"):
         expect(timeline.filter(has_text=state).first).to_be_visible()
-    citation = page.locator("details.citation").last
-    expect(citation).to_be_visible()
-    citation.locator("summary").click()
-    expect(citation.get_by_text("great lens")).to_be_visible()
+    # sentence by sentence, as the API's grounding says, each with its citation marks
+    task_id = heading.first.inner_text().split("·", 1)[0].strip()
+    result = cluster.request("n1", "GET", f"/api/v1/tasks/{task_id}")[1]["result"]
+    print(f"answer: {result['answer']!r}")
+    print(f"grounding: {result['grounding']}")
+    print(f"citations: {result['citations']}")
+    block = page.locator(".submit-result .answer-block")
+    check_grounded_answer(block, result)
+    # the attribution finds the passage that supports the answer: hovering its mark
+    # lights the supporting span in the passage, and so does a click (the mark keeps
+    # the focus); clicking elsewhere puts it out
+    cited = next(i for i, c in enumerate(result["citations"]) if c["supported"] and c["span"])
+    mark = block.locator(f'sup.cite[data-cite="{cited}"]')
+    spans = block.locator(f'mark[data-cites~="{cited}"]')
+    assert "".join(spans.all_inner_texts()) == result["citations"][cited]["quote"]
+    passage = block.locator(f'.cited-passage[data-cites~="{cited}"]')
+    expect(passage).to_contain_text("great lens")
+    idle, idle_box = background(spans.first), background(passage)
+    mark.hover()
+    expect(spans.first).not_to_have_css("background-color", idle)
+    expect(passage).not_to_have_css("background-color", idle_box)
+    lit = background(spans.first)
+    page.mouse.move(5, 5)
+    expect(spans.first).to_have_css("background-color", idle)
+    mark.locator("a").click()
+    page.mouse.move(5, 5)
+    expect(spans.first).to_have_css("background-color", lit)
+    mark.hover()
     shot(page, "answer-with-citations")
+    page.locator(".submit-result h4").click()
+    page.mouse.move(5, 5)
+    expect(spans.first).to_have_css("background-color", idle)
+    page.close()
+
+
+def find_task(page: Page, task_id: str) -> Locator:
+    """The Tasks tab, searched for one task: its row."""
+    page.locator(".bk-tab", has_text="Tasks").click()
+    search = page.get_by_placeholder("id, text, owner, error")
+    search.fill(task_id)
+    search.press("Enter")
+    row = page.locator(".tasks-table .tabulator-row", has_text=task_id)
+    expect(row).to_have_count(1, timeout=15_000)
+    return row
+
+
+def background(element: Locator) -> str:
+    return str(element.evaluate("e => getComputedStyle(e).backgroundColor"))
+
+
+def check_grounded_answer(block: Locator, result: dict) -> None:
+    """The answer block shows the grounding the API has: one element per sentence, the
+    unsupported ones marked (class, title, dotted red underline), one mark per citation
+    ([n?] for a flagged one), the grounding line."""
+    expect(block).to_be_visible()
+    grounding = result["grounding"]
+    sentences = block.locator(".answer .sentence")
+    expect(sentences).to_have_count(len(grounding["sentences"]))
+    for k, sentence in enumerate(grounding["sentences"]):
+        shown = sentences.nth(k)
+        if sentence["supported"] is False:
+            expect(shown).to_have_class(re.compile(r"\bunsupported\b"))
+            expect(shown).to_have_attribute("title", "no retrieved passage supports this sentence")
+            expect(shown).to_have_css("text-decoration-style", "dotted")
+            expect(shown).to_have_css("text-decoration-color", "rgb(197, 48, 48)")
+        else:
+            expect(shown).not_to_have_class(re.compile(r"\bunsupported\b"))
+        marks = [
+            f"[{result['citations'][i]['n']}{'' if result['citations'][i]['supported'] else '?'}]"
+            for i in sentence["citations"]
+        ]
+        # a sentence's marks are the <sup> elements between it and the next sentence
+        following = shown.evaluate(
+            """e => { const out = []; let n = e.nextElementSibling;
+                while (n && n.tagName === 'SUP') { out.push(n.innerText); n = n.nextElementSibling; }
+                return out; }"""
+        )
+        assert following == marks, (k, following, marks)
+    expect(block.locator(".answer sup.cite")).to_have_count(len(result["citations"]))
+    flagged = [c for c in result["citations"] if not c["supported"]]
+    expect(block.locator("sup.cite-unverified")).to_have_count(len(flagged))
+    checked = [s for s in grounding["sentences"] if s["checked"]]
+    if checked:
+        expect(block.locator(".grounding")).to_contain_text(
+            f"grounding {grounding['score']:.0%}: {grounding['supported']} of {len(checked)} "
+            "sentences supported"
+        )
+
+
+def test_an_answer_no_passage_supports_is_marked_unsupported(
+    cluster: NodeCluster, browser: Browser
+) -> None:
+    """A question the knowledge base knows nothing of: the model's answer is its own,
+    no passage supports it, and the Tasks tab's detail marks its sentences so."""
+    question = submit(
+        cluster, "n2", {"type": "qa", "input": {"query": "What is the capital of France?"}}
+    )
+    result = wait_state(cluster, question["id"], "completed", timeout=120)["result"]
+    print(f"answer: {result['answer']!r}")
+    print(f"grounding: {result['grounding']}")
+    assert result["grounding"]["unsupported"] >= 1, result  # the bundled model's answer
+    page = logged_in(browser, cluster.dashboard_urls["n3"])
+    find_task(page, question["id"]).locator(".tabulator-cell[tabulator-field=id]").click()
+    block = page.locator(".answer-block")
+    expect(block).to_be_visible(timeout=15_000)
+    check_grounded_answer(block, result)
+    expect(block.locator(".sentence.unsupported")).to_have_count(result["grounding"]["unsupported"])
+    shot(page, "answer-unsupported")
     page.close()
 
 
@@ -463,12 +567,7 @@ def test_markup_planted_in_data_is_shown_as_text_and_never_runs(
     )
     wait_state(cluster, question["id"], "completed", timeout=120)
     page = logged_in(browser, cluster.dashboard_urls["n2"])
-    page.locator(".bk-tab", has_text="Tasks").click()
-    search = page.get_by_placeholder("id, text, owner, error")
-    search.fill(question["id"])
-    search.press("Enter")
-    row = page.locator(".tasks-table .tabulator-row", has_text=question["id"])
-    expect(row).to_have_count(1, timeout=15_000)
+    row = find_task(page, question["id"])
     expect(row).to_contain_text("<img src=x")  # the markup, as text
     row.locator(".tabulator-cell[tabulator-field=id]").click()
     expect(page.get_by_text("onerror=").first).to_be_visible(timeout=15_000)

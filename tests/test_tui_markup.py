@@ -35,12 +35,33 @@ def hostile(monkeypatch: pytest.MonkeyPatch) -> None:
         item["title"] = HOSTILE
     for step in detail["history"]:
         step["note"] = HOSTILE
+    plant_in_grounded(answers["/api/v1/tasks/01M85GROUNDED"]["result"])
     for doc in answers["/api/v1/kb/documents"]["items"]:
         doc["title"] = HOSTILE
         doc["tags"] = [HOSTILE]
     for node in answers["/api/v1/nodes"]["items"]:
         node["metrics"]["models"] = HOSTILE
     monkeypatch.setattr(canned, "ANSWERS", answers)
+
+
+def plant_in_grounded(result: dict[str, Any]) -> None:
+    """The planted markup as the first sentence of a grounded answer (unsupported), the
+    title of its citations and passages, and in every citation's quote."""
+    shift = len(HOSTILE) + 1
+    result["answer"] = f"{HOSTILE} {result['answer']}"
+    sentences = result["grounding"]["sentences"]
+    for sentence in sentences:
+        sentence["start"] += shift
+        sentence["end"] += shift
+    sentences.insert(
+        0,
+        {"start": 0, "end": len(HOSTILE), "checked": True, "supported": False, "citations": []},
+    )
+    for citation in result["citations"]:
+        citation["title"] = HOSTILE
+        citation["quote"] = f"quoted {HOSTILE}"
+    for passage in result["passages"]:
+        passage["title"] = HOSTILE
 
 
 def table_text(table: DataTable) -> str:
@@ -64,10 +85,19 @@ def test_every_view_shows_planted_markup_as_text(hostile: None) -> None:
             await pilot.pause(0.5)
             body = app.screen.query_one("#detail-body", Static)
             seen["detail"] = str(body.render())
+            app.pop_screen()
+            app.push_screen(TaskDetail(canned.GROUNDED["id"]))
+            await pilot.pause(0.5)
+            body = app.screen.query_one("#detail-body", Static)
+            seen["grounded"] = str(body.render())
             seen["running"] = app.is_running
         return seen
 
     seen = asyncio.run(scenario())
     assert seen["running"]  # nothing stopped the app (a MarkupError would have)
-    for view in ("overview", "tasks", "knowledge", "detail"):
+    for view in ("overview", "tasks", "knowledge", "detail", "grounded"):
         assert "[/x]" in seen[view] and "[link=https://evil.example]" in seen[view], view
+    grounded = seen["grounded"]
+    assert f"“quoted {HOSTILE}”" in " ".join(grounded.split())  # the quotes, wrapped
+    assert f"[1] {HOSTILE} (doc doc-1" in grounded  # a citation's title
+    assert f"{HOSTILE} (unsupported)" in grounded  # the planted sentence, marked

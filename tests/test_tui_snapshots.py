@@ -73,6 +73,106 @@ DETAIL = {
         "timings": {"retrieve_ms": 12.5, "generate_ms": 840.0, "new_tokens": 11},
     },
 }
+
+
+def _grounded_detail() -> dict[str, Any]:
+    """A qa task with a grounded answer (node/rag/grounding.py's shape): a sentence the
+    model cited, one the check attributed, one the model cited wrongly (unsupported),
+    one too short to check."""
+    lens = "The lighthouse keeper polishes the great lens every Tuesday."
+    lamp = (
+        "The lamp is lit at dusk and burns until dawn, its beam turning once every ten "
+        "seconds so that ships far out at sea can tell this light from its neighbours."
+    )
+    first = f"{lens} {lamp}"
+    second = "Keepers once trimmed the wicks of the oil lamps by hand."
+    said = [
+        "The keeper polishes the great lens every Tuesday [1].",
+        "The lamp burns from dusk until dawn.",
+        "The tower was built in 1850 [2].",
+        "Yes.",
+    ]
+    answer = " ".join(said)
+    starts = [answer.index(s) for s in said]
+
+    def cite(
+        n: int,
+        sentence: int,
+        source: str,
+        span: tuple[int, int] | None,
+        score: float | None,
+        ok: bool = True,
+    ) -> dict[str, Any]:
+        text = (first, second)[n - 1]
+        return {
+            "n": n,
+            "doc_id": f"doc-{n}",
+            "chunk": 0,
+            "title": ("Lighthouses", "Old lamps")[n - 1],
+            "source": source,
+            "sentence": sentence,
+            "span": list(span) if span else None,
+            "quote": text[span[0] : span[1]] if span else None,
+            "score": score,
+            "supported": ok,
+        }
+
+    lamp_at = first.index(lamp)
+    citations = [
+        cite(1, 0, "model", (0, len(lens)), 0.91),
+        cite(1, 1, "attributed", (lamp_at, lamp_at + len(lamp)), 0.64),
+        cite(2, 2, "model", (0, len(second)), 0.12, ok=False),
+    ]
+    sentences = [
+        {
+            "start": at,
+            "end": at + len(s),
+            "checked": k < 3,
+            "supported": (True, True, False, None)[k],
+            "citations": [i for i, c in enumerate(citations) if c["sentence"] == k],
+        }
+        for k, (at, s) in enumerate(zip(starts, said))
+    ]
+    passages = [
+        {
+            "n": n,
+            "doc_id": f"doc-{n}",
+            "title": title,
+            "chunk": 0,
+            "page": 1,
+            "text": text,
+            "score": score,
+            "vector_score": 0.6,
+            "keyword_score": 2.0,
+        }
+        for n, title, text, score in (
+            (1, "Lighthouses", first, 0.0328),
+            (2, "Old lamps", second, 0.0161),
+        )
+    ]
+    return {
+        **DETAIL,
+        "id": "01M85GROUNDED",
+        "result": {
+            "answer": answer,
+            "citations": citations,
+            "grounding": {
+                "mode": "annotate",
+                "score": 0.667,
+                "supported": 2,
+                "unsupported": 1,
+                "extractive": False,
+                "sentences": sentences,
+                "attribution_ms": 31.5,
+            },
+            "passages": passages,
+            "timings": {"retrieve_ms": 12.5, "generate_ms": 840.0, "attribution_ms": 31.5},
+        },
+    }
+
+
+GROUNDED = _grounded_detail()
+
 ANSWERS: dict[str, Any] = {
     "/api/v1/stats": {
         "queued": 4,
@@ -112,6 +212,7 @@ ANSWERS: dict[str, Any] = {
         ]
     },
     "/api/v1/tasks?": {"items": TASKS, "next_cursor": "c2", "total": 126},
+    "/api/v1/tasks/01M85GROUNDED": GROUNDED,  # before the prefix of every other task
     "/api/v1/tasks/": DETAIL,
     "/api/v1/kb/documents": {
         "items": [
@@ -173,6 +274,20 @@ def test_task_detail(snap_compare: Any) -> None:
     async def open_detail(pilot: Any) -> None:
         await settle(pilot)
         pilot.app.push_screen(TaskDetail(TASKS[0]["id"]))
+        await settle(pilot)
+
+    assert snap_compare(app(), terminal_size=(80, 24), run_before=open_detail)
+
+
+def test_task_detail_grounded(snap_compare: Any) -> None:
+    """A grounded answer: its marks, the unsupported sentence, the grounding line and the
+    citations with their quotes, wrapped within 80 columns (scrolled to the answer)."""
+
+    async def open_detail(pilot: Any) -> None:
+        await settle(pilot)
+        pilot.app.push_screen(TaskDetail(GROUNDED["id"]))
+        await settle(pilot)
+        pilot.app.screen.query_one("#detail").scroll_to(y=13, animate=False)  # to "answer"
         await settle(pilot)
 
     assert snap_compare(app(), terminal_size=(80, 24), run_before=open_detail)

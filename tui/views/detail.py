@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+import textwrap
+from typing import Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -11,7 +12,11 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
+from node.client.answers import answer_view, mark
 from tui import format as fmt
+
+QUOTE_WIDTH = 60  # a quote's lines, indented by 6: within the detail box at 80 columns
+QUOTE_LINES = 3
 
 
 def render_task(task: dict) -> str:
@@ -41,9 +46,11 @@ def render_task(task: dict) -> str:
         )
     result = task.get("result")
     if isinstance(result, dict):
-        if "answer" in result:
+        if "answer" in result and isinstance(result.get("grounding"), dict):
+            lines += grounded_lines(result)
+        elif "answer" in result:
             lines += ["", "[b]answer[/b]", fmt.text(result["answer"])]
-        if result.get("citations"):
+        if result.get("citations") and not isinstance(result.get("grounding"), dict):
             lines += ["", "[b]citations[/b]"]
             lines += [
                 fmt.text(
@@ -71,6 +78,66 @@ def render_task(task: dict) -> str:
     if task.get("error"):
         lines += ["", "[b red]error[/b red]", fmt.text(task["error"])]
     return "\n".join(lines)
+
+
+def grounded_lines(result: dict[str, Any]) -> list[str]:
+    """A grounded answer (node/rag/grounding.py), as node/cli shows it: its marks after
+    each sentence ([n]; [n?] in yellow: the model cited a passage that does not support
+    it), an unsupported sentence followed by a red (unsupported), the grounding line,
+    then each citation with the passage text that supports it, wrapped."""
+    view = answer_view(result)
+    sentences = []
+    for sentence in view.sentences:
+        marks = "".join(
+            fmt.text(mark(view.citations[i]))
+            if view.citations[i].get("supported", True)
+            else f"[yellow]{fmt.text(mark(view.citations[i]))}[/yellow]"
+            for i in sentence.citations
+        )
+        note = " [red](unsupported)[/red]" if sentence.supported is False else ""
+        said = " ".join(part for part in (fmt.text(sentence.text), marks) if part)
+        if said:  # a sentence of marks only (the model's "… lens. [1]") follows the last
+            sentences.append(f"{said}{note}")
+    lines = ["", "[b]answer[/b]", " ".join(sentences) or "(the model gave an empty answer)"]
+    checked = [s for s in view.sentences if s.supported is not None]
+    if view.score is not None and checked:
+        supported = sum(1 for s in checked if s.supported)
+        colour = "green" if supported == len(checked) else "yellow"
+        line = (
+            f"[{colour}]grounding {view.score:.0%}[/{colour}]: {supported} of {len(checked)} "
+            "sentences supported"
+        )
+    else:
+        line = "grounding: no sentence says enough to be checked"
+    if view.mode and view.mode != "annotate":
+        line += f" · {fmt.text(view.mode)} mode"
+    if view.extractive:
+        line += " · [b]extractive answer[/b] (the passages' own sentences)"
+    lines.append(line)
+    if view.citations:
+        lines += ["", "[b]citations[/b]"]
+    for c in view.citations:
+        source = f" · {c['source']}" if c.get("source") else ""
+        support = f" {c['score']:.2f}" if isinstance(c.get("score"), (int, float)) else ""
+        where = fmt.text(
+            f" {c.get('title') or c.get('doc_id')} (doc {c.get('doc_id')}, "
+            f"chunk {c.get('chunk')}){source}"
+        )
+        if c.get("supported", True):
+            lines.append(f"  {fmt.text(mark(c))}{where}{' · support' + support if support else ''}")
+        else:  # the model cited it, the check found no support in it
+            lines.append(
+                f"  [yellow]{fmt.text(mark(c))}[/yellow]{where} · [yellow]not supported[/]{support}"
+            )
+        if c.get("quote"):
+            quote = textwrap.wrap(
+                f"“{' '.join(str(c['quote']).split())}”",
+                QUOTE_WIDTH,
+                max_lines=QUOTE_LINES,
+                placeholder=" …”",
+            )
+            lines += [f"      [dim]{fmt.text(part)}[/dim]" for part in quote]
+    return lines
 
 
 class TaskDetail(ModalScreen[None]):

@@ -67,7 +67,7 @@ class SubmitView:
         except ApiError as exc:
             self.result.object = html.escape(str(exc))
             return
-        self.result.object = task_detail(task)
+        self.result.object = task_detail(task, scope="submit")
         if task["state"] in FINISHED:
             self.followed = None  # reached its end: stop re-reading it
 

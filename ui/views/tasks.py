@@ -200,7 +200,7 @@ class TasksView:
         except ApiError as exc:
             self.detail.object = html.escape(str(exc))
             return self.detail.object
-        self.detail.object = task_detail(task)
+        self.detail.object = task_detail(task, scope="tasks")
         return self.detail.object
 
     def selected_ids(self) -> list[str]:
