@@ -90,7 +90,9 @@ class Replica:
                     refuse(
                         RefusalCode.CONFLICT,
                         f"{codec.tag_of(cmd)} needs log format {needed}, and not every voter "
-                        f"reads it yet ({', '.join(behind)}): finish the rolling upgrade first",
+                        f"is known to read it ({', '.join(behind)}: an older release, or not "
+                        "heard from since this node started): finish the rolling upgrade, or "
+                        "retry once they are back",
                         format=needed,
                         in_use=view.in_use,
                         behind=behind,
