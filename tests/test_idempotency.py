@@ -788,6 +788,7 @@ def test_the_cli_submits_with_one_key_and_fails_over_on_no_quorum_with_it(
         mode=None,
         max_tokens=None,
         temperature=None,
+        grounding=None,
         wait=False,
     )
     assert submit(client, args, Output(json_mode=True)) == 0
