@@ -225,6 +225,7 @@ def test_defaults_are_left_out_of_the_entry():
     ("data", "reason"),
     [
         (b"\xc1", "not msgpack"),
+        (b"\x93\x01\xa1x\x81\x90\x00", "not msgpack"),  # a map keyed by a list (unhashable)
         (msgpack.packb([0, "claim", {}]), "command of format 0"),
         (
             msgpack.packb([1, "drain", {"node": "n1", "at": 1, "by": "admin"}]),
@@ -465,6 +466,7 @@ GARBAGE = [
     b"",
     b"\xc1",
     b"\x93\x01",  # truncated
+    b"\x93\x01\xa1x\x81\x90\x00",  # a map keyed by a list: Python cannot hash the key
     msgpack.packb("hello"),
     msgpack.packb([codec.CODEC_VERSION, "drop_tables", {}]),
     msgpack.packb([codec.CODEC_VERSION, 7, {}]),

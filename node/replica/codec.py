@@ -243,7 +243,8 @@ def format_of(cmd: c.Command) -> int:
 def decode(data: bytes) -> c.Command:
     try:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        # (TypeError: a map whose key is a list or a map, which Python cannot hash)
         raise CodecError(f"not msgpack: {exc}") from None
     if isinstance(raw, dict) and "op" in raw:
         return _from_legacy(raw)
